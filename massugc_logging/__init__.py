@@ -1,5 +1,31 @@
-"""massugc-logging: report MassUGC job outcomes through ordinary Python logging."""
+"""massugc-logging: report MassUGC job outcomes through ordinary Python logging.
+
+App code logs; a :class:`CloudHandler` in the logging configuration turns
+records tagged ``event_type=video_generation`` into MassUGC Cloud API events
+and delivers them from its own threads, durably, without slowing the app.
+"""
 
 from massugc_logging._version import __version__
+from massugc_logging.client import UsageClient
+from massugc_logging.config import ConfigError, configure
+from massugc_logging.handler import CloudHandler
+from massugc_logging.keystore import ApiKey, InvalidApiKey, KeyStore
+from massugc_logging.payload import PayloadSettings, build_event
+from massugc_logging.retry import RetryPolicy
+from massugc_logging.transport import Outcome, OutcomeKind
 
-__all__ = ["__version__"]
+__all__ = [
+    "ApiKey",
+    "CloudHandler",
+    "ConfigError",
+    "InvalidApiKey",
+    "KeyStore",
+    "Outcome",
+    "OutcomeKind",
+    "PayloadSettings",
+    "RetryPolicy",
+    "UsageClient",
+    "__version__",
+    "build_event",
+    "configure",
+]

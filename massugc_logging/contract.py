@@ -8,7 +8,8 @@ on exactly one schema.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 PRODUCTION_API_URL = "https://massugc-cloud-api.onrender.com"
 DEFAULT_ENDPOINT = "/api/desktop/usage/log"

@@ -52,7 +52,7 @@ class Diagnostics:
             self._said.add(key)
         try:
             self._log.log(level, message, *args)
-        except Exception:  # noqa: BLE001 - a diagnostic must never raise into the caller
+        except Exception:
             return False
         return True
 

@@ -1,0 +1,635 @@
+"""The ``massugc-logging`` command line, for the people who run and support the app.
+
+Sub-commands: ``demo`` (the whole loop against a local collector), ``serve``
+(the local collector), ``send-test``, ``check``, ``spool status|replay|
+export|purge`` and ``key set|show|remove|migrate``. Exit codes: 0 success,
+1 a problem was found or an action failed, 2 wrong arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import getpass
+import inspect
+import json
+import logging
+import logging.config
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+import requests
+
+from massugc_logging._version import __version__
+from massugc_logging.collector import Collector, serve_forever
+from massugc_logging.config import ConfigError, configure, load_config
+from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
+from massugc_logging.handler import CloudHandler, default_spool_path
+from massugc_logging.keystore import KeyStore, KeyStoreError
+from massugc_logging.payload import PayloadSettings, build_event, format_utc
+from massugc_logging.spool import Spool, SpoolError
+from massugc_logging.transport import (
+    OutcomeKind,
+    Transport,
+    TransportError,
+    check_api_url,
+)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class _Output:
+    """Plain-text output: results on stdout, progress and problems on stderr."""
+
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.out, self.err = out, err
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def problem(self, text: str) -> None:
+        print(f"massugc-logging: {text}", file=self.err, flush=True)
+
+    def progress(self, done: int, total: int, label: str) -> None:
+        """A one-line progress bar on stderr (redrawn in place on a terminal)."""
+        width = 30
+        filled = width if total == 0 else int(width * done / total)
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if done >= total or not self.err.isatty() else "\r"
+        if self.err.isatty() or done >= total or done % max(1, total // 10) == 0:
+            print(f"{label} [{bar}] {done}/{total}", end=end, file=self.err, flush=True)
+
+
+# -- shared helpers -----------------------------------------------------------------
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "api_url", None) or os.environ.get("MASSUGC_API_URL")
+               or PRODUCTION_API_URL)
+
+
+def _spool_path(args: argparse.Namespace) -> Path:
+
+    given = getattr(args, "spool", None) or os.environ.get("MASSUGC_SPOOL_PATH")
+    return Path(given).expanduser() if given else default_spool_path()
+
+
+def _reference_config() -> Optional[Path]:
+    """``./logging.yaml``, else the repository's copy next to an editable install."""
+    for candidate in (Path("logging.yaml"),
+                      Path(__file__).resolve().parent.parent / "logging.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _transport(args: argparse.Namespace, out: _Output) -> Any:
+    """A transport for the configured API and key, or None after saying why."""
+
+    try:
+        key, _source = KeyStore().resolve(getattr(args, "api_key", None))
+    except KeyStoreError as exc:
+        out.problem(f"{exc}")
+        return None
+    if key is None:
+        out.problem("no API key: set MASSUGC_API_KEY or run 'massugc-logging key set'")
+        return None
+    try:
+        return Transport(_api_url(args), key,
+                         endpoint=getattr(args, "endpoint", None) or DEFAULT_ENDPOINT,
+                         timeout=(3.05, 10.0),
+                         allow_insecure_http=getattr(args, "allow_insecure_http", False))
+    except (TransportError, ValueError) as exc:
+        out.problem(f"{exc}")
+        return None
+
+
+def _describe(outcome: Any) -> str:
+    status = f"HTTP {outcome.status}" if outcome.status is not None else "no response"
+    reason = f": {outcome.reason}" if outcome.reason else ""
+    return f"{outcome.kind.value} ({status}{reason})"
+
+
+# -- serve --------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
+    """Run the local collector until interrupted."""
+
+    def ready(url: str) -> None:
+        out.say(f"Local MassUGC collector listening on {url}  (Ctrl-C to stop)")
+        out.say(f"  failures page: {url}/    events as JSON: {url}/api/events")
+        out.say(f"  point the app at it with: MASSUGC_API_URL={url}")
+
+    try:
+        serve_forever(args.db, args.host, args.port, ready=ready)
+    except OSError as exc:
+        out.problem(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                    "choose another --port")
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+# -- demo ---------------------------------------------------------------------------
+
+_WORKFLOWS = ("avatar", "massugc", "randomized")
+_DEMO_FAILURES = (
+    "ffmpeg -y -i /Users/{user}/Videos/MassUGC/{job}/avatar.mp4 -i "
+    "/Users/{user}/Videos/MassUGC/{job}/voice.mp3 -c:v libx264 out.mp4 exited with code 1: "
+    "moov atom not found",
+    "ElevenLabs request failed: 401 Unauthorized (headers: {{'xi-api-key': "
+    "'sk_3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c', 'Authorization': 'Bearer eyJhbGciOiJIUzI1NiJ9."
+    "eyJzdWIiOiJkZW1vIn0.c2lnbmF0dXJl'}})",
+    "Upload to https://storage.googleapis.com/massugc-renders/{job}.mp4?X-Goog-Algorithm="
+    "GOOG4-RSA-SHA256&X-Goog-Credential=svc%40proj.iam&X-Goog-Signature=8f3a9c failed: "
+    "403 Forbidden",
+    "OpenAI script generation failed: Rate limit reached for gpt-4o (api_key=sk-proj-"
+    "AbCdEfGhIjKlMnOpQrStUvWx)",
+    "PermissionError: [Errno 13] Permission denied: 'C:\\Users\\{user}\\AppData\\Local\\"
+    "MassUGC\\cache\\{job}.wav'",
+    "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='api.heygen.com', "
+    "port=443): Max retries exceeded (Caused by NewConnectionError: Connection refused)",
+)
+
+
+def _demo_jobs(count: int, user: str) -> list[dict[str, Any]]:
+    """Simulated jobs: a third of them fail with realistic, secret-laden errors."""
+    jobs = []
+    for i in range(count):
+        workflow = _WORKFLOWS[i % len(_WORKFLOWS)]
+        job = f"Campaign-{i + 1:02d}"
+        fields: dict[str, Any] = {
+            "event_type": "video_generation", "job_name": job, "product": "Glow Serum",
+            "persona": "Tech Reviewer", "setting": "Studio", "emotion": "Enthusiastic",
+            "hook": "Check this out!", "brand_name": "Lumen", "language": "English",
+            "run_id": str(uuid.uuid4()), "workflow_type": workflow,
+        }
+        if i % 3 == 2:
+            template = _DEMO_FAILURES[(i // 3) % len(_DEMO_FAILURES)]
+            fields["error_message"] = template.format(user=user, job=job)
+        else:
+            fields["output_path"] = f"/Users/{user}/Videos/MassUGC/{job}/final.mp4"
+        jobs.append(fields)
+    return jobs
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([line, rule, *body])
+
+
+def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
+    """Run simulated jobs through logging.yaml into a local collector; verify delivery."""
+
+
+    config = Path(args.config) if args.config else _reference_config()
+    if config is None:
+        out.problem("no logging.yaml found here; run from the repository root or pass "
+                    "--config PATH")
+        return EXIT_PROBLEM
+    workdir = Path(tempfile.mkdtemp(prefix="massugc-demo-"))
+    demo_key = "massugc_demo" + uuid.uuid4().hex[:28]
+    user = "alice"
+    with Collector(workdir / "collector.sqlite3").start() as collector:
+        out.say(f"Local collector on {collector.url}; config {config} (development)")
+        environ = {"MASSUGC_API_URL": collector.url, "MASSUGC_API_KEY": demo_key,
+                   "MASSUGC_SPOOL_PATH": str(workdir / "spool.sqlite3"),
+                   "MASSUGC_LOG_DIR": str(workdir / "logs")}
+        saved = {k: os.environ.get(k) for k in environ}
+        os.environ.update(environ)
+        try:
+            configure(config, env="development")
+        except ConfigError as exc:
+            out.problem(str(exc))
+            return EXIT_PROBLEM
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        log = logging.getLogger("massugc.jobs")
+        jobs = _demo_jobs(args.jobs, user)
+        # The console shows each job as the app would log it; keep it readable.
+        for i, fields in enumerate(jobs, 1):
+            if "error_message" in fields:
+                log.error("job failed", extra=fields)
+            else:
+                log.info("job succeeded", extra=fields)
+            out.progress(i, len(jobs), "jobs")
+        handlers = [h for h in log.handlers if isinstance(h, CloudHandler)]
+        delivered = all(h.flush(30) for h in handlers) and bool(handlers)
+        events = collector.events()
+        by_run: dict[str, int] = {}
+        for e in events:
+            run_id = e["body"]["job_data"]["run_id"]
+            by_run[run_id] = by_run.get(run_id, 0) + 1
+        rows = []
+        for e in events:
+            job = e["body"]["job_data"]
+            error = job.get("error_message", "")
+            rows.append([job["job_name"], job["workflow_type"],
+                         "ok" if job["success"] else "FAILED",
+                         (error[:70] + "…") if len(error) > 70 else error])
+        out.say()
+        out.say(_table(rows, ["job", "workflow", "outcome", "error (as received, redacted)"]))
+        expected = {j["run_id"] for j in jobs}
+        exactly_once = set(by_run) == expected and all(n == 1 for n in by_run.values())
+        failures = sum(1 for j in jobs if "error_message" in j)
+        out.say()
+        out.say(f"{len(jobs)} jobs logged ({failures} failed); the collector received "
+                f"{len(events)} events, {collector.duplicates()} duplicate(s) dropped.")
+        leaked = [e for e in events if user in json.dumps(e["body"])
+                  or "sk_3f9a" in json.dumps(e["body"])]
+        if leaked:
+            out.problem(f"{len(leaked)} event(s) still carry a home path or a token")
+        logging.shutdown()
+        if delivered and exactly_once and not leaked:
+            out.say(f"Every event arrived exactly once. Failures page: {collector.url}/ "
+                    "(open while the demo runs with --keep-serving).")
+            if args.keep_serving:
+                out.say("Serving until Ctrl-C ...")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+            return EXIT_OK
+        out.problem("not every event arrived exactly once; see the table above")
+        return EXIT_PROBLEM
+
+
+# -- send-test ----------------------------------------------------------------------
+
+
+def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
+    """Send one clearly-marked test event to the configured API."""
+
+    transport = _transport(args, out)
+    if transport is None:
+        return EXIT_PROBLEM
+    record = logging.LogRecord("massugc.jobs", logging.INFO, __file__, 0,
+                               "massugc-logging send-test", None, None)
+    record.__dict__.update({"job_name": "massugc-logging send-test", "run_id": str(uuid.uuid4()),
+                            "output_path": "send-test", "workflow_type": "test"})
+    built = build_event(record, PayloadSettings(), exception=None,
+                        fallback_id=str(uuid.uuid4()), now=time.time())
+    out.say(f"Sending a test event to {transport.url} ...")
+    outcome = transport.send(built.body(), built.event_id)
+    transport.close()
+    out.say(f"Outcome: {_describe(outcome)}")
+    if outcome.delivered:
+        return EXIT_OK
+    hints = {"auth": "check the key with 'massugc-logging key show'",
+             "transient": "check the network and api_url; the API may be down",
+             "permanent": "the server rejected the event; check the endpoint (--endpoint)"}
+    out.problem(hints.get(outcome.kind.value, "see the outcome above"))
+    return EXIT_PROBLEM
+
+
+# -- check --------------------------------------------------------------------------
+
+
+def _cloud_specs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    handlers = config.get("handlers") or {}
+    return [(name, spec) for name, spec in handlers.items()
+            if isinstance(spec, dict) and str(spec.get("class", "")).endswith("CloudHandler")]
+
+
+def _check_cloud_handler(name: str, spec: dict[str, Any], probe: bool,
+                         problems: list[str], notes: list[str]) -> None:
+
+    kwargs = {k: v for k, v in spec.items() if k not in ("class", "level", "formatter",
+                                                         "filters", ".")}
+    try:
+        inspect.signature(CloudHandler).bind(**kwargs)
+    except TypeError as exc:
+        problems.append(f"handler {name!r}: {exc}; see the configuration reference in README")
+    url = str(kwargs.get("api_url") or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL)
+    try:
+        check_api_url(url, allow_insecure_http=bool(kwargs.get("allow_insecure_http")))
+        notes.append(f"handler {name!r}: API {url}")
+    except TransportError as exc:
+        problems.append(f"handler {name!r}: {exc}")
+        return
+    try:
+        key, source = KeyStore().resolve(kwargs.get("api_key"))
+    except KeyStoreError as exc:
+        problems.append(f"handler {name!r}: {exc}")
+        key, source = None, "invalid"
+    if key is None and source != "invalid":
+        problems.append(f"handler {name!r}: no API key; set MASSUGC_API_KEY or run "
+                        "'massugc-logging key set'")
+    elif key is not None:
+        notes.append(f"handler {name!r}: API key {key.masked} from {source}")
+    if probe:
+
+        try:
+            requests.head(url, timeout=3, allow_redirects=False).close()
+            notes.append(f"handler {name!r}: API reachable")
+        except requests.RequestException as exc:
+            problems.append(f"handler {name!r}: the API at {url} is unreachable "
+                            f"({type(exc).__name__}); check the network or api_url")
+
+
+def cmd_check(args: argparse.Namespace, out: _Output) -> int:
+    """Validate a logging.yaml without sending anything."""
+
+
+    try:
+        config = load_config(args.path, args.env)
+    except ConfigError as exc:
+        out.problem(str(exc))
+        return EXIT_PROBLEM
+    problems: list[str] = []
+    notes: list[str] = []
+    for name, spec in _cloud_specs(config):
+        _check_cloud_handler(name, spec, not args.no_network, problems, notes)
+    # A dry run of dictConfig with the cloud handlers swapped for inert stand-ins, so
+    # nothing is sent and no spool is touched, in a throwaway logger manager.
+    dry = copy.deepcopy(config)
+    for name, _spec in _cloud_specs(dry):
+        dry["handlers"][name] = {"class": "logging.NullHandler"}
+    for spec in (dry.get("handlers") or {}).values():
+        if isinstance(spec, dict) and "filename" in spec:
+            spec["class"] = "logging.NullHandler"
+            for key in ("filename", "maxBytes", "backupCount", "encoding", "mode", "when",
+                        "interval", "delay", "utc", "atTime", "errors"):
+                spec.pop(key, None)
+    saved_root = logging.root.handlers[:], logging.root.level
+    try:
+        logging.config.dictConfig(dry)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        problems.append(f"dictConfig rejects the configuration: {exc} "
+                        f"({exc.__cause__ or ''}); check class names and arguments")
+    finally:
+        logging.root.handlers[:], logging.root.level = saved_root
+    for note in notes:
+        out.say(f"ok: {note}")
+    for problem in problems:
+        out.say(f"PROBLEM: {problem}")
+    if problems:
+        out.problem(f"{len(problems)} problem(s) in {args.path}")
+        return EXIT_PROBLEM
+    out.say(f"{args.path}: configuration looks good")
+    return EXIT_OK
+
+
+# -- spool --------------------------------------------------------------------------
+
+
+def _open_spool(args: argparse.Namespace, out: _Output) -> Any:
+
+    path = _spool_path(args)
+    if not path.exists():
+        out.problem(f"no spool at {path}; pass --spool PATH (or set MASSUGC_SPOOL_PATH)")
+        return None
+    try:
+        return Spool(path)
+    except SpoolError as exc:
+        out.problem(str(exc))
+        return None
+
+
+def _iso(ts: float) -> str:
+    return format_utc(ts)
+
+
+def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
+    """Inspect, replay, export or purge the spool."""
+    spool = _open_spool(args, out)
+    if spool is None:
+        return EXIT_PROBLEM
+    try:
+        return _SPOOL_ACTIONS[args.action](spool, args, out)
+    finally:
+        spool.close()
+
+
+def _spool_status(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+    pending = spool.pending()
+    dead = spool.dead_letters()
+    out.say(f"spool:          {spool.path}")
+    out.say(f"pending events: {len(pending)}")
+    if pending:
+        out.say(f"oldest:         {_iso(pending[0].created)}")
+        out.say(f"newest:         {_iso(pending[-1].created)}")
+        out.say(f"most attempts:  {max(e.attempts for e in pending)}")
+    out.say(f"dead-lettered:  {len(dead)}")
+    for d in dead[-5:]:
+        out.say(f"  {_iso(d.created)}  HTTP {d.status}  {d.reason}")
+    return EXIT_OK
+
+
+def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+
+    transport = _transport(args, out)
+    if transport is None:
+        return EXIT_PROBLEM
+    total = spool.pending_count()
+    sent = failed = 0
+    out.progress(0, total, "replay")
+    while True:
+        batch = spool.lease(50, time.time())
+        if not batch:
+            break
+        stop = False
+        for event in batch:
+            outcome = transport.send(event.body, event.event_id)
+            if outcome.delivered:
+                spool.delivered([event.row_id])
+                sent += 1
+            elif outcome.kind is OutcomeKind.PERMANENT:
+                spool.dead_letter(event, outcome.status, outcome.reason, time.time())
+                failed += 1
+            else:
+                out.problem(f"stopped: {_describe(outcome)}; the rest stays in the spool")
+                stop = True
+                break
+            out.progress(sent + failed, total, "replay")
+        if stop:
+            break
+    transport.close()
+    out.say(f"replayed {sent} event(s); {failed} rejected and dead-lettered; "
+            f"{spool.pending_count()} still pending")
+    return EXIT_OK if spool.pending_count() == 0 else EXIT_PROBLEM
+
+
+def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+    rows: list[dict[str, Any]] = []
+    for event in spool.pending():
+        rows.append({"state": "pending", "event_id": event.event_id,
+                     "created": _iso(event.created), "attempts": event.attempts,
+                     "event": json.loads(event.body)})
+    if args.dead or args.all:
+        for dead in spool.dead_letters():
+            rows.append({"state": "dead_letter", "event_id": dead.event_id,
+                         "created": _iso(dead.created), "status": dead.status,
+                         "reason": dead.reason, "event": json.loads(dead.body)})
+    if args.dead and not args.all:
+        rows = [r for r in rows if r["state"] == "dead_letter"]
+    target = open(args.output, "w", encoding="utf-8") if args.output else out.out  # noqa: SIM115
+    try:
+        for row in rows:
+            target.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            target.close()
+    if args.output:
+        out.say(f"wrote {len(rows)} event(s) to {args.output}")
+    return EXIT_OK
+
+
+def _spool_purge(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+    what = "dead-lettered events" if args.dead_only else "all pending and dead-lettered events"
+    if not args.yes:
+        try:
+            answer = input(f"Delete {what} in {spool.path}? This cannot be undone. [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            out.problem("nothing deleted (confirm with y, or pass --yes)")
+            return EXIT_PROBLEM
+    removed = spool.purge(dead_letters_only=args.dead_only)
+    out.say(f"deleted {removed} event(s)")
+    return EXIT_OK
+
+
+_SPOOL_ACTIONS: dict[str, Callable[[Any, argparse.Namespace, _Output], int]] = {
+    "status": _spool_status, "replay": _spool_replay, "export": _spool_export,
+    "purge": _spool_purge,
+}
+
+
+# -- key ----------------------------------------------------------------------------
+
+
+def _read_secret(out: _Output) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("MassUGC API key (input hidden): ")
+    return sys.stdin.readline().strip()
+
+
+def cmd_key(args: argparse.Namespace, out: _Output) -> int:
+    """Manage the stored API key; it is never printed in full."""
+
+    store = KeyStore(legacy_path=Path(args.legacy_path) if args.legacy_path else None)
+    try:
+        if args.action == "set":
+            where = store.store(_read_secret(out))
+            out.say(f"stored the API key in {where}")
+        elif args.action == "show":
+            key, source = store.resolve()
+            if key is None:
+                out.problem("no API key found (environment, keyring, key file or legacy file); "
+                            "run 'massugc-logging key set'")
+                return EXIT_PROBLEM
+            out.say(f"{key.masked}  (from {source})")
+        elif args.action == "remove":
+            removed = store.remove(legacy=args.legacy)
+            out.say("removed: " + (", ".join(removed) if removed else "nothing was stored"))
+        elif args.action == "migrate":
+            moved = store.migrate_legacy(remove_legacy=args.remove_legacy)
+            out.say("migrated the legacy key" if moved else "nothing to migrate")
+    except KeyStoreError as exc:
+        out.problem(str(exc))
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def _add_api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-url", help="API base URL (default: $MASSUGC_API_URL, else production)")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
+                   help=f"usage-log path (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--allow-insecure-http", action="store_true",
+                   help="allow plain http:// to a host that is not loopback")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="massugc-logging",
+        description="Report MassUGC job outcomes through Python logging: tools for the people "
+                    "who run and support the app.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run simulated jobs into a local collector and verify")
+    demo.add_argument("--jobs", type=int, default=36, help="how many jobs (default 36)")
+    demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml)")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="keep the collector running afterwards to browse its page")
+    demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the local collector (development and demos)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--db", help="SQLite file to keep events in (default: memory)")
+    serve.set_defaults(func=cmd_serve)
+
+    send = sub.add_parser("send-test", help="send one test event and print the outcome")
+    _add_api_options(send)
+    send.set_defaults(func=cmd_send_test)
+
+    check = sub.add_parser("check", help="validate a logging.yaml; nothing is sent")
+    check.add_argument("path", help="the logging.yaml to check")
+    check.add_argument("--env", help="environment to check (default: $MASSUGC_ENV or the "
+                                     "file's default_environment)")
+    check.add_argument("--no-network", action="store_true", help="skip the reachability probe")
+    check.set_defaults(func=cmd_check)
+
+    spool = sub.add_parser("spool", help="inspect, replay, export or purge the spool")
+    spool.add_argument("action", choices=sorted(_SPOOL_ACTIONS))
+    spool.add_argument("--spool", help="spool file (default: $MASSUGC_SPOOL_PATH, else the "
+                                       "platform's data directory)")
+    _add_api_options(spool)
+    spool.add_argument("--output", "-o", help="export: write JSON lines to this file")
+    spool.add_argument("--dead", action="store_true", help="export: dead-lettered events only")
+    spool.add_argument("--all", action="store_true", help="export: pending and dead-lettered")
+    spool.add_argument("--dead-only", action="store_true", help="purge: dead-lettered only")
+    spool.add_argument("--yes", "-y", action="store_true", help="purge: do not ask")
+    spool.set_defaults(func=cmd_spool)
+
+    key = sub.add_parser("key", help="set, show (masked), remove or migrate the API key")
+    key.add_argument("action", choices=["set", "show", "remove", "migrate"])
+    key.add_argument("--legacy-path", help="the app's old base64 key file")
+    key.add_argument("--legacy", action="store_true", help="remove: the legacy file too")
+    key.add_argument("--remove-legacy", action="store_true",
+                     help="migrate: delete the legacy file afterwards")
+    key.set_defaults(func=cmd_key)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = _Output()
+    if not getattr(args, "func", None):
+        parser.print_usage(sys.stderr)
+        out.problem("choose a command, e.g. 'massugc-logging demo' (see --help)")
+        return EXIT_USAGE
+    try:
+        return int(args.func(args, out))
+    except KeyboardInterrupt:
+        out.problem("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""A direct client for code that still builds its payloads by hand.
+
+``UsageClient.log_usage_data(payload)`` is the call the app's code already
+makes. It posts synchronously on the calling thread (use the handler to stay
+off the app thread), redacts every string of ``job_data`` first, and returns
+an :class:`~massugc_logging.transport.Outcome` instead of raising.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from massugc_logging.contract import DEFAULT_ENDPOINT, DEFAULT_EVENT_TYPE, PRODUCTION_API_URL
+from massugc_logging.keystore import ApiKey, KeyStore
+from massugc_logging.payload import encode_event, event_id_for
+from massugc_logging.redaction import (
+    DEFAULT_ERROR_MESSAGE_LIMIT,
+    DEFAULT_FIELD_LIMIT,
+    Redactor,
+    system_redactor,
+)
+from massugc_logging.transport import DEFAULT_TIMEOUT, Outcome, OutcomeKind, Timeout, Transport
+
+
+class UsageClient:
+    """Posts ready-made usage payloads to the MassUGC Cloud API."""
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        api_key: Optional[Union[str, ApiKey]] = None,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        allow_insecure_http: bool = False,
+        redactor: Optional[Redactor] = None,
+    ) -> None:
+        key: Optional[ApiKey]
+        if isinstance(api_key, ApiKey):
+            key = api_key
+        else:
+            key, _ = KeyStore().resolve(api_key or None)
+        self._transport = Transport(
+            api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL,
+            key, endpoint=endpoint, timeout=timeout, allow_insecure_http=allow_insecure_http,
+        )
+        self._redactor = redactor or system_redactor()
+
+    def __repr__(self) -> str:
+        return f"<UsageClient {self._transport.url}>"
+
+    @property
+    def url(self) -> str:
+        """The full URL events are posted to."""
+        return self._transport.url
+
+    def scrub(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``payload`` with every ``job_data`` string redacted and capped."""
+        event = dict(payload)
+        job = event.get("job_data")
+        if isinstance(job, Mapping):
+            clean: dict[str, Any] = {}
+            for name, value in job.items():
+                limit = DEFAULT_ERROR_MESSAGE_LIMIT if name == "error_message" else \
+                    DEFAULT_FIELD_LIMIT
+                clean[name] = (self._redactor.redact_and_cap(value, limit)
+                               if isinstance(value, str) else value)
+            event["job_data"] = clean
+        return event
+
+    def log_usage_data(self, payload: Mapping[str, Any]) -> Outcome:
+        """Redact and POST one payload; return the outcome (never raises)."""
+        try:
+            event = self.scrub(payload)
+            job = event.get("job_data") if isinstance(event.get("job_data"), Mapping) else {}
+            run_id = job.get("run_id") if isinstance(job, Mapping) else None
+            success = bool(job.get("success")) if isinstance(job, Mapping) else False
+            event_id = event_id_for(
+                str(event.get("event_type") or DEFAULT_EVENT_TYPE),
+                run_id if isinstance(run_id, str) else "", success, str(uuid.uuid4()),
+            )
+            body = encode_event(event)
+        except (TypeError, ValueError) as exc:
+            return Outcome(OutcomeKind.PERMANENT, reason=f"payload is not JSON: {exc}")
+        except Exception as exc:
+            return Outcome(OutcomeKind.PERMANENT, reason=f"payload unusable: {type(exc).__name__}")
+        return self._transport.send(body, event_id)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._transport.close()
+
+
+__all__ = ["UsageClient"]

@@ -1,0 +1,190 @@
+"""Load ``logging.yaml``: pick an environment, expand ``${VAR}``, apply dictConfig.
+
+The file holds one standard ``logging.config.dictConfig`` mapping per
+environment under ``environments:``; ``default_environment`` names the one
+used when neither ``env=`` nor ``MASSUGC_ENV`` says otherwise. A file that is
+a plain dictConfig (a top-level ``version: 1``) is used as it is.
+
+``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every
+string. A value that is a single reference is read as a YAML scalar after
+expansion, so ``${TIMEOUT:-5}`` is the number 5 and ``${SPOOL:-null}`` is None.
+Every problem raises :class:`ConfigError` with the file, the line where it
+can be known, and what to do.
+"""
+
+from __future__ import annotations
+
+import logging.config
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+ENV_VARIABLE = "MASSUGC_ENV"
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The logging configuration cannot be used; the message says where and what to do."""
+
+
+def default_config_path() -> Path:
+    """``MASSUGC_LOGGING_CONFIG`` if set, else ``logging.yaml`` in the working directory."""
+    return Path(os.environ.get("MASSUGC_LOGGING_CONFIG") or "logging.yaml")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file. Pass the path of your logging.yaml, or set "
+            "MASSUGC_LOGGING_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its permissions") \
+            from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{path}{where}: invalid YAML ({problem}). Fix the syntax there; indentation "
+            "must use spaces"
+        ) from None
+
+
+def _line_of(path: Path, key: str) -> str:
+    """``, line N`` where ``key:`` first appears in the file, for messages."""
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip().startswith(f"{key}:"):
+                return f", line {number}"
+    except OSError:
+        pass
+    return ""
+
+
+def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[dict[str, Any], str]:
+    """The dictConfig mapping for ``env`` and the environment's name."""
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got "
+                          f"{type(document).__name__}")
+    if "environments" not in document:
+        if "version" in document:
+            return dict(document), env or "default"
+        raise ConfigError(
+            f"{path}: has neither 'environments:' nor a dictConfig 'version: 1'. Add one "
+            "environments: section (see the reference logging.yaml)"
+        )
+    environments = document["environments"]
+    if not isinstance(environments, Mapping) or not environments:
+        raise ConfigError(f"{path}{_line_of(path, 'environments')}: 'environments' must map "
+                          "names to dictConfig mappings")
+    name = env or os.environ.get(ENV_VARIABLE) or document.get("default_environment")
+    if not name:
+        raise ConfigError(f"{path}: no environment chosen; pass env=..., set {ENV_VARIABLE}, "
+                          "or add default_environment")
+    if name not in environments:
+        known = ", ".join(str(k) for k in environments)
+        raise ConfigError(
+            f"{path}{_line_of(path, 'environments')}: no environment named {name!r}; choose one "
+            f"of {known} (with env=... or {ENV_VARIABLE})"
+        )
+    chosen = environments[name]
+    if not isinstance(chosen, Mapping):
+        raise ConfigError(f"{path}{_line_of(path, str(name))}: environment {name!r} must be a "
+                          "dictConfig mapping")
+    return dict(chosen), str(name)
+
+
+def expand(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``."""
+    if isinstance(value, Mapping):
+        return {k: expand(v, environ, f"{where}.{k}" if where else str(k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found is not None and (found != "" or default is None):
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set; set it, or write "
+            f"${{{name}:-default}} to give a default"
+        )
+
+    whole = _REFERENCE.fullmatch(value) is not None
+    result = _REFERENCE.sub(substitute, value)
+    if whole and result:
+        try:
+            scalar = yaml.safe_load(result)
+        except yaml.YAMLError:
+            return result
+        if scalar is None or isinstance(scalar, (bool, int, float)):
+            return scalar
+    return result
+
+
+def _prepare_files(config: Mapping[str, Any]) -> None:
+    """Create the directories of file handlers, which dictConfig would fail on."""
+    handlers = config.get("handlers")
+    if not isinstance(handlers, Mapping):
+        return
+    for spec in handlers.values():
+        if isinstance(spec, Mapping) and isinstance(spec.get("filename"), str):
+            Path(spec["filename"]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def load_config(
+    path: Union[str, Path, None] = None,
+    env: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> dict[str, Any]:
+    """Read ``path``, choose the environment, expand variables; return the dictConfig."""
+    config_path = Path(path) if path is not None else default_config_path()
+    merged_env = dict(os.environ)
+    if environ is not None:
+        merged_env.update(environ)
+    document = _read_yaml(config_path)
+    chosen, name = select_environment(document, config_path, env)
+    try:
+        expanded = expand(chosen, merged_env, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    if not isinstance(expanded, dict) or expanded.get("version") != 1:
+        raise ConfigError(f"{config_path}: environment {name!r} needs 'version: 1' "
+                          "(the dictConfig schema version)")
+    return expanded
+
+
+def configure(
+    path: Union[str, Path, None] = None,
+    env: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> dict[str, Any]:
+    """Load the configuration and apply it with ``logging.config.dictConfig``.
+
+    Returns the dictConfig that was applied. Raises :class:`ConfigError`.
+    """
+    config = load_config(path, env, environ)
+    _prepare_files(config)
+    try:
+        logging.config.dictConfig(config)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        cause = exc.__cause__ or exc
+        where = path if path is not None else default_config_path()
+        raise ConfigError(f"{where}: dictConfig rejected the configuration: {exc} ({cause}). "
+                          "Check the handler's class and keyword arguments") from None
+    return config

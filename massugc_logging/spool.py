@@ -1,0 +1,521 @@
+"""The spool: a write-ahead outbox of events not yet delivered.
+
+The only module that touches SQLite. Every event is written here before its
+first send attempt and removed once delivered, so it survives an outage, a
+normal exit and ``kill -9``, and the next process that opens the same file
+delivers it, oldest first, with its original times.
+
+Ownership: each row belongs to the process that wrote or last leased it
+(``owner`` = host, pid and a random token) until ``lease_until``. Another
+process takes a row over when that lease has expired, or at once when the
+owner ran on this host and its pid is gone (it crashed or was killed).
+Several processes can share one file (WAL mode, short ``BEGIN IMMEDIATE``
+transactions); delivery is at least once and the ``Idempotency-Key`` lets the
+server drop a rare duplicate.
+
+:class:`MemorySpool` has the same interface and no durability: it is used
+for ``spool_path: null`` and as the fallback when the file cannot be used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, TypeVar, Union
+
+DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_AGE = 7 * 24 * 3600.0
+DEFAULT_LEASE_SECONDS = 120.0
+_BUSY_TIMEOUT_MS = 5_000
+#: Row ids of the memory spool start here so they never collide with SQLite ones.
+_MEMORY_ID_BASE = 1 << 50
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    created     REAL NOT NULL,
+    spooled_at  REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    owner       TEXT,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created, id);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    created     REAL NOT NULL,
+    status      INTEGER,
+    reason      TEXT NOT NULL,
+    dead_at     REAL NOT NULL
+);
+"""
+
+
+class SpoolError(Exception):
+    """The spool file cannot be opened or written (corrupt, unwritable, locked)."""
+
+
+@dataclass(frozen=True)
+class SpooledEvent:
+    """One row of the outbox, as leased for delivery."""
+
+    row_id: int
+    event_id: str
+    body: bytes
+    created: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event the API rejected for good, with its status and reason."""
+
+    row_id: int
+    event_id: str
+    body: bytes
+    created: float
+    status: Optional[int]
+    reason: str
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Row ids assigned to new events, and how many old ones were dropped to make room."""
+
+    row_ids: tuple[int, ...]
+    dropped_full: int
+
+
+def new_owner() -> str:
+    """An owner tag unique to this process and spool instance: ``host|pid|token``."""
+    return f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(6)}"
+
+
+def _owner_is_dead(owner: str, me: str) -> bool:
+    """True when ``owner`` ran on this host in a process that no longer exists."""
+    try:
+        host, pid_text, _ = owner.split("|", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or owner == me:
+        return False
+    if pid == os.getpid():
+        return True  # our own pid with another token: a previous process that had it
+    if os.name != "posix":
+        return False  # no safe liveness probe; the lease expiry takes over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
+
+
+class Spool:
+    """A SQLite outbox (WAL mode, file mode 0600) shared safely between processes."""
+
+    durable = True
+
+    def __init__(
+        self,
+        path: Union[str, Path],
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_age: float = DEFAULT_MAX_AGE,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        owner: Optional[str] = None,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.max_events = max_events
+        self.max_age = max_age
+        self.lease_seconds = lease_seconds
+        self.owner = owner or new_owner()
+        self._lock = threading.Lock()
+        self._conn = self._open()
+
+    def __repr__(self) -> str:
+        return f"<Spool path={str(self.path)!r}>"
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            if os.name == "posix":
+                os.chmod(self.path, 0o600)
+            conn = sqlite3.connect(
+                str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open the spool file {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives a killed process; only an OS crash can lose
+            # the last transactions, and it saves an fsync per event.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise SpoolError(
+                f"the spool file {self.path} is not a usable SQLite database ({exc}); "
+                "move it aside to start a new one"
+            ) from exc
+        return conn
+
+    def _write(self, sql_ops: Iterable[tuple[str, Sequence[object]]]) -> None:
+        """Run statements in one IMMEDIATE transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in sql_ops:
+                conn.execute(sql, params)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
+        """Write events ``(event_id, body, created)``, owned by this process; enforce the bound.
+
+        Raises:
+            SpoolError: the write failed (disk full, file gone read-only, corrupt).
+        """
+        if not events:
+            return AddResult((), 0)
+        try:
+            with self._lock:
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    ids = []
+                    for event_id, body, created in events:
+                        cur = conn.execute(
+                            "INSERT INTO outbox (event_id, body, created, spooled_at, owner,"
+                            " lease_until) VALUES (?, ?, ?, ?, ?, ?)",
+                            (event_id, body, created, now, self.owner, now + self.lease_seconds),
+                        )
+                        ids.append(int(cur.lastrowid or 0))
+                    (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+                    excess = max(0, int(count) - self.max_events)
+                    if excess:
+                        conn.execute(
+                            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                            " ORDER BY created, id LIMIT ?)",
+                            (excess,),
+                        )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write to the spool file {self.path}: {exc}") from exc
+        return AddResult(tuple(ids), excess)
+
+    def lease(self, limit: int, now: float) -> list[SpooledEvent]:
+        """Take up to ``limit`` deliverable events, oldest first, and hold them for a while.
+
+        Deliverable: owned by this spool, or with an expired lease, or owned by a
+        process on this host that no longer exists.
+        """
+        try:
+            with self._lock:
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    others = [
+                        row[0]
+                        for row in conn.execute(
+                            "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
+                            " AND owner != ? AND lease_until >= ?",
+                            (self.owner, now),
+                        )
+                    ]
+                    for owner in others:
+                        if _owner_is_dead(owner, self.owner):
+                            conn.execute(
+                                "UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,)
+                            )
+                    rows = conn.execute(
+                        "SELECT id, event_id, body, created, attempts FROM outbox"
+                        " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
+                        " ORDER BY created, id LIMIT ?",
+                        (self.owner, now, limit),
+                    ).fetchall()
+                    if rows:
+                        conn.executemany(
+                            "UPDATE outbox SET owner = ?, lease_until = ? WHERE id = ?",
+                            [(self.owner, now + self.lease_seconds, r[0]) for r in rows],
+                        )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the spool file {self.path}: {exc}") from exc
+        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
+                for r in rows]
+
+    def delivered(self, row_ids: Sequence[int]) -> None:
+        """Remove delivered events."""
+        if row_ids:
+            self._guarded(lambda: self._write(
+                ("DELETE FROM outbox WHERE id = ?", (rid,)) for rid in row_ids))
+
+    def failed_attempt(self, row_ids: Sequence[int]) -> None:
+        """Count a failed attempt on events that stay in the outbox."""
+        if row_ids:
+            self._guarded(lambda: self._write(
+                ("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (rid,))
+                for rid in row_ids))
+
+    def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
+                    now: float) -> None:
+        """Move an event the API rejected for good to the dead-letter table."""
+        self._guarded(lambda: self._write([
+            ("INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
+             " VALUES (?, ?, ?, ?, ?, ?)",
+             (event.event_id, event.body, event.created, status, reason, now)),
+            ("DELETE FROM outbox WHERE id = ?", (event.row_id,)),
+        ]))
+
+    def expire(self, now: float) -> int:
+        """Drop events older than ``max_age``; return how many."""
+        def run() -> int:
+            conn = self._conn
+            cur = conn.execute("DELETE FROM outbox WHERE created < ?", (now - self.max_age,))
+            return int(cur.rowcount or 0)
+        return self._guarded(run)
+
+    def existing(self, row_ids: Iterable[int]) -> set[int]:
+        """Which of ``row_ids`` are still in the outbox."""
+        wanted = list(row_ids)
+        found: set[int] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id FROM outbox WHERE id IN ({marks})"  # noqa: S608 - only "?" marks
+
+            def select(q: str = query, c: list[int] = chunk) -> list[tuple[int]]:
+                return self._conn.execute(q, c).fetchall()
+
+            rows = self._guarded(select)
+            found.update(int(r[0]) for r in rows)
+        return found
+
+    def pending_count(self) -> int:
+        """Events waiting in the outbox (any owner)."""
+        return self._guarded(
+            lambda: int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]))
+
+    def dead_letter_count(self) -> int:
+        """Events in the dead-letter table."""
+        return self._guarded(
+            lambda: int(self._conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]))
+
+    def pending(self, limit: int = 1_000_000) -> list[SpooledEvent]:
+        """Read (without leasing) pending events, oldest first: for inspection and export."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT id, event_id, body, created, attempts FROM outbox ORDER BY created, id"
+            " LIMIT ?", (limit,)).fetchall())
+        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
+                for r in rows]
+
+    def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
+        """Read dead-lettered events, oldest first."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT id, event_id, body, created, status, reason, dead_at FROM dead_letter"
+            " ORDER BY id LIMIT ?", (limit,)).fetchall())
+        return [DeadLetter(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]),
+                           None if r[4] is None else int(r[4]), str(r[5]), float(r[6]))
+                for r in rows]
+
+    def purge(self, *, dead_letters_only: bool = False) -> int:
+        """Delete everything pending (and dead-lettered); return how many rows went."""
+        def run() -> int:
+            total = 0
+            tables = ("dead_letter",) if dead_letters_only else ("outbox", "dead_letter")
+            for table in tables:
+                cur = self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+                total += int(cur.rowcount or 0)
+            return total
+        return self._guarded(run)
+
+    def _guarded(self, op: Callable[[], _T]) -> _T:
+        """Run ``op`` under the lock, translating SQLite errors to :class:`SpoolError`."""
+        try:
+            with self._lock:
+                return op()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def prepare_fork(self) -> None:
+        """Before ``os.fork()``: hold the lock so no transaction is open at the fork."""
+        self._lock.acquire()
+
+    def after_fork_parent(self) -> None:
+        """In the parent after ``os.fork()``: carry on."""
+        self._lock.release()
+
+    def after_fork_child(self) -> None:
+        """In the child after ``os.fork()``: close the inherited connection, open a new one.
+
+        The parent held the lock across the fork, so the inherited connection is
+        idle; closing it resets SQLite's per-process lock bookkeeping, which a
+        new connection beside it would otherwise share in a stale state.
+
+        Raises:
+            SpoolError: the file cannot be reopened.
+        """
+        self._lock = threading.Lock()
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self.owner = new_owner()
+        self._conn = self._open()
+
+
+class MemorySpool:
+    """The same interface as :class:`Spool`, in memory: lost when the process ends."""
+
+    durable = False
+    path: Optional[Path] = None
+
+    def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS,
+                 max_age: float = DEFAULT_MAX_AGE) -> None:
+        self.max_events = max_events
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[int, SpooledEvent] = OrderedDict()
+        self._dead: list[DeadLetter] = []
+        self._next_id = _MEMORY_ID_BASE
+
+    def __repr__(self) -> str:
+        return "<MemorySpool>"
+
+    def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
+        """Keep events in memory; drop the oldest beyond ``max_events``."""
+        with self._lock:
+            ids = []
+            for event_id, body, created in events:
+                self._next_id += 1
+                self._rows[self._next_id] = SpooledEvent(self._next_id, event_id, body,
+                                                         created, 0)
+                ids.append(self._next_id)
+            dropped = 0
+            while len(self._rows) > self.max_events:
+                self._rows.popitem(last=False)
+                dropped += 1
+        return AddResult(tuple(ids), dropped)
+
+    def lease(self, limit: int, now: float) -> list[SpooledEvent]:
+        """The oldest ``limit`` events."""
+        with self._lock:
+            rows = sorted(self._rows.values(), key=lambda r: (r.created, r.row_id))
+            return rows[:limit]
+
+    def delivered(self, row_ids: Sequence[int]) -> None:
+        """Forget delivered events."""
+        with self._lock:
+            for rid in row_ids:
+                self._rows.pop(rid, None)
+
+    def failed_attempt(self, row_ids: Sequence[int]) -> None:
+        """Count a failed attempt."""
+        with self._lock:
+            for rid in row_ids:
+                row = self._rows.get(rid)
+                if row is not None:
+                    self._rows[rid] = SpooledEvent(row.row_id, row.event_id, row.body,
+                                                   row.created, row.attempts + 1)
+
+    def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
+                    now: float) -> None:
+        """Move an event to the (bounded) dead-letter list."""
+        with self._lock:
+            self._rows.pop(event.row_id, None)
+            self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
+                                         event.created, status, reason, now))
+            del self._dead[:-self.max_events]
+
+    def expire(self, now: float) -> int:
+        """Drop events older than ``max_age``."""
+        with self._lock:
+            old = [rid for rid, r in self._rows.items() if r.created < now - self.max_age]
+            for rid in old:
+                del self._rows[rid]
+            return len(old)
+
+    def existing(self, row_ids: Iterable[int]) -> set[int]:
+        """Which of ``row_ids`` are still held."""
+        with self._lock:
+            return {rid for rid in row_ids if rid in self._rows}
+
+    def pending_count(self) -> int:
+        """Events held."""
+        return len(self._rows)
+
+    def dead_letter_count(self) -> int:
+        """Events dead-lettered."""
+        return len(self._dead)
+
+    def pending(self, limit: int = 1_000_000) -> list[SpooledEvent]:
+        """Held events, oldest first."""
+        return self.lease(limit, time.time())
+
+    def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
+        """Dead-lettered events."""
+        with self._lock:
+            return list(self._dead[:limit])
+
+    def purge(self, *, dead_letters_only: bool = False) -> int:
+        """Forget everything."""
+        with self._lock:
+            n = len(self._dead) + (0 if dead_letters_only else len(self._rows))
+            self._dead.clear()
+            if not dead_letters_only:
+                self._rows.clear()
+            return n
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def prepare_fork(self) -> None:
+        """Before ``os.fork()``: hold the lock."""
+        self._lock.acquire()
+
+    def after_fork_parent(self) -> None:
+        """In the parent after ``os.fork()``: carry on."""
+        self._lock.release()
+
+    def after_fork_child(self) -> None:
+        """In the child: the parent's in-memory backlog is the parent's to send; drop it."""
+        self._lock = threading.Lock()
+        self._rows = OrderedDict()
+        self._dead = []
+
+
+AnySpool = Union[Spool, MemorySpool]

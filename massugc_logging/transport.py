@@ -1,0 +1,321 @@
+"""The HTTP transport: the only module that talks HTTP.
+
+It posts one event and returns an :class:`Outcome`; it never raises a
+``requests`` or ``urllib3`` exception to its caller. Errors are translated at
+this boundary, as requests does for urllib3::
+
+    TransportError            configuration the transport refuses to use
+    └── InsecureURLError      plain http:// to a host that is not loopback
+
+Every response is classified once, here:
+
+=============================  ===========  ===================================
+response                       outcome      what the sender does
+=============================  ===========  ===================================
+2xx                            DELIVERED    remove from the spool
+408, 429, 5xx, timeout,        TRANSIENT    keep, back off, honour Retry-After
+connection error, redirect
+401, 403, no key configured    AUTH         keep every event, pause sending
+any other 4xx                  PERMANENT    dead-letter, never retry
+=============================  ===========  ===================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import json
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Union
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from massugc_logging._version import __version__
+from massugc_logging.contract import DEFAULT_ENDPOINT
+from massugc_logging.retry import parse_retry_after
+
+Timeout = Union[float, tuple[float, float]]
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
+_MAX_RESPONSE_BYTES = 64 * 1024
+_MAX_REASON_CHARS = 300
+
+
+#: Sessions inherited across fork, kept so their finalizers never touch the parent's sockets.
+_INHERITED_SESSIONS: list[requests.Session] = []
+
+
+class TransportError(Exception):
+    """A configuration the transport refuses to use."""
+
+
+class InsecureURLError(TransportError):
+    """A plain ``http://`` API URL for a host that is not loopback."""
+
+
+class SecretKey(Protocol):
+    """Anything that holds the API key and shows it only on request."""
+
+    def reveal(self) -> str:
+        """The key itself, for the ``X-API-Key`` header only."""
+
+
+class OutcomeKind(enum.Enum):
+    """How one delivery attempt ended."""
+
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one POST: its kind, the status, and what the server said."""
+
+    kind: OutcomeKind
+    status: Optional[int] = None
+    #: Seconds the server asked us to wait (``Retry-After``), if any.
+    retry_after: Optional[float] = None
+    #: A short, key-free reason: the server's error code and message, or the network error.
+    reason: str = ""
+    #: The parsed JSON response body, when the server sent one.
+    response: Optional[Any] = None
+
+    @property
+    def delivered(self) -> bool:
+        """True when the server accepted the event."""
+        return self.kind is OutcomeKind.DELIVERED
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_url(api_url: str, *, allow_insecure_http: bool = False) -> str:
+    """Validate the API base URL and return it without a trailing slash.
+
+    Raises:
+        TransportError: not an http(s) URL, or it carries credentials or a query.
+        InsecureURLError: plain http to a non-loopback host without explicit consent.
+    """
+    parts = urlsplit(api_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TransportError(
+            f"api_url must be an http(s) URL such as https://api.example.com, got {api_url!r}"
+        )
+    if parts.username or parts.password or parts.query:
+        raise TransportError(
+            "api_url must not carry credentials or a query string; the key travels only in "
+            "the X-API-Key header"
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure_http:
+        raise InsecureURLError(
+            f"refusing plain http:// to {parts.hostname}: the API key would travel unencrypted. "
+            "Use https://, or set allow_insecure_http: true if you really mean it"
+        )
+    return api_url.strip().rstrip("/")
+
+
+def user_agent() -> str:
+    """``massugc-logging/<version> (<platform>)``."""
+    system = f"{platform.system() or 'unknown'} {platform.release()}".strip()
+    return f"massugc-logging/{__version__} ({system}; Python {platform.python_version()})"
+
+
+def _reason_from_body(body: Any, fallback: str) -> str:
+    """``code: message`` from an error body like ``{"error": ..., "message": ...}``."""
+    if isinstance(body, Mapping):
+        code = body.get("error")
+        message = body.get("message")
+        parts = [str(p) for p in (code, message) if isinstance(p, (str, int)) and str(p)]
+        if parts:
+            return ": ".join(parts)[:_MAX_REASON_CHARS]
+    return fallback
+
+
+class Transport:
+    """Posts events to ``{api_url}{endpoint}`` over one keep-alive session."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: Optional[SecretKey],
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        allow_insecure_http: bool = False,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        self.api_url = check_api_url(api_url, allow_insecure_http=allow_insecure_http)
+        if not endpoint.startswith("/"):
+            endpoint = "/" + endpoint
+        self.url = self.api_url + endpoint
+        self.timeout = _coerce_timeout(timeout)
+        self._key = api_key
+        self._user_agent = user_agent()
+        self._session = session or self._new_session()
+
+    def __repr__(self) -> str:
+        key = "set" if self._key is not None else "missing"
+        return f"<Transport url={self.url!r} key={key}>"
+
+    @staticmethod
+    def _new_session() -> requests.Session:
+        """A session with retries off (the sender owns retrying) and a small pool."""
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.verify = True
+        return session
+
+    def renew_session(self) -> None:
+        """Start a new session in a forked child; the parent's pooled sockets are
+        left alone (closing a shared socket here would not disturb the parent, but
+        using one would interleave two processes' requests)."""
+        _INHERITED_SESSIONS.append(self._session)
+        self._session = self._new_session()
+
+    @property
+    def has_key(self) -> bool:
+        """True when an API key is configured."""
+        return self._key is not None
+
+    def set_key(self, api_key: Optional[SecretKey]) -> None:
+        """Use a new API key from the next request on."""
+        self._key = api_key
+
+    def send(self, body: bytes, event_id: str) -> Outcome:
+        """POST one encoded event; classify the response. Never raises."""
+        try:
+            return self._send(body, event_id)
+        except Exception as exc:
+            return Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
+
+    def _send(self, body: bytes, event_id: str) -> Outcome:
+        if self._key is None:
+            return Outcome(OutcomeKind.AUTH, reason="no API key configured")
+        headers = {
+            "X-API-Key": self._key.reveal(),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+            "Idempotency-Key": event_id,
+        }
+        try:
+            response = self._session.post(
+                self.url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout:
+            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
+        except requests.ConnectionError as exc:
+            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
+        except requests.RequestException as exc:
+            return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
+        try:
+            raw = _read_bounded(response)
+        except Exception:
+            raw = b""
+        finally:
+            response.close()
+        return classify_response(response.status_code, response.headers, raw, now=time.time())
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        with contextlib.suppress(Exception):
+            self._session.close()
+
+
+def _read_bounded(response: requests.Response) -> bytes:
+    """The response body, at most ``_MAX_RESPONSE_BYTES`` of it (a hostile server cannot
+    make the sender buffer megabytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=8192):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_RESPONSE_BYTES:
+            break
+    return b"".join(chunks)[:_MAX_RESPONSE_BYTES]
+
+
+def _coerce_timeout(timeout: Any) -> tuple[float, float]:
+    """A (connect, read) pair from a number or a pair; both must be positive."""
+    if isinstance(timeout, (list, tuple)) and len(timeout) == 2:
+        pair = (float(timeout[0]), float(timeout[1]))
+    elif isinstance(timeout, (int, float, str)) and not isinstance(timeout, bool):
+        pair = (float(timeout), float(timeout))
+    else:
+        raise ValueError(f"timeout must be seconds or [connect, read], got {timeout!r}")
+    if not all(v > 0 for v in pair):
+        raise ValueError(f"timeouts must be positive, got {timeout!r}")
+    return pair
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """A short description of a connection failure without URLs or headers."""
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text or (
+        "getaddrinfo" in text
+    ) or "name resolution" in text:
+        return "host name could not be resolved"
+    if "ssl" in text or "certificate" in text:
+        return "TLS error (certificate verification failed or handshake error)"
+    if "reset" in text or "aborted" in text or "remotedisconnected" in text:
+        return "connection closed by the server"
+    return "connection error"
+
+
+def classify_response(
+    status: int, headers: Mapping[str, str], raw: bytes, *, now: float
+) -> Outcome:
+    """Turn a status, headers and body into an :class:`Outcome` (pure)."""
+    body: Any = None
+    if raw:
+        try:
+            body = json.loads(raw.decode("utf-8", "replace"))
+        except ValueError:
+            body = None
+    if 200 <= status < 300:
+        return Outcome(OutcomeKind.DELIVERED, status=status, response=body)
+    fallback = f"HTTP {status}"
+    if status in (401, 403):
+        return Outcome(OutcomeKind.AUTH, status=status,
+                       reason=_reason_from_body(body, fallback), response=body)
+    if status in (408, 429) or status >= 500:
+        return Outcome(
+            OutcomeKind.TRANSIENT,
+            status=status,
+            retry_after=parse_retry_after(headers.get("Retry-After"), now),
+            reason=_reason_from_body(body, fallback),
+            response=body,
+        )
+    if 400 <= status < 500:
+        return Outcome(OutcomeKind.PERMANENT, status=status,
+                       reason=_reason_from_body(body, fallback), response=body)
+    location = headers.get("Location", "")
+    where = f" to {urlsplit(location).path or '/'}" if location else ""
+    return Outcome(
+        OutcomeKind.TRANSIENT,
+        status=status,
+        reason=f"unexpected HTTP {status}{where}; check api_url and endpoint",
+    )

@@ -1,0 +1,155 @@
+"""A fault-injecting stand-in for the MassUGC Cloud API on 127.0.0.1.
+
+Tests script its responses (``respond_with``), switch its mode (ok, slow,
+hang) and read what it captured. ``down`` is a port with nothing listening.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+
+
+@dataclass
+class Captured:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+    peer: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw.decode("utf-8"))
+
+
+@dataclass
+class Scripted:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeApi:
+    """A threaded HTTP/1.1 server recording every request."""
+
+    def __init__(self) -> None:
+        self.captured: list[Captured] = []
+        self.mode = "ok"
+        self.delay = 0.0
+        self.default = Scripted(200, {"code": 0, "message": "success", "data": {}})
+        self._script: deque[Scripted] = deque()
+        self._lock = threading.Condition()
+        self._release_hang = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes; without this, Nagle's algorithm
+                # and delayed ACKs add ~40 ms to every keep-alive response.
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                captured = Captured("POST", self.path, dict(self.headers.items()), raw,
+                                    peer=self.client_address[1])
+                with fake._lock:
+                    fake.captured.append(captured)
+                    reply = fake._script.popleft() if fake._script else fake.default
+                    fake._lock.notify_all()
+                if fake.mode == "hang":
+                    fake._release_hang.wait(60)
+                    self.close_connection = True
+                    return
+                if fake.mode == "slow":
+                    time.sleep(fake.delay)
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeApi:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release_hang.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def respond_with(self, status: int, body: Any = None, headers: Optional[dict[str, str]] = None,
+                     times: int = 1) -> None:
+        """Answer the next ``times`` requests with this status (then the default)."""
+        with self._lock:
+            for _ in range(times):
+                self._script.append(Scripted(status, body, dict(headers or {})))
+
+    def connections(self) -> int:
+        """How many distinct client connections sent requests."""
+        with self._lock:
+            return len({c.peer for c in self.captured})
+
+    def events(self) -> list[Any]:
+        with self._lock:
+            return [c.json for c in self.captured]
+
+    def wait_for(self, predicate: Callable[[list[Captured]], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``predicate(captured)`` holds; False at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self.captured):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+    def wait_for_count(self, n: int, timeout: float = 10.0) -> bool:
+        return self.wait_for(lambda c: len(c) >= n, timeout)
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (for the ``down`` mode)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0,
+               interval: float = 0.01) -> bool:
+    """Poll ``condition`` until true or the deadline; for state with no notification."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,145 @@
+"""Delivery under a misbehaving API: storms, rate limits, rejections and a refused key."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeapi import FakeApi
+
+from massugc_logging import CloudHandler
+
+JOB = {"event_type": "video_generation", "error_message": "x"}
+FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "circuit_threshold": 50}
+
+
+@pytest.fixture
+def handler_for(tmp_path: Path, key: str) -> Iterator[Any]:
+    made: list[CloudHandler] = []
+
+    def make(api: FakeApi, **kw: Any) -> CloudHandler:
+        kw.setdefault("retry", FAST)
+        handler = CloudHandler(api_url=api.url, api_key=key,
+                               spool_path=tmp_path / "s.sqlite3", **kw)
+        log = logging.getLogger("massugc.jobs")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        made.append(handler)
+        return handler
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def emit(n: int, prefix: str = "r") -> None:
+    for i in range(n):
+        logging.getLogger("massugc.jobs").error("job failed",
+                                                extra={**JOB, "run_id": f"{prefix}-{i}"})
+
+
+def test_503_storm_then_recovery_loses_nothing(api: FakeApi, handler_for: Any) -> None:
+    """Twenty 503s in a row, then recovery: every event arrives."""
+    api.respond_with(503, {"error": "unavailable", "message": "down"}, times=20)
+    handler = handler_for(api)
+    emit(30)
+    assert handler.flush(20)
+    delivered = {c.json["job_data"]["run_id"] for c in api.captured[20:]}
+    assert delivered == {f"r-{i}" for i in range(30)}
+    assert handler.stats()["retried"] == 20
+
+
+def test_only_one_request_is_in_flight_while_the_api_fails(api: FakeApi,
+                                                           handler_for: Any) -> None:
+    """During an outage the handler probes with one event at a time, not the whole backlog."""
+    api.respond_with(503, times=5)
+    handler = handler_for(api)
+    emit(50)
+    assert handler.flush(20)
+    # Five failures, each on the oldest event: no burst of the backlog while failing.
+    first_five = [c.json["job_data"]["run_id"] for c in api.captured[:6]]
+    assert first_five == ["r-0"] * 6
+    assert len(api.captured) == 55
+
+
+def test_429_with_retry_after_is_honoured(api: FakeApi, handler_for: Any) -> None:
+    """After 429 with Retry-After: 2, no request comes within those 2 seconds."""
+    api.respond_with(429, {"error": "rate_limited", "message": "slow down"},
+                     headers={"Retry-After": "2"})
+    handler = handler_for(api)
+    emit(3)
+    assert api.wait_for_count(1, 5)
+    assert handler.flush(10)
+    first, second = api.captured[0].at, api.captured[1].at
+    assert second - first >= 2.0
+    assert len(api.captured) == 4
+
+
+def test_422_is_sent_once_dead_lettered_and_never_retried(api: FakeApi, handler_for: Any,
+                                                          caplog: Any) -> None:
+    """A permanent rejection is not retried; it is kept as dead-lettered and said once."""
+    caplog.set_level(logging.ERROR, logger="massugc_logging")
+    api.respond_with(422, {"error": "validation_error", "message": "run_id: bad"})
+    handler = handler_for(api)
+    emit(1, "rejected")
+    assert handler.flush(5)
+    emit(1, "accepted")
+    assert handler.flush(5)
+    runs = [c.json["job_data"]["run_id"] for c in api.captured]
+    assert runs == ["rejected-0", "accepted-0"]
+    stats = handler.stats()
+    assert stats["dead_lettered"] == 1 and stats["pending"] == 0
+    (dead,) = handler._spool.dead_letters()
+    assert dead.status == 422 and "run_id: bad" in dead.reason
+    lines = [r.getMessage() for r in caplog.records if "rejected an event" in r.getMessage()]
+    assert len(lines) == 1 and "422" in lines[0]
+
+
+def test_401_pauses_sending_keeps_events_and_says_so_once(api: FakeApi, handler_for: Any,
+                                                          caplog: Any, key: str) -> None:
+    """A refused key pauses delivery, keeps every event, and names no key."""
+    caplog.set_level(logging.ERROR, logger="massugc_logging")
+    api.default.status = 401
+    api.default.body = {"error": "invalid_api_key", "message": "Invalid API key"}
+    handler = handler_for(api, retry={**FAST, "auth_pause": 60})
+    emit(5)
+    assert api.wait_for_count(1, 5)
+    assert not handler.flush(1)
+    assert len(api.captured) == 1
+    assert handler.stats()["pending"] == 5
+    lines = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
+    assert len(lines) == 1
+    assert key not in lines[0] and key[8:] not in caplog.text
+    # A new key resumes delivery of everything kept.
+    api.default.status = 200
+    handler.set_api_key(key)
+    assert handler.flush(5)
+    assert {c.json["job_data"]["run_id"] for c in api.captured[1:]} == {f"r-{i}" for i in range(5)}
+
+
+def test_circuit_opens_after_repeated_failures_and_stops_trying(api: FakeApi,
+                                                                handler_for: Any) -> None:
+    """After circuit_threshold failures there are no more requests during the cool-down."""
+    api.default.status = 503
+    handler = handler_for(api, retry={"backoff_base": 0.01, "backoff_cap": 0.02,
+                                      "circuit_threshold": 3, "circuit_cooldown": 30})
+    emit(10)
+    assert api.wait_for_count(3, 5)
+    time.sleep(0.5)  # a window in which a storm would show; the assertion is the count
+    assert len(api.captured) == 3
+    assert handler.stats()["state"] == "circuit_open"
+    assert handler.stats()["pending"] == 10
+
+
+def test_idle_handler_makes_no_requests_and_wakes_on_an_event(api: FakeApi,
+                                                              handler_for: Any) -> None:
+    """No polling: nothing is sent while idle, and an event is sent at once."""
+    handler = handler_for(api)
+    assert not api.wait_for_count(1, 0.3)
+    emit(1)
+    assert api.wait_for_count(1, 5)
+    assert handler.flush(2)
