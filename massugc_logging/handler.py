@@ -19,6 +19,7 @@ never enter the handler, so sending can never cause more sending.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import os
@@ -34,6 +35,7 @@ from logging.handlers import QueueListener
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from massugc_logging.classify import Classifier
 from massugc_logging.contract import (
     DEFAULT_ENDPOINT,
     DEFAULT_EVENT_TYPE,
@@ -177,6 +179,8 @@ class CloudHandler(logging.Handler):
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         redact_patterns: extra regular expressions scrubbed from every string.
         error_message_limit, field_limit: caps in characters.
+        classification_rules: extra failure-category rules, used for the opt-in
+            ``error_category`` field (listed in ``extra_fields``).
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class CloudHandler(logging.Handler):
         redact_patterns: Sequence[str] = (),
         error_message_limit: int = 4096,
         field_limit: int = 256,
+        classification_rules: Sequence[Mapping[str, Any]] = (),
         key_store: Optional[KeyStore] = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -224,7 +229,7 @@ class CloudHandler(logging.Handler):
             error_message_limit=int(error_message_limit),
             field_limit=int(field_limit),
             scrub=_fail_closed(redactor.redact_and_cap),
-            categorize=_categorizer(),
+            categorize=_categorizer(classification_rules),
         )
 
         key = self._resolve_key(api_key, key_store)
@@ -570,6 +575,9 @@ class CloudHandler(logging.Handler):
             if self._stopping:
                 return False
             outcome = self._transport.send(row.body, row.event_id)
+            if outcome.reason:
+                outcome = dataclasses.replace(
+                    outcome, reason=self.settings.scrub(outcome.reason, 300))
             with self._count_lock:
                 self._last_status = outcome.status
                 if not outcome.delivered:
@@ -807,15 +815,14 @@ def _fail_closed(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:
     return guarded
 
 
-def _categorizer() -> Optional[Callable[[Optional[ExceptionSummary], str], str]]:
-    """The failure classifier as a ``(summary, text) -> category`` function, if available."""
-    try:
-        from massugc_logging.classify import classify  # noqa: PLC0415 - optional coupling
-    except ImportError:
-        return None
+def _categorizer(
+    rules: Sequence[Mapping[str, Any]],
+) -> Callable[[Optional[ExceptionSummary], str], str]:
+    """The failure classifier as a ``(summary, text) -> category`` function."""
+    classifier = Classifier.from_config(list(rules)) if rules else Classifier()
 
     def categorize(summary: Optional[ExceptionSummary], text: str) -> str:
         names = summary.qualified_names if summary is not None else ()
-        return classify(exc_type_names=names, text=text).category
+        return classifier.classify(exc_type_names=names, text=text).category
 
     return categorize

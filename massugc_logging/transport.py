@@ -23,6 +23,7 @@ any other 4xx                  PERMANENT    dead-letter, never retry
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -37,7 +38,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from massugc_logging._version import __version__
-from massugc_logging.contract import DEFAULT_ENDPOINT
+from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
 from massugc_logging.retry import parse_retry_after
 
 Timeout = Union[float, tuple[float, float]]
@@ -235,7 +236,16 @@ class Transport:
             raw = b""
         finally:
             response.close()
-        return classify_response(response.status_code, response.headers, raw, now=time.time())
+        outcome = classify_response(response.status_code, response.headers, raw, now=time.time())
+        if outcome.reason:
+            outcome = dataclasses.replace(outcome, reason=self._without_key(outcome.reason))
+        return outcome
+
+    def _without_key(self, text: str) -> str:
+        """Remove the key (and anything shaped like one) from text the server sent back."""
+        if self._key is not None:
+            text = text.replace(self._key.reveal(), "[REDACTED]")
+        return API_KEY_PATTERN.sub("[REDACTED]", text)
 
     def close(self) -> None:
         """Close pooled connections."""

@@ -287,3 +287,22 @@ def test_stdlib_queue_handler_form_works_on_3_12(api: FakeApi, key: str, tmp_pat
     assert api.wait_for_count(1, 10)
     assert api.captured[0].json["job_data"]["error_message"] == "ValueError: bad frame"
     logging.shutdown()
+
+
+def test_error_category_is_sent_only_when_opted_in(api: FakeApi, make_handler: Any) -> None:
+    """extra_fields: [error_category] adds the classifier's category; the default does not."""
+    plain = make_handler(api.url, spool_path=None)
+    opted = make_handler(api.url, spool_path=None, extra_fields=["error_category"],
+                         classification_rules=[{"category": "storage_upload",
+                                                "keywords": ["render farm"]}])
+    for handler in (plain, opted):
+        log = jobs_logger(handler)
+        log.error("job failed", extra={**JOB, "error_message": "ffmpeg: moov atom not found"})
+        log.error("job failed", extra={**JOB, "error_message": "render farm unreachable"})
+        log.info("job ok", extra=JOB)
+        assert handler.flush(5)
+    plain_jobs = [c.json["job_data"] for c in api.captured[:3]]
+    opted_jobs = [c.json["job_data"] for c in api.captured[3:]]
+    assert all("error_category" not in j for j in plain_jobs)
+    assert [j.get("error_category") for j in opted_jobs] == [
+        "video_generation", "storage_upload", None]
