@@ -27,6 +27,11 @@ import dataclasses
 import enum
 import ipaddress
 import json
+
+# requests imports netrc lazily, on the sender thread, inside the first request. A
+# fork at that moment leaves the child with that module's import lock held forever
+# and its sender deadlocked; importing it here, once, closes that window.
+import netrc  # noqa: F401
 import platform
 import time
 from collections.abc import Mapping

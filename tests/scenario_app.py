@@ -58,6 +58,10 @@ def main() -> int:
                                                "run_id": f"child-{j}", "error_message": "x"})
             ok = handler.flush(10)
             print(f"child flushed {ok}", flush=True)
+            if not ok:  # leave a trace of every thread for whoever reads the test failure
+                import faulthandler
+                print(f"child stats {handler.stats()}", file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(all_threads=True)
             logging.shutdown()
             os._exit(0 if ok else 3)
         _, status = os.waitpid(pid, 0)

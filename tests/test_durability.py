@@ -99,7 +99,8 @@ def test_fork_child_events_are_delivered_and_the_parent_backlog_is_not_duplicate
     result = run_app("--url", api.url, "--spool", tmp_path / "s.sqlite3", "--events", 40,
                      "--prefix", "parent", "--fork-child-events", 5, "--flush", 20)
     assert result.returncode == 0, result.stderr
-    assert "child flushed True" in result.stdout and "child exit 0" in result.stdout
+    assert "child flushed True" in result.stdout, result.stderr
+    assert "child exit 0" in result.stdout
     runs = received_runs(api)
     assert {f"child-{j}" for j in range(5)} <= set(runs)
     assert {f"parent-{i}" for i in range(40)} <= set(runs)
