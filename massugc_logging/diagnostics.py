@@ -61,6 +61,10 @@ class Diagnostics:
         with self._lock:
             self._said.discard(key)
 
+    def after_fork_in_child(self) -> None:
+        """A fresh lock: the parent's may have been held by one of its threads at the fork."""
+        self._lock = threading.Lock()
+
     def snapshot(self) -> dict[str, int]:
         """A copy of the counters."""
         with self._lock:

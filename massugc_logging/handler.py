@@ -361,6 +361,7 @@ class CloudHandler(logging.Handler):
     def _forget_parent_state(self) -> None:
         """In a forked child: drop the parent's queue, threads, locks, connection and
         session; threads restart at the child's first event."""
+        self.diagnostics.after_fork_in_child()
         try:
             self._spool.after_fork_child()
         except SpoolError as exc:
