@@ -17,25 +17,33 @@ import json
 import logging
 import logging.config
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, NoReturn, Optional, TextIO
 
 import requests
 
 from massugc_logging._version import __version__
 from massugc_logging.collector import Collector, serve_forever
-from massugc_logging.config import ConfigError, configure, load_config
+from massugc_logging.config import (
+    ENV_VARIABLE,
+    ConfigError,
+    configure,
+    describe_dictconfig_error,
+    load_environment,
+)
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.handler import CloudHandler, default_spool_path
-from massugc_logging.keystore import KeyStore, KeyStoreError
+from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
 from massugc_logging.payload import PayloadSettings, build_event, format_utc
 from massugc_logging.spool import Spool, SpoolError
 from massugc_logging.transport import (
+    InsecureURLError,
     OutcomeKind,
     Transport,
     TransportError,
@@ -90,16 +98,37 @@ def _reference_config() -> Optional[Path]:
     return None
 
 
+_KEY_HINT = f"set {ENV_VAR} or run 'massugc-logging key set'"
+
+
+def _key_problem(exc: KeyStoreError) -> str:
+    """A key-store error with what to do about it (the key itself is never in it)."""
+    if isinstance(exc, InvalidApiKey):
+        if exc.source == "environment":
+            return f"{exc}. Correct {ENV_VAR}, or unset it and run 'massugc-logging key set'"
+        if exc.source in ("file", "keyring"):
+            return f"{exc}. Store the right key with 'massugc-logging key set'"
+    return str(exc)
+
+
+def _url_problem(exc: Exception) -> str:
+    """A refused API URL with the command line's way out."""
+    if isinstance(exc, InsecureURLError):
+        return (f"{exc} (on the command line: --allow-insecure-http; better, use "
+                "https:// with --api-url or MASSUGC_API_URL)")
+    return f"{exc}; fix --api-url or MASSUGC_API_URL"
+
+
 def _transport(args: argparse.Namespace, out: _Output) -> Any:
     """A transport for the configured API and key, or None after saying why."""
 
     try:
         key, _source = KeyStore().resolve(getattr(args, "api_key", None))
     except KeyStoreError as exc:
-        out.problem(f"{exc}")
+        out.problem(_key_problem(exc))
         return None
     if key is None:
-        out.problem("no API key: set MASSUGC_API_KEY or run 'massugc-logging key set'")
+        out.problem(f"no API key: {_KEY_HINT}")
         return None
     try:
         return Transport(_api_url(args), key,
@@ -107,7 +136,7 @@ def _transport(args: argparse.Namespace, out: _Output) -> Any:
                          timeout=(3.05, 10.0),
                          allow_insecure_http=getattr(args, "allow_insecure_http", False))
     except (TransportError, ValueError) as exc:
-        out.problem(f"{exc}")
+        out.problem(_url_problem(exc))
         return None
 
 
@@ -191,16 +220,34 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join([line, rule, *body])
 
 
+def _cloud_handlers(log: logging.Logger) -> list[CloudHandler]:
+    """The cloud handlers a record logged on ``log`` reaches (its own and its ancestors')."""
+    found: list[CloudHandler] = []
+    node: Optional[logging.Logger] = log
+    while node is not None:
+        found.extend(h for h in node.handlers if isinstance(h, CloudHandler) and h not in found)
+        if not node.propagate:
+            break
+        node = node.parent
+    return found
+
+
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     """Run simulated jobs through logging.yaml into a local collector; verify delivery."""
-
-
     config = Path(args.config) if args.config else _reference_config()
     if config is None:
         out.problem("no logging.yaml found here; run from the repository root or pass "
                     "--config PATH")
         return EXIT_PROBLEM
     workdir = Path(tempfile.mkdtemp(prefix="massugc-demo-"))
+    try:
+        return _run_demo(args, out, config, workdir)
+    finally:
+        logging.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Path) -> int:
     demo_key = "massugc_demo" + uuid.uuid4().hex[:28]
     user = "alice"
     with Collector(workdir / "collector.sqlite3").start() as collector:
@@ -222,6 +269,12 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
                 else:
                     os.environ[k] = v
         log = logging.getLogger("massugc.jobs")
+        handlers = _cloud_handlers(log)
+        if not handlers:
+            out.problem(f"the development environment of {config} sends no 'massugc.jobs' "
+                        "record to a massugc_logging.CloudHandler; add one (see the reference "
+                        "logging.yaml)")
+            return EXIT_PROBLEM
         jobs = _demo_jobs(args.jobs, user)
         # The console shows each job as the app would log it; keep it readable.
         for i, fields in enumerate(jobs, 1):
@@ -230,8 +283,7 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
             else:
                 log.info("job succeeded", extra=fields)
             out.progress(i, len(jobs), "jobs")
-        handlers = [h for h in log.handlers if isinstance(h, CloudHandler)]
-        delivered = all(h.flush(30) for h in handlers) and bool(handlers)
+        delivered = all([h.flush(30) for h in handlers])
         events = collector.events()
         by_run: dict[str, int] = {}
         for e in events:
@@ -266,11 +318,25 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
                     while True:
                         time.sleep(3600)
             return EXIT_OK
-        out.problem("not every event arrived exactly once; see the table above")
+        if not delivered:
+            out.problem("not every event was delivered within 30 s; the console lines above "
+                        "say why")
+        out.problem("not every event arrived exactly once; see the table above, and run "
+                    "'massugc-logging check' on the configuration")
         return EXIT_PROBLEM
 
 
 # -- send-test ----------------------------------------------------------------------
+
+_OUTCOME_HINTS = {
+    OutcomeKind.AUTH: "the API refused the key: check which key is used with "
+                      "'massugc-logging key show', then store the right one with "
+                      f"'massugc-logging key set' (or correct {ENV_VAR})",
+    OutcomeKind.TRANSIENT: "the API could not be reached or is busy: check the network and "
+                           "the API URL (--api-url or MASSUGC_API_URL), then try again",
+    OutcomeKind.PERMANENT: "the server rejected the event: check the endpoint (--endpoint; "
+                           "older servers use /api/desktop/usage)",
+}
 
 
 def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
@@ -291,10 +357,7 @@ def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
     out.say(f"Outcome: {_describe(outcome)}")
     if outcome.delivered:
         return EXIT_OK
-    hints = {"auth": "check the key with 'massugc-logging key show'",
-             "transient": "check the network and api_url; the API may be down",
-             "permanent": "the server rejected the event; check the endpoint (--endpoint)"}
-    out.problem(hints.get(outcome.kind.value, "see the outcome above"))
+    out.problem(_OUTCOME_HINTS.get(outcome.kind, "see the outcome above"))
     return EXIT_PROBLEM
 
 
@@ -307,57 +370,59 @@ def _cloud_specs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             if isinstance(spec, dict) and str(spec.get("class", "")).endswith("CloudHandler")]
 
 
-def _check_cloud_handler(name: str, spec: dict[str, Any], probe: bool,
+def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: bool,
                          problems: list[str], notes: list[str]) -> None:
+    """Check one cloud handler's arguments, URL, key and (if ``probe``) the API.
 
+    ``written`` is the handler's mapping as written in the file, before expansion.
+    """
     kwargs = {k: v for k, v in spec.items() if k not in ("class", "level", "formatter",
                                                          "filters", ".")}
     try:
         inspect.signature(CloudHandler).bind(**kwargs)
     except TypeError as exc:
-        problems.append(f"handler {name!r}: {exc}; see the configuration reference in README")
+        problems.append(f"handler {name!r}: {exc}; remove or correct it (see the "
+                        "CloudHandler arguments in README)")
+    literal = written.get("api_key") if isinstance(written, dict) else None
+    if isinstance(literal, str) and literal.strip() and "${" not in literal:
+        problems.append(f"handler {name!r}: the API key is written in the configuration; "
+                        f"remove api_key and use {ENV_VAR} or 'massugc-logging key set'")
     url = str(kwargs.get("api_url") or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL)
     try:
         check_api_url(url, allow_insecure_http=bool(kwargs.get("allow_insecure_http")))
         notes.append(f"handler {name!r}: API {url}")
+    except InsecureURLError as exc:
+        problems.append(f"handler {name!r}: insecure API URL: {exc}")
+        return
     except TransportError as exc:
-        problems.append(f"handler {name!r}: {exc}")
+        problems.append(f"handler {name!r}: {exc}; correct api_url (or MASSUGC_API_URL)")
         return
     try:
         key, source = KeyStore().resolve(kwargs.get("api_key"))
     except KeyStoreError as exc:
-        problems.append(f"handler {name!r}: {exc}")
+        problems.append(f"handler {name!r}: {_key_problem(exc)}")
         key, source = None, "invalid"
     if key is None and source != "invalid":
-        problems.append(f"handler {name!r}: no API key; set MASSUGC_API_KEY or run "
-                        "'massugc-logging key set'")
+        problems.append(f"handler {name!r}: no API key; {_KEY_HINT}")
     elif key is not None:
         notes.append(f"handler {name!r}: API key {key.masked} from {source}")
     if probe:
-
         try:
             requests.head(url, timeout=3, allow_redirects=False).close()
             notes.append(f"handler {name!r}: API reachable")
         except requests.RequestException as exc:
             problems.append(f"handler {name!r}: the API at {url} is unreachable "
-                            f"({type(exc).__name__}); check the network or api_url")
+                            f"({type(exc).__name__}); check the network and api_url, or pass "
+                            "--no-network to skip this probe")
 
 
-def cmd_check(args: argparse.Namespace, out: _Output) -> int:
-    """Validate a logging.yaml without sending anything."""
+def _dry_run(config: dict[str, Any]) -> Optional[str]:
+    """Apply ``config`` with inert stand-ins for cloud and file handlers; the error, if any.
 
-
-    try:
-        config = load_config(args.path, args.env)
-    except ConfigError as exc:
-        out.problem(str(exc))
-        return EXIT_PROBLEM
-    problems: list[str] = []
-    notes: list[str] = []
-    for name, spec in _cloud_specs(config):
-        _check_cloud_handler(name, spec, not args.no_network, problems, notes)
-    # A dry run of dictConfig with the cloud handlers swapped for inert stand-ins, so
-    # nothing is sent and no spool is touched, in a throwaway logger manager.
+    Nothing is sent, no spool or log file is touched. It runs in this process's
+    logging (the command line has nothing else to log), and puts back the
+    handlers of the root logger.
+    """
     dry = copy.deepcopy(config)
     for name, _spec in _cloud_specs(dry):
         dry["handlers"][name] = {"class": "logging.NullHandler"}
@@ -370,19 +435,43 @@ def cmd_check(args: argparse.Namespace, out: _Output) -> int:
     saved_root = logging.root.handlers[:], logging.root.level
     try:
         logging.config.dictConfig(dry)
-    except (ValueError, TypeError, AttributeError, ImportError) as exc:
-        problems.append(f"dictConfig rejects the configuration: {exc} "
-                        f"({exc.__cause__ or ''}); check class names and arguments")
+    except Exception as exc:
+        return (f"dictConfig rejects the configuration: {describe_dictconfig_error(exc)}; "
+                "check the class names, formatter and handler names and arguments there")
     finally:
         logging.root.handlers[:], logging.root.level = saved_root
+    return None
+
+
+def cmd_check(args: argparse.Namespace, out: _Output) -> int:
+    """Validate a logging.yaml without sending anything."""
+    try:
+        config, env_name = load_environment(args.path, args.env)
+    except ConfigError as exc:
+        out.problem(str(exc))
+        return EXIT_PROBLEM
+    out.say(f"checking {args.path}, environment {env_name!r}")
+    problems: list[str] = []
+    notes: list[str] = []
+    as_written, _ = load_environment(args.path, env_name, expand_variables=False)
+    written_handlers = as_written.get("handlers")
+    if not isinstance(written_handlers, dict):
+        written_handlers = {}
+    for name, spec in _cloud_specs(config):
+        _check_cloud_handler(name, spec, written_handlers.get(name), not args.no_network,
+                             problems, notes)
+    rejected = _dry_run(config)
+    if rejected:
+        problems.append(rejected)
     for note in notes:
         out.say(f"ok: {note}")
     for problem in problems:
         out.say(f"PROBLEM: {problem}")
     if problems:
-        out.problem(f"{len(problems)} problem(s) in {args.path}")
+        out.problem(f"{len(problems)} problem(s) in {args.path} (environment {env_name!r}); "
+                    "fix each PROBLEM above and run the check again")
         return EXIT_PROBLEM
-    out.say(f"{args.path}: configuration looks good")
+    out.say(f"{args.path}: configuration looks good (environment {env_name!r})")
     return EXIT_OK
 
 
@@ -413,6 +502,9 @@ def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
         return EXIT_PROBLEM
     try:
         return _SPOOL_ACTIONS[args.action](spool, args, out)
+    except SpoolError as exc:
+        out.problem(f"{exc}; nothing more was done (is another program holding the file?)")
+        return EXIT_PROBLEM
     finally:
         spool.close()
 
@@ -443,6 +535,11 @@ def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     while True:
         batch = spool.lease(50, time.time())
         if not batch:
+            held = spool.pending_count()
+            if held:
+                out.problem(f"{held} event(s) are held by a program that is still running "
+                            "(the app, or another replay); it delivers them itself. Run the "
+                            "replay again after it exits, or a few minutes later")
             break
         stop = False
         for event in batch:
@@ -479,7 +576,12 @@ def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
                          "reason": dead.reason, "event": json.loads(dead.body)})
     if args.dead and not args.all:
         rows = [r for r in rows if r["state"] == "dead_letter"]
-    target = open(args.output, "w", encoding="utf-8") if args.output else out.out  # noqa: SIM115
+    try:
+        target = open(args.output, "w", encoding="utf-8") if args.output else out.out  # noqa: SIM115
+    except OSError as exc:
+        out.problem(f"cannot write {args.output} ({exc.strerror or type(exc).__name__}); "
+                    "choose another --output path")
+        return EXIT_PROBLEM
     try:
         for row in rows:
             target.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -492,14 +594,20 @@ def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
 
 
 def _spool_purge(spool: Any, args: argparse.Namespace, out: _Output) -> int:
-    what = "dead-lettered events" if args.dead_only else "all pending and dead-lettered events"
+    dead = spool.dead_letter_count()
+    what = (f"{dead} dead-lettered event(s)" if args.dead_only else
+            f"{spool.pending_count()} pending and {dead} dead-lettered event(s)")
     if not args.yes:
-        try:
-            answer = input(f"Delete {what} in {spool.path}? This cannot be undone. [y/N] ")
-        except EOFError:
-            answer = ""
+        print(f"Delete {what} in {spool.path}? They will never be sent. [y/N] ",
+              end="", file=out.err, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:
+            print(file=out.err)
+            out.problem("nothing deleted: no answer (input is closed). Pass --yes to delete "
+                        "without asking")
+            return EXIT_PROBLEM
         if answer.strip().lower() not in ("y", "yes"):
-            out.problem("nothing deleted (confirm with y, or pass --yes)")
+            out.problem("nothing deleted (answer y to confirm, or pass --yes)")
             return EXIT_PROBLEM
     removed = spool.purge(dead_letters_only=args.dead_only)
     out.say(f"deleted {removed} event(s)")
@@ -521,15 +629,34 @@ def _read_secret(out: _Output) -> str:
     return sys.stdin.readline().strip()
 
 
+def _key_set(store: KeyStore, out: _Output) -> int:
+    secret = _read_secret(out)
+    if not secret:
+        out.problem("no key given: type it when asked, or pipe it in "
+                    "(massugc-logging key set < file-with-the-key)")
+        return EXIT_PROBLEM
+    try:
+        where = store.store(secret)
+    except InvalidApiKey as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        out.problem(f"that is not a MassUGC API key: {reason}. Copy the whole key (it starts "
+                    "with 'massugc_') and run 'massugc-logging key set' again")
+        return EXIT_PROBLEM
+    out.say(f"stored the API key in {where}")
+    if os.environ.get(ENV_VAR, "").strip():
+        out.say(f"note: {ENV_VAR} is set in this environment and is used before the stored "
+                "key; unset it to use the stored one")
+    return EXIT_OK
+
+
 def cmd_key(args: argparse.Namespace, out: _Output) -> int:
     """Manage the stored API key; it is never printed in full."""
 
     store = KeyStore(legacy_path=Path(args.legacy_path) if args.legacy_path else None)
     try:
         if args.action == "set":
-            where = store.store(_read_secret(out))
-            out.say(f"stored the API key in {where}")
-        elif args.action == "show":
+            return _key_set(store, out)
+        if args.action == "show":
             key, source = store.resolve()
             if key is None:
                 out.problem("no API key found (environment, keyring, key file or legacy file); "
@@ -539,11 +666,13 @@ def cmd_key(args: argparse.Namespace, out: _Output) -> int:
         elif args.action == "remove":
             removed = store.remove(legacy=args.legacy)
             out.say("removed: " + (", ".join(removed) if removed else "nothing was stored"))
+            if os.environ.get(ENV_VAR, "").strip():
+                out.say(f"note: {ENV_VAR} is still set in this environment; unset it too")
         elif args.action == "migrate":
             moved = store.migrate_legacy(remove_legacy=args.remove_legacy)
             out.say("migrated the legacy key" if moved else "nothing to migrate")
     except KeyStoreError as exc:
-        out.problem(str(exc))
+        out.problem(_key_problem(exc))
         return EXIT_PROBLEM
     return EXIT_OK
 
@@ -559,9 +688,39 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
                    help="allow plain http:// to a host that is not loopback")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too small; give 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (0 to 65535; "
+                                         "0 picks a free one)")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a pointer to --help in every usage error (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
+                              f"Run '{self.prog} --help' to see what it accepts.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="massugc-logging",
         description="Report MassUGC job outcomes through Python logging: tools for the people "
                     "who run and support the app.",
@@ -570,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run simulated jobs into a local collector and verify")
-    demo.add_argument("--jobs", type=int, default=36, help="how many jobs (default 36)")
+    demo.add_argument("--jobs", type=_positive_int, default=36,
+                      help="how many jobs (default 36)")
     demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml)")
     demo.add_argument("--keep-serving", action="store_true",
                       help="keep the collector running afterwards to browse its page")
@@ -578,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the local collector (development and demos)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--port", type=_port, default=8765,
+                       help="port to listen on (default 8765; 0 picks a free one)")
     serve.add_argument("--db", help="SQLite file to keep events in (default: memory)")
     serve.set_defaults(func=cmd_serve)
 
@@ -588,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a logging.yaml; nothing is sent")
     check.add_argument("path", help="the logging.yaml to check")
-    check.add_argument("--env", help="environment to check (default: $MASSUGC_ENV or the "
+    check.add_argument("--env", help=f"environment to check (default: ${ENV_VARIABLE} or the "
                                      "file's default_environment)")
     check.add_argument("--no-network", action="store_true", help="skip the reachability probe")
     check.set_defaults(func=cmd_check)

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -29,6 +29,14 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 class ConfigError(Exception):
     """The logging configuration cannot be used; the message says where and what to do."""
+
+
+class _UnsetVariable(ConfigError):
+    """A ``${VAR}`` without a default names a variable that is not set."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def default_config_path() -> Path:
@@ -59,22 +67,40 @@ def _read_yaml(path: Path) -> Any:
         ) from None
 
 
-def _line_of(path: Path, key: str) -> str:
-    """``, line N`` where ``key:`` first appears in the file, for messages."""
+def _line_where(path: Path, found: Callable[[str], bool]) -> str:
+    """``, line N`` of the first line for which ``found(line)`` holds, for messages."""
     try:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip().startswith(f"{key}:"):
+            if found(line):
                 return f", line {number}"
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
     return ""
 
 
+def _line_of(path: Path, key: str, after: Optional[str] = None) -> str:
+    """``, line N`` where ``key:`` first appears (after the line of ``after:``, if given)."""
+    seen_after = after is None
+
+    def found(line: str) -> bool:
+        nonlocal seen_after
+        if not seen_after:
+            seen_after = line.strip().startswith(f"{after}:")
+            return False
+        return line.strip().startswith(f"{key}:")
+
+    return _line_where(path, found)
+
+
 def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[dict[str, Any], str]:
     """The dictConfig mapping for ``env`` and the environment's name."""
+    if document is None:
+        raise ConfigError(f"{path}: the file is empty. Give it an 'environments:' section "
+                          "(see the reference logging.yaml) or a dictConfig 'version: 1'")
     if not isinstance(document, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got "
-                          f"{type(document).__name__}")
+                          f"{type(document).__name__}. Give it an 'environments:' section "
+                          "(see the reference logging.yaml) or a dictConfig 'version: 1'")
     if "environments" not in document:
         if "version" in document:
             return dict(document), env or "default"
@@ -85,21 +111,24 @@ def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[d
     environments = document["environments"]
     if not isinstance(environments, Mapping) or not environments:
         raise ConfigError(f"{path}{_line_of(path, 'environments')}: 'environments' must map "
-                          "names to dictConfig mappings")
+                          "names (development, test, production...) to dictConfig mappings; "
+                          "see the reference logging.yaml")
     name = env or os.environ.get(ENV_VARIABLE) or document.get("default_environment")
     if not name:
-        raise ConfigError(f"{path}: no environment chosen; pass env=..., set {ENV_VARIABLE}, "
-                          "or add default_environment")
+        raise ConfigError(f"{path}: no environment chosen; pass env=... (or --env), "
+                          f"set {ENV_VARIABLE}, or add default_environment: to the file")
     if name not in environments:
         known = ", ".join(str(k) for k in environments)
         raise ConfigError(
             f"{path}{_line_of(path, 'environments')}: no environment named {name!r}; choose one "
-            f"of {known} (with env=... or {ENV_VARIABLE})"
+            f"of {known} (with env=..., --env or {ENV_VARIABLE}), or add {name!r} under "
+            "environments:"
         )
     chosen = environments[name]
     if not isinstance(chosen, Mapping):
-        raise ConfigError(f"{path}{_line_of(path, str(name))}: environment {name!r} must be a "
-                          "dictConfig mapping")
+        raise ConfigError(f"{path}{_line_of(path, str(name), 'environments')}: environment "
+                          f"{name!r} must be a dictConfig mapping (with 'version: 1', "
+                          "'handlers:'...); see the reference logging.yaml")
     return dict(chosen), str(name)
 
 
@@ -120,9 +149,9 @@ def expand(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
             return found
         if default is not None:
             return default
-        raise ConfigError(
+        raise _UnsetVariable(
             f"{where}: environment variable {name} is not set; set it, or write "
-            f"${{{name}:-default}} to give a default"
+            f"${{{name}:-default}} to give a default", name
         )
 
     whole = _REFERENCE.fullmatch(value) is not None
@@ -137,6 +166,17 @@ def expand(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
     return result
 
 
+def describe_dictconfig_error(exc: BaseException) -> str:
+    """dictConfig's message with its cause, which holds the real reason, said once."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        if detail not in text:
+            text = f"{text} ({detail})"
+    return text
+
+
 def _prepare_files(config: Mapping[str, Any]) -> None:
     """Create the directories of file handlers, which dictConfig would fail on."""
     handlers = config.get("handlers")
@@ -147,26 +187,45 @@ def _prepare_files(config: Mapping[str, Any]) -> None:
             Path(spec["filename"]).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def load_config(
+def load_environment(
     path: Union[str, Path, None] = None,
     env: Optional[str] = None,
     environ: Optional[Mapping[str, str]] = None,
-) -> dict[str, Any]:
-    """Read ``path``, choose the environment, expand variables; return the dictConfig."""
+    *,
+    expand_variables: bool = True,
+) -> tuple[dict[str, Any], str]:
+    """Read ``path``, choose the environment, expand variables; return it and its name.
+
+    With ``expand_variables=False`` the mapping is returned as written, unchecked.
+    """
     config_path = Path(path) if path is not None else default_config_path()
     merged_env = dict(os.environ)
     if environ is not None:
         merged_env.update(environ)
     document = _read_yaml(config_path)
     chosen, name = select_environment(document, config_path, env)
+    if not expand_variables:
+        return chosen, name
     try:
         expanded = expand(chosen, merged_env, name)
-    except ConfigError as exc:
-        raise ConfigError(f"{config_path}: {exc}") from None
+    except _UnsetVariable as exc:
+        used = re.compile(r"\$\{" + re.escape(exc.name) + r"[:}]")
+        line = _line_where(config_path, lambda text: used.search(text) is not None)
+        raise ConfigError(f"{config_path}{line}: {exc}") from None
     if not isinstance(expanded, dict) or expanded.get("version") != 1:
-        raise ConfigError(f"{config_path}: environment {name!r} needs 'version: 1' "
-                          "(the dictConfig schema version)")
-    return expanded
+        line = _line_of(config_path, name, "environments") if "environments" in document else ""
+        raise ConfigError(f"{config_path}{line}: environment {name!r} needs 'version: 1' "
+                          "(the dictConfig schema version); add it to that mapping")
+    return expanded, name
+
+
+def load_config(
+    path: Union[str, Path, None] = None,
+    env: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> dict[str, Any]:
+    """Read ``path``, choose the environment, expand variables; return the dictConfig."""
+    return load_environment(path, env, environ)[0]
 
 
 def configure(
@@ -182,9 +241,10 @@ def configure(
     _prepare_files(config)
     try:
         logging.config.dictConfig(config)
-    except (ValueError, TypeError, AttributeError, ImportError) as exc:
-        cause = exc.__cause__ or exc
+    except (ValueError, TypeError, AttributeError, ImportError, KeyError) as exc:
         where = path if path is not None else default_config_path()
-        raise ConfigError(f"{where}: dictConfig rejected the configuration: {exc} ({cause}). "
-                          "Check the handler's class and keyword arguments") from None
+        raise ConfigError(f"{where}: dictConfig rejected the configuration: "
+                          f"{describe_dictconfig_error(exc)}. Check the class names and "
+                          "keyword arguments there ('massugc-logging check' explains more)") \
+            from None
     return config

@@ -15,17 +15,22 @@ With pytest, the ``massugc_events`` fixture does the same for one test.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from massugc_logging.contract import DEFAULT_EVENT_TYPE
+from massugc_logging.contract import DEFAULT_EVENT_TYPE, DEFAULT_EVENT_VERSION, DEFAULT_SOURCE
 from massugc_logging.diagnostics import is_internal_logger
-from massugc_logging.payload import PayloadSettings, build_event, capture_exception
-from massugc_logging.redaction import system_redactor
+from massugc_logging.handler import payload_settings
+from massugc_logging.payload import (
+    PayloadSettings,
+    build_event,
+    capture_exception,
+)
 
 
 class CapturedEvents(list):  # type: ignore[type-arg]
@@ -46,21 +51,35 @@ class CapturedEvents(list):  # type: ignore[type-arg]
 
 
 class CaptureHandler(logging.Handler):
-    """Builds events synchronously, as the cloud handler would, and keeps them."""
+    """Builds events synchronously, as the cloud handler would, and keeps them.
+
+    It takes the payload arguments of :class:`CloudHandler` (``event_type``,
+    ``extra_fields``, ``source``, ``version``, ``redact_patterns``, the limits
+    and ``classification_rules``), so a ``test`` environment in logging.yaml
+    can capture exactly what the ``production`` one would send. Each event is
+    kept as it goes on the wire: the JSON body, decoded.
+    """
 
     def __init__(
         self,
         settings: Optional[PayloadSettings] = None,
         events: Optional[CapturedEvents] = None,
-        level: int = logging.NOTSET,
+        level: Union[int, str] = logging.NOTSET,
         *,
         event_type: str = DEFAULT_EVENT_TYPE,
         extra_fields: Sequence[str] = (),
+        source: str = DEFAULT_SOURCE,
+        version: str = DEFAULT_EVENT_VERSION,
+        redact_patterns: Sequence[str] = (),
+        error_message_limit: int = 4096,
+        field_limit: int = 256,
+        classification_rules: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__(level)
-        self.settings = settings or PayloadSettings(
-            event_type=event_type, extra_fields=tuple(extra_fields),
-            scrub=system_redactor().redact_and_cap,
+        self.settings = settings or payload_settings(
+            event_type=event_type, extra_fields=extra_fields, source=source, version=version,
+            redact_patterns=redact_patterns, error_message_limit=error_message_limit,
+            field_limit=field_limit, classification_rules=classification_rules,
         )
         self.events = events if events is not None else CapturedEvents()
         self._lock_events = threading.Lock()
@@ -71,10 +90,16 @@ class CaptureHandler(logging.Handler):
             return
         if is_internal_logger(record.name):
             return
-        built = build_event(record, self.settings, exception=capture_exception(record.exc_info),
-                            fallback_id=str(uuid.uuid4()), now=record.created)
+        try:
+            built = build_event(record, self.settings,
+                                exception=capture_exception(record.exc_info),
+                                fallback_id=str(uuid.uuid4()), now=record.created)
+            wire = json.loads(built.body())
+        except Exception:
+            self.handleError(record)
+            return
         with self._lock_events:
-            self.events.append(built.event)
+            self.events.append(wire)
             self.events.event_ids.append(built.event_id)
             self.events.warnings.extend(built.warnings)
 
@@ -85,22 +110,27 @@ def capture_events(
     *,
     event_type: str = DEFAULT_EVENT_TYPE,
     extra_fields: Sequence[str] = (),
-    source: Optional[str] = None,
-    version: Optional[str] = None,
+    source: str = DEFAULT_SOURCE,
+    version: str = DEFAULT_EVENT_VERSION,
+    redact_patterns: Sequence[str] = (),
+    error_message_limit: int = 4096,
+    field_limit: int = 256,
+    classification_rules: Sequence[Mapping[str, Any]] = (),
 ) -> Iterator[CapturedEvents]:
-    """Capture the events logged on ``logger`` (default: the root logger) while inside."""
+    """Capture the events logged on ``logger`` (default: the root logger) while inside.
+
+    The keyword arguments are the payload arguments of :class:`CloudHandler`:
+    pass the same ones as your configuration does. Records must reach
+    ``logger`` (a logger with ``propagate: false`` hides them from the root).
+    """
     target = logger if logger is not None else logging.getLogger()
-    kwargs: dict[str, Any] = {}
-    if source is not None:
-        kwargs["source"] = source
-    if version is not None:
-        kwargs["version"] = version
-    settings = PayloadSettings(
-        event_type=event_type, extra_fields=tuple(extra_fields),
-        scrub=system_redactor().redact_and_cap, **kwargs,
-    )
     events = CapturedEvents()
-    handler = CaptureHandler(settings, events)
+    handler = CaptureHandler(
+        None, events, event_type=event_type, extra_fields=extra_fields, source=source,
+        version=version, redact_patterns=redact_patterns,
+        error_message_limit=error_message_limit, field_limit=field_limit,
+        classification_rules=classification_rules,
+    )
     old_level = target.level
     target.addHandler(handler)
     if target.getEffectiveLevel() > logging.DEBUG:
@@ -110,3 +140,4 @@ def capture_events(
     finally:
         target.removeHandler(handler)
         target.setLevel(old_level)
+        handler.close()
