@@ -155,7 +155,7 @@ class FailureRateAlertHandler(logging.Handler):
                         changes.append(change)
             for change in changes:
                 self._announce(*change)
-        except Exception:  # noqa: BLE001 - an alert problem never reaches app code
+        except Exception:
             self.handleError(record)
 
     def _observe(self, scope: str, outcome: _Outcome) -> Optional[tuple[str, str, _Window]]:

@@ -19,8 +19,9 @@ never enter the handler, so sending can never cause more sending.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import heapq
+import functools
 import logging
 import os
 import queue
@@ -220,16 +221,11 @@ class CloudHandler(logging.Handler):
         self._closed = False
         self._init_runtime_state()
 
-        redactor = system_redactor(tuple(redact_patterns))
-        self.settings = PayloadSettings(
-            event_type=self._event_type,
-            source=str(source),
-            version=str(version),
-            extra_fields=tuple(str(f) for f in extra_fields),
-            error_message_limit=int(error_message_limit),
-            field_limit=int(field_limit),
-            scrub=_fail_closed(redactor.redact_and_cap),
-            categorize=_categorizer(classification_rules),
+        self.settings = payload_settings(
+            event_type=self._event_type, source=source, version=version,
+            extra_fields=extra_fields, redact_patterns=redact_patterns,
+            error_message_limit=error_message_limit, field_limit=field_limit,
+            classification_rules=classification_rules,
         )
 
         key = self._resolve_key(api_key, key_store)
@@ -277,8 +273,9 @@ class CloudHandler(logging.Handler):
         self._intake_done = 0
         #: True once the sender found nothing deliverable (replayed backlog included).
         self._sender_idle = False
-        self._unresolved: set[int] = set()
-        self._unresolved_heap: list[tuple[int, int]] = []
+        #: Bumped (under ``_progress``) whenever the intake adds rows, so the sender
+        #: never calls itself idle on a lease that ran before those rows existed.
+        self._spool_generation = 0
         self._wake = threading.Event()
         self._stopping = False
         self._not_before = 0.0
@@ -439,6 +436,7 @@ class CloudHandler(logging.Handler):
             spool = Spool(path, **self._spool_limits)
             try:
                 spool.add([(built.event_id, built.body(), _created(record))], time.time())
+                spool.release()  # no thread here will send it: any process may
             finally:
                 spool.close()
             with self._count_lock:
@@ -475,19 +473,16 @@ class CloudHandler(logging.Handler):
                                           "CloudHandler could not process an event: %s",
                                           type(exc).__name__)
         try:
-            result = self._spool_add(entries)
+            self._spool_add(entries)
         except Exception as exc:
-            result = None
-            self._drop("internal_error")
+            for _ in entries:
+                self._drop("internal_error")
             self.diagnostics.say_once("intake:spool", logging.ERROR,
                                       "CloudHandler could not keep events: %s",
                                       type(exc).__name__)
         with self._progress:
-            if result is not None:
-                for seq, row_id in zip(seqs, result.row_ids):
-                    self._unresolved.add(row_id)
-                    heapq.heappush(self._unresolved_heap, (seq, row_id))
             self._intake_done = max(self._intake_done, last_seq)
+            self._spool_generation += 1
             self._sender_idle = False
             self._progress.notify_all()
         self._wake.set()
@@ -562,14 +557,16 @@ class CloudHandler(logging.Handler):
         if self._transport is None or self._hold_reason is not None:
             self._state = "held"
             return False
+        with self._progress:
+            generation = self._spool_generation
         rows = self._lease()
         if not rows:
-            self._prune_unresolved()
             self._state = "idle"
             with self._progress:
-                self._sender_idle = True
-                self._progress.notify_all()
-            return False
+                if generation == self._spool_generation:
+                    self._sender_idle = True
+                    self._progress.notify_all()
+            return generation != self._spool_generation
         with self._progress:
             self._sender_idle = False
         for row in rows:
@@ -648,37 +645,17 @@ class CloudHandler(logging.Handler):
         return False
 
     def _resolve(self, row_id: int) -> None:
+        """One fewer event waiting (the count stats() reports between leases)."""
         with self._count_lock:
             self._spool_pending = max(0, self._spool_pending - 1)
-        with self._progress:
-            self._unresolved.discard(row_id)
-            self._progress.notify_all()
-
-    def _prune_unresolved(self) -> None:
-        """Forget rows of ours that are gone (dropped, or delivered by another process)."""
-        with self._progress:
-            mine = list(self._unresolved)
-        if not mine:
-            return
-        try:
-            still = self._spool.existing(mine)
-        except SpoolError:
-            return
-        with self._progress:
-            self._unresolved.difference_update(set(mine) - still)
-            self._progress.notify_all()
 
     # -- flush, close, stats --------------------------------------------------
 
     def _settled_up_to(self, target: int) -> bool:
-        """True when every event enqueued up to ``target`` is delivered or dead-lettered,
-        and nothing else deliverable (such as a replayed backlog) is waiting."""
-        if self._intake_done < target or not self._sender_idle:
-            return False
-        heap = self._unresolved_heap
-        while heap and heap[0][1] not in self._unresolved:
-            heapq.heappop(heap)
-        return not heap or heap[0][0] > target
+        """True when everything enqueued up to ``target`` is spooled and the sender has
+        since found nothing left to deliver: all of it (and any replayed backlog) was
+        delivered, dead-lettered, or taken over by another process."""
+        return self._intake_done >= target and self._sender_idle
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Wait until what was enqueued, and any backlog replayed from the spool, is
@@ -751,6 +728,8 @@ class CloudHandler(logging.Handler):
                 self._stopping = True
                 self._wake.set()
                 self._sender.join(max(0.0, min(0.2, start + budget - time.monotonic())))
+            with contextlib.suppress(SpoolError):
+                self._spool.release()  # what is left may be sent by any process, now
             if self._sender is None or not self._sender.is_alive():
                 self._spool.close()
                 if self._transport is not None:
@@ -802,6 +781,50 @@ def _created(record: Any) -> float:
     if isinstance(created, (int, float)) and not isinstance(created, bool):
         return float(created)
     return time.time()
+
+
+def payload_settings(
+    *,
+    event_type: str = DEFAULT_EVENT_TYPE,
+    source: str = DEFAULT_SOURCE,
+    version: str = DEFAULT_EVENT_VERSION,
+    extra_fields: Sequence[str] = (),
+    redact_patterns: Sequence[str] = (),
+    error_message_limit: int = 4096,
+    field_limit: int = 256,
+    classification_rules: Sequence[Mapping[str, Any]] = (),
+) -> PayloadSettings:
+    """The payload settings a :class:`CloudHandler` builds from these arguments.
+
+    Shared with :mod:`massugc_logging.testing`, so captured events are built
+    exactly as sent: this machine's redactor (failing closed, with a small cache
+    for the short strings that repeat from job to job) and the classifier.
+    """
+    redactor = system_redactor(tuple(redact_patterns))
+    return PayloadSettings(
+        event_type=str(event_type),
+        source=str(source),
+        version=str(version),
+        extra_fields=tuple(str(f) for f in extra_fields),
+        error_message_limit=int(error_message_limit),
+        field_limit=int(field_limit),
+        scrub=_fail_closed(_cached_for_short_text(redactor.redact_and_cap)),
+        categorize=_categorizer(classification_rules),
+    )
+
+
+_CACHED_TEXT_CHARS = 512
+
+
+def _cached_for_short_text(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:
+    """Memoize redaction of short strings: product, persona, hook and the like repeat
+    on every job, and redaction is a pure function of the text and the limit."""
+    cached = functools.lru_cache(maxsize=2048)(scrub)
+
+    def scrub_text(text: str, limit: int) -> str:
+        return cached(text, limit) if len(text) <= _CACHED_TEXT_CHARS else scrub(text, limit)
+
+    return scrub_text
 
 
 def _fail_closed(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -169,6 +170,10 @@ def _text_field(
     """A string job field: strings kept, scalars turned to text, anything else the default."""
     if value is None:
         return default
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)  # an output_path given as a Path is a path, not a mistake
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         text = value
     elif isinstance(value, (bool, int, float)) and not (

@@ -123,7 +123,7 @@ def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(int(text[:12]))
     try:
         parsed = email.utils.parsedate_to_datetime(text)

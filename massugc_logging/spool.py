@@ -116,7 +116,7 @@ def _owner_is_dead(owner: str, me: str) -> bool:
     if host != socket.gethostname() or owner == me:
         return False
     if pid == os.getpid():
-        return True  # our own pid with another token: a previous process that had it
+        return False  # another spool of this very process: alive (a reused pid waits out the lease)
     if os.name != "posix":
         return False  # no safe liveness probe; the lease expiry takes over
     try:
@@ -373,6 +373,11 @@ class Spool:
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.close()
 
+    def release(self) -> None:
+        """Give up this spool's claims, so another process may send its events at once."""
+        self._guarded(lambda: self._write([
+            ("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (self.owner,))]))
+
     def prepare_fork(self) -> None:
         """Before ``os.fork()``: hold the lock so no transaction is open at the fork."""
         self._lock.acquire()
@@ -502,6 +507,9 @@ class MemorySpool:
 
     def close(self) -> None:
         """Nothing to close."""
+
+    def release(self) -> None:
+        """Nothing to release: no other process can see these events."""
 
     def prepare_fork(self) -> None:
         """Before ``os.fork()``: hold the lock."""

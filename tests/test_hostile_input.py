@@ -35,7 +35,8 @@ def hostile_extras() -> list[dict[str, Any]]:
     loop: dict[str, Any] = {}
     loop["self"] = loop
     return [
-        {"job_name": b"\xff\xfe bytes", "product": Path("/tmp/x"), "persona": datetime.date.today()},
+        {"job_name": b"\xff\xfe bytes", "product": Path("/tmp/x"),
+         "persona": datetime.date.today()},
         {"hook": decimal.Decimal("1.5"), "setting": {1, 2}, "emotion": math.nan},
         {"brand_name": RaisesOnStr(), "job_name": loop, "language": math.inf},
         {"job_name": "lone \ud800 surrogate", "error_message": "bad \udfff text"},

@@ -293,3 +293,12 @@ def test_extras_named_like_logrecord_attributes_do_not_break_the_event() -> None
     assert validate_event(built.event) == []
     assert built.event["timestamp"] == "2025-07-30T12:34:57.789Z"  # fell back to ``now``
     assert built.event["job_data"]["success"] is False  # unusable level: treated as ERROR
+
+
+def test_a_path_is_sent_as_text() -> None:
+    """output_path given as a pathlib.Path is its string, without a warning."""
+    from pathlib import PurePosixPath
+
+    built = build(make_record(logging.INFO, output_path=PurePosixPath("renders/a.mp4")))
+    assert built.event["job_data"]["output_path"] == "renders/a.mp4"
+    assert built.warnings == ()

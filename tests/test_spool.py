@@ -36,17 +36,17 @@ def test_events_survive_reopening_and_come_back_oldest_first(tmp_path: Path) -> 
     path = tmp_path / "s.sqlite3"
     first = Spool(path)
     first.add([("late", b"2", 2000.0), ("early", b"1", 1000.0)], time.time())
+    first.release()
     first.close()
     second = Spool(path, lease_seconds=60)
-    # The first owner is this same pid with another token: taken over at once.
     assert [e.event_id for e in second.lease(10, time.time())] == ["early", "late"]
     second.close()
 
 
 def test_a_live_owner_keeps_its_lease(tmp_path: Path) -> None:
-    """Another live owner's fresh events are not taken."""
+    """Another live owner's fresh events (here: another spool of this process) are not taken."""
     path = tmp_path / "s.sqlite3"
-    alive = Spool(path, owner=f"{os.uname().nodename if hasattr(os, 'uname') else 'h'}|1|x")
+    alive = Spool(path)
     alive.add(events(3), time.time())
     other = Spool(path)
     assert other.lease(10, time.time()) == []
@@ -195,3 +195,16 @@ def test_stats_report_every_counter(api: FakeApi, key: str, tmp_path: Path) -> N
     assert stats["pending"] == 0 and stats["last_status"] == 200
     assert wait_until(lambda: handler.stats()["state"] in ("idle", "sending"), 2)
     handler.close()
+
+
+def test_close_releases_the_claim_on_unsent_events(tmp_path: Path, key: str) -> None:
+    """After close(), another live process can send what is left without waiting."""
+    path = tmp_path / "s.sqlite3"
+    handler = CloudHandler(api_url=f"http://127.0.0.1:{free_port()}", api_key=key,
+                           spool_path=path, shutdown_timeout=0.2)
+    logging.getLogger("massugc.jobs").addHandler(handler)
+    logging.getLogger("massugc.jobs").error("job failed", extra=JOB)
+    handler.close()
+    other = Spool(path, lease_seconds=600)
+    assert len(other.lease(10, time.time())) == 1
+    other.close()
