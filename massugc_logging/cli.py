@@ -190,8 +190,29 @@ _DEMO_FAILURES = (
 )
 
 
+_AVATAR_OUTAGE = (
+    "Avatar render failed for /Users/{user}/Videos/MassUGC/{job}/avatar.mp4: lipsync model "
+    "returned no frames (render node {n} busy)"
+)
+
+
+def _demo_failure(workflow: str, index: int) -> Optional[int]:
+    """Which error template (if any) the ``index``-th job of a workflow fails with.
+
+    The avatar renderer has an outage from its 5th to its 10th job (a burst that
+    raises one alert, then recovers); the other workflows fail now and then, away
+    from the burst, with the realistic errors above.
+    """
+    if workflow == "avatar":
+        return -1 if 4 <= index <= 9 else None
+    occasional = {"massugc": (1, 12), "randomized": (2, 13)}[workflow]
+    if index in occasional:
+        return (index + len(workflow)) % len(_DEMO_FAILURES)
+    return None
+
+
 def _demo_jobs(count: int, user: str) -> list[dict[str, Any]]:
-    """Simulated jobs: a third of them fail with realistic, secret-laden errors."""
+    """Simulated jobs across the three workflows, some failing with secret-laden errors."""
     jobs = []
     for i in range(count):
         workflow = _WORKFLOWS[i % len(_WORKFLOWS)]
@@ -202,13 +223,34 @@ def _demo_jobs(count: int, user: str) -> list[dict[str, Any]]:
             "hook": "Check this out!", "brand_name": "Lumen", "language": "English",
             "run_id": str(uuid.uuid4()), "workflow_type": workflow,
         }
-        if i % 3 == 2:
-            template = _DEMO_FAILURES[(i // 3) % len(_DEMO_FAILURES)]
-            fields["error_message"] = template.format(user=user, job=job)
-        else:
+        failure = _demo_failure(workflow, i // len(_WORKFLOWS))
+        if failure is None:
             fields["output_path"] = f"/Users/{user}/Videos/MassUGC/{job}/final.mp4"
+        elif failure < 0:
+            fields["error_message"] = _AVATAR_OUTAGE.format(user=user, job=job, n=i % 4)
+        else:
+            fields["error_message"] = _DEMO_FAILURES[failure].format(user=user, job=job)
         jobs.append(fields)
     return jobs
+
+
+class _AlertCounter(logging.Handler):
+    """Counts the alert records the demo's jobs raise."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.states: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.states.append(str(getattr(record, "state", "")))
+
+
+def _percent(row: Any) -> str:
+    """``12% (3/25)`` from a collector stats row."""
+    if not isinstance(row, dict):
+        return str(row)
+    rate = row.get("failure_rate", 0.0)
+    return f"{rate * 100:.0f}% ({row.get('failures', '?')}/{row.get('events', '?')})"
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -254,7 +296,9 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
         out.say(f"Local collector on {collector.url}; config {config} (development)")
         environ = {"MASSUGC_API_URL": collector.url, "MASSUGC_API_KEY": demo_key,
                    "MASSUGC_SPOOL_PATH": str(workdir / "spool.sqlite3"),
-                   "MASSUGC_LOG_DIR": str(workdir / "logs")}
+                   "MASSUGC_LOG_DIR": str(workdir / "logs"),
+                   # The console keeps to alerts and problems; the table shows the jobs.
+                   "MASSUGC_CONSOLE_LEVEL": "WARNING"}
         saved = {k: os.environ.get(k) for k in environ}
         os.environ.update(environ)
         try:
@@ -276,7 +320,9 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                         "logging.yaml)")
             return EXIT_PROBLEM
         jobs = _demo_jobs(args.jobs, user)
-        # The console shows each job as the app would log it; keep it readable.
+        log.propagate = False  # job lines stay off the console; alerts and problems show
+        alerts = _AlertCounter()
+        logging.getLogger("massugc.alerts").addHandler(alerts)
         for i, fields in enumerate(jobs, 1):
             if "error_message" in fields:
                 log.error("job failed", extra=fields)
@@ -292,12 +338,24 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
         rows = []
         for e in events:
             job = e["body"]["job_data"]
+            if job["success"]:
+                continue
             error = job.get("error_message", "")
             rows.append([job["job_name"], job["workflow_type"],
-                         "ok" if job["success"] else "FAILED",
-                         (error[:70] + "…") if len(error) > 70 else error])
+                         str(job.get("error_category", "")),
+                         (error[:88] + "…") if len(error) > 88 else error])
         out.say()
-        out.say(_table(rows, ["job", "workflow", "outcome", "error (as received, redacted)"]))
+        out.say("Failed jobs as the collector received them (redacted before leaving the app):")
+        out.say(_table(rows, ["job", "workflow", "category", "error_message"]))
+        stats = collector.stats()
+        out.say()
+        out.say("Failure rate by workflow_type: " + ", ".join(
+            f"{name} {_percent(row)}" for name, row in sorted(stats["by_workflow_type"].items())))
+        out.say("Failures by category: " + ", ".join(
+            f"{name} {row.get('failures', row) if isinstance(row, dict) else row}"
+            for name, row in sorted(stats["by_category"].items())))
+        out.say(f"Alerts raised on massugc.alerts: {alerts.states.count('firing')} firing, "
+                f"{alerts.states.count('resolved')} resolved")
         expected = {j["run_id"] for j in jobs}
         exactly_once = set(by_run) == expected and all(n == 1 for n in by_run.values())
         failures = sum(1 for j in jobs if "error_message" in j)
@@ -729,8 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run simulated jobs into a local collector and verify")
-    demo.add_argument("--jobs", type=_positive_int, default=36,
-                      help="how many jobs (default 36)")
+    demo.add_argument("--jobs", type=_positive_int, default=48,
+                      help="how many jobs (default 48)")
     demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml)")
     demo.add_argument("--keep-serving", action="store_true",
                       help="keep the collector running afterwards to browse its page")

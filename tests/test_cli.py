@@ -169,20 +169,40 @@ def test_wrong_arguments_get_usage_and_exit_2(env: dict[str, str], args: list[st
 
 def test_demo_delivers_every_event_exactly_once_and_prints_the_table(
         env: dict[str, str]) -> None:
-    """demo: twelve jobs through logging.yaml into a local collector, a table, exit 0."""
-    result = cli("demo", "--jobs", "12", env=env, cwd=REPO)
+    """demo: the default jobs through logging.yaml into a local collector, a table, exit 0."""
+    result = cli("demo", env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exactly once" in result.stdout
     header = next(line for line in result.stdout.splitlines() if line.startswith("job "))
-    assert "workflow" in header and "outcome" in header
+    assert "workflow" in header and "category" in header and "error_message" in header
     rows = [line for line in result.stdout.splitlines() if line.startswith("Campaign-")]
-    assert len(rows) == 12
-    assert sum("FAILED" in row for row in rows) == 4
-    assert "12 jobs logged (4 failed); the collector received 12 events" in result.stdout
-    assert "jobs [" in result.stderr and "12/12" in result.stderr
+    assert len(rows) == 10  # the failed jobs
+    assert "48 jobs logged (10 failed); the collector received 48 events" in result.stdout
+    assert "jobs [" in result.stderr and "48/48" in result.stderr
     # The simulated errors are full of a home path and tokens; none survive.
     assert "alice" not in result.stdout
     assert "sk_3f9a" not in result.stdout
+    assert "Failure rate by workflow_type: avatar 38% (6/16)" in result.stdout
+
+
+def test_demo_burst_raises_exactly_one_alert_and_one_recovery_on_the_console(
+        env: dict[str, str]) -> None:
+    """The avatar outage in the demo: one ALERT and one RESOLVED line, nothing more."""
+    result = cli("demo", env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alert_lines = [line for line in result.stderr.splitlines() if "massugc.alerts" in line]
+    assert len(alert_lines) == 2, result.stderr
+    assert "ALERT job failure rate workflow_type=avatar" in alert_lines[0]
+    assert "video_generation" in alert_lines[0]
+    assert "RESOLVED job failure rate workflow_type=avatar" in alert_lines[1]
+    assert "Alerts raised on massugc.alerts: 1 firing, 1 resolved" in result.stdout
+
+
+def test_demo_with_fewer_jobs_still_checks_delivery(env: dict[str, str]) -> None:
+    """demo --jobs 12: a shorter run, still verified exactly once."""
+    result = cli("demo", "--jobs", "12", env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "12 jobs logged" in result.stdout and "exactly once" in result.stdout
 
 
 def test_demo_with_a_config_that_sends_nothing_says_what_to_add(env: dict[str, str],
