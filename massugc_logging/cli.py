@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(send)
     send.set_defaults(func=cmd_send_test)
 
-    check = sub.add_parser("check", help="validate a logging.yaml; nothing is sent")
+    check = sub.add_parser("check", help="validate a logging.yaml; no event is sent")
     check.add_argument("path", help="the logging.yaml to check")
     check.add_argument("--env", help=f"environment to check (default: ${ENV_VARIABLE} or the "
                                      "file's default_environment)")
