@@ -126,12 +126,12 @@ _ASSIGN = r"(?P<assign>(?:\\{0,2}[\"'`])?\]?[ \t]{0,4}(?:=(?!=)|:)[ \t]{0,4})"
 # or a bare word. ``~`` counts as a word's end and never starts a bare value: a
 # home directory replaced after this rule ran must not change its match on a
 # second pass.
-_QUOTED_VALUE = (
+_KEPT_OR_QUOTED_VALUE = (
     r"(?P<lit>\[REDACTED\](?![^\s\"',;&<>\\~]))"
     r"|(?P<dq>\\{0,2}\")(?P<dbody>[^\"\n]*)"
     r"|(?P<sq>\\{0,2}')(?P<sbody>[^'\n]*)"
 )
-_BARE_START = r"[^\s\"'`,;&<>\\~]"
+_BARE_START = r"[^\s\"',;&<>\\~]"
 _BARE_REST = r"[^\s\"',;&<>\\]*"
 
 # Scheme words of the Authorization header, kept in front of the redaction.
@@ -150,7 +150,7 @@ _AUTH_HEADER = re.compile(
     _words(["authorization", "proxy-authorization"])
     + _ASSIGN
     + r"(?P<value>"
-    + _QUOTED_VALUE
+    + _KEPT_OR_QUOTED_VALUE
     + rf"|(?P<scheme>(?i:{_AUTH_SCHEMES})[ \t]+)?(?P<bare>{_BARE_START}[^\s\"',;&<>\\]*)"
     + r")"
 )
@@ -159,7 +159,7 @@ _COOKIE_HEADER = re.compile(
     _words(["cookie", "set-cookie"])
     + _ASSIGN
     + r"(?P<value>"
-    + _QUOTED_VALUE
+    + _KEPT_OR_QUOTED_VALUE
     + rf"|(?P<bare>{_BARE_START}[^\n\"'\\]*)"
     + r")"
 )
@@ -192,7 +192,7 @@ _TOKEN_WORD = re.compile(
 
 # Anchored on the literal ``://``; the scheme in front is left alone. The query
 # runs to a space, quote or angle bracket: a backslash (as in a repr'd ``\n``)
-# does not end it, so that nothing after it can turn into a home later.
+# does not end it, so no part of a signed query can hide behind one.
 _URL = re.compile(
     r"://(?P<userinfo>[^\s/?#\"'\\~][^\s/?#\"'\\]{0,255}@)?"
     r"(?P<rest>[^\s?#\"'\\]*)"
@@ -220,7 +220,7 @@ _KEY_VALUE = re.compile(
     _words(_SECRET_WORDS, camel=_CAMEL_SECRET_WORDS)
     + _ASSIGN
     + r"(?P<value>"
-    + _QUOTED_VALUE
+    + _KEPT_OR_QUOTED_VALUE
     + rf"|(?P<bare>{_BARE_START}{_BARE_REST})"
     + r")"
 )
@@ -234,9 +234,10 @@ _POSIX_HOME = re.compile(
     r"(?:Users|home)/[A-Za-z0-9._-]{1,64}(?![A-Za-z0-9._-])"
 )
 # Windows: a name may hold spaces when a separator follows it; a name that
-# does not fit is left whole rather than split. A name may hold ``~`` (short
-# names such as ``BOBSMI~1``) but not start with one, which is a replaced home.
-_WIN_NAME_SPACED = r"[^\\/\"'`<>|?*:;,=()\[\]{}&\r\n\t]{1,64}(?=[\\/])"
+# does not fit is left whole rather than split. A name without spaces may hold
+# ``~`` (short names such as ``BOBSMI~1``) but not start with one: that is a
+# home replaced earlier.
+_WIN_NAME_SPACED = r"[^\\/\"'`<>|?*:;,=()\[\]{}&~\r\n\t]{1,64}(?=[\\/])"
 _WIN_NAME = r"[^\\/\"'`<>|?*:\s]{1,64}(?![^\\/\"'`<>|?*:\s])"
 _WINDOWS_HOME = re.compile(
     rf"(?:(?<![A-Za-z0-9])[A-Za-z]:{_SEP}(?i:users){_SEP}|\\{{1,2}}(?i:users)\\{{1,2}})"
@@ -254,8 +255,10 @@ _COMMON_HOSTNAMES = frozenset(
     }
 )  # fmt: skip
 
-# Characters a recognised secret never contains: a cut just before one of
-# them cannot split a secret.
+# Characters no token-shaped secret (key, JWT, bearer token, URL, host name)
+# contains: a cut just before one cannot leave a fragment of one. Secrets that
+# do span them (quoted values, cookies, private keys) are redacted up to the
+# end of the text when their end is missing.
 _SEPARATOR = re.compile(r"[\s\"'`,;&<>(){}\[\]\\|]")
 
 
