@@ -14,7 +14,9 @@ can be known, and what to do.
 
 from __future__ import annotations
 
+import atexit
 import logging.config
+import logging.handlers
 import os
 import re
 from collections.abc import Mapping
@@ -247,4 +249,27 @@ def configure(
                           f"{describe_dictconfig_error(exc)}. Check the class names and "
                           "keyword arguments there ('massugc-logging check' explains more)") \
             from None
+    _start_queue_listeners()
     return config
+
+
+def _start_queue_listeners() -> None:
+    """Start the listeners dictConfig makes for ``QueueHandler`` entries (Python 3.12+).
+
+    dictConfig creates them but leaves starting and stopping them to the
+    application; they are started here and stopped at exit, before logging's
+    own shutdown flushes and closes the handlers behind them.
+    """
+    for ref in list(getattr(logging, "_handlerList", [])):
+        handler = ref() if callable(ref) else None
+        listener = getattr(handler, "listener", None)
+        if isinstance(handler, logging.handlers.QueueHandler) and listener is not None \
+                and getattr(listener, "_thread", None) is None:
+            listener.start()
+            atexit.register(_stop_listener, listener)
+
+
+def _stop_listener(listener: logging.handlers.QueueListener) -> None:
+    """Stop a listener unless the application already did (stop() is not idempotent)."""
+    if getattr(listener, "_thread", None) is not None:
+        listener.stop()

@@ -61,6 +61,7 @@ from massugc_logging.transport import DEFAULT_TIMEOUT, Outcome, OutcomeKind, Tim
 _DEFAULT = object()
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_MAX_IN_FLIGHT = 4
 _BATCH = 50
 _INTAKE_BATCH = 256
 _EXPIRE_EVERY = 3600.0
@@ -155,6 +156,54 @@ class _IntakeListener(QueueListener):
         return self._thread
 
 
+class _Request:
+    """One event handed to a request worker, with its outcome when done.
+
+    The sender can call a request off until a worker has started it.
+    """
+
+    __slots__ = ("_done", "_lock", "_state", "outcome", "row")
+
+    def __init__(self, row: SpooledEvent) -> None:
+        self.row = row
+        self.outcome: Optional[Outcome] = None
+        self._lock = threading.Lock()
+        self._state = "queued"
+        self._done = threading.Event()
+
+    def start(self) -> bool:
+        """Called by a worker: True if the request is still wanted."""
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "started"
+            return True
+
+    def skip(self) -> None:
+        """Called by a worker that must not send it (the API stopped answering well)."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "skipped"
+                self._done.set()
+
+    def call_off(self) -> bool:
+        """Called by the sender: True if it was not sent and never will be."""
+        with self._lock:
+            if self._state in ("queued", "skipped"):
+                self._state = "called_off"
+                return True
+            return False
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self._done.set()
+
+    def wait(self) -> Optional[Outcome]:
+        """The outcome, or None if it was skipped; the transport's timeouts bound the wait."""
+        self._done.wait()
+        return self.outcome
+
+
 class CloudHandler(logging.Handler):
     """Send ``event_type=video_generation`` records to the MassUGC Cloud API.
 
@@ -175,6 +224,8 @@ class CloudHandler(logging.Handler):
         source, version: the event's ``source`` and ``version`` fields.
         extra_fields: job fields sent besides the contract's, e.g. ``job_id``.
         queue_size: the in-memory queue bound; a full queue drops and counts.
+        max_in_flight: requests sent at once while the API answers well; while it
+            fails, one at a time.
         retry: a :class:`RetryPolicy` or a mapping of its settings.
         spool_max_events, spool_max_age: the spool's bounds (count, seconds).
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
@@ -199,6 +250,7 @@ class CloudHandler(logging.Handler):
         version: str = DEFAULT_EVENT_VERSION,
         extra_fields: Sequence[str] = (),
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         retry: Union[RetryPolicy, Mapping[str, Any], None] = None,
         spool_max_events: Optional[int] = None,
         spool_max_age: Optional[float] = None,
@@ -218,6 +270,7 @@ class CloudHandler(logging.Handler):
         self._rng = rng
         self.policy = RetryPolicy.from_config(retry)
         self._queue_size = int(queue_size)
+        self._max_in_flight = max(1, int(max_in_flight))
         self._closed = False
         self._init_runtime_state()
 
@@ -235,6 +288,7 @@ class CloudHandler(logging.Handler):
             self._transport = Transport(
                 url, key, endpoint=endpoint, timeout=timeout,
                 allow_insecure_http=bool(allow_insecure_http),
+                max_connections=self._max_in_flight,
             )
         except (ValueError, Exception) as exc:
             self._transport = None
@@ -284,6 +338,11 @@ class CloudHandler(logging.Handler):
         self._thread_idents: frozenset[int] = frozenset()
         self._intake_listener: Optional[_IntakeListener] = None
         self._sender: Optional[threading.Thread] = None
+        self._requests: queue.Queue[Optional[_Request]] = queue.Queue()
+        self._delivered: list[int] = []
+        #: True after the API answered (2xx or a final 4xx): only then are several
+        #: requests sent at once; after a failure, one at a time until one succeeds.
+        self._api_answering = False
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
         self._last_flush: Optional[tuple[float, bool]] = None
@@ -350,6 +409,12 @@ class CloudHandler(logging.Handler):
         self._intake_listener = listener
         self._sender = sender
         idents = {sender.ident}
+        if self._max_in_flight > 1:
+            for n in range(self._max_in_flight):
+                worker = threading.Thread(target=self._request_worker, daemon=True,
+                                          name=f"massugc-logging-request-{n}")
+                worker.start()
+                idents.add(worker.ident)
         if listener.thread is not None:
             listener.thread.name = "massugc-logging-intake"
             idents.add(listener.thread.ident)
@@ -523,8 +588,8 @@ class CloudHandler(logging.Handler):
                     self._wake.wait(self._not_before - now)
                     self._wake.clear()
                     continue
-                if self._deliver_batch() or self._not_before > time.monotonic():
-                    continue  # more to send now, or a pause to sit out at the top
+                if self._deliver_batch():
+                    continue  # more to send, or a pause to sit out at the top
                 self._wake.wait()
                 self._wake.clear()
             except Exception as exc:
@@ -552,8 +617,32 @@ class CloudHandler(logging.Handler):
             self._spool = MemorySpool(**self._spool_limits)
             return []
 
+    def _request_worker(self) -> None:
+        """Send the requests the sender hands out; exits on None."""
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            if not self._api_answering:
+                request.skip()  # one request at a time while the API fails: the sender's
+            elif request.start():
+                outcome = self._send_one(request.row)
+                if outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.AUTH):
+                    self._api_answering = False  # stop the other workers at once
+                request.finish(outcome)
+
+    def _send_one(self, row: SpooledEvent) -> Outcome:
+        """POST one event and redact what the server said (it is logged and stored)."""
+        assert self._transport is not None
+        outcome = self._transport.send(row.body, row.event_id)
+        if outcome.reason:
+            outcome = dataclasses.replace(outcome,
+                                          reason=self.settings.scrub(outcome.reason, 300))
+        return outcome
+
     def _deliver_batch(self) -> bool:
-        """Send one batch; True when the sender should lease again at once."""
+        """Send one batch. True: go round again (more to send, or a pause to sit out);
+        False: nothing to do until something wakes the sender."""
         if self._transport is None or self._hold_reason is not None:
             self._state = "held"
             return False
@@ -569,27 +658,86 @@ class CloudHandler(logging.Handler):
             return generation != self._spool_generation
         with self._progress:
             self._sender_idle = False
-        for row in rows:
-            if self._stopping:
-                return False
-            outcome = self._transport.send(row.body, row.event_id)
-            if outcome.reason:
-                outcome = dataclasses.replace(
-                    outcome, reason=self.settings.scrub(outcome.reason, 300))
-            with self._count_lock:
-                self._last_status = outcome.status
-                if not outcome.delivered:
-                    self._last_error = outcome.reason or outcome.kind.value
-            if not self._settle(row, outcome):
-                return False
-        return True  # lease again: more may have come, and an empty lease marks idle
+        try:
+            for index, row in enumerate(rows):
+                if self._max_in_flight > 1 and self._api_answering:
+                    self._send_concurrently(rows[index:])
+                    break
+                if self._stopping or not self._settle(row, self._send_one(row)):
+                    break
+            return True  # lease again: more may have come, and an empty lease marks idle
+        finally:
+            self._remove_delivered()
+
+    def _send_concurrently(self, rows: list[SpooledEvent]) -> None:
+        """Up to ``max_in_flight`` requests at once, settled in order; on the first
+        failure, requests not yet started are called off and the rest sit it out."""
+        requests = [_Request(row) for row in rows]
+        for request in requests:
+            self._requests.put(request)
+        carry_on = True
+        paused = False
+        for request in requests:
+            if carry_on and not self._stopping:
+                outcome = request.wait()
+                if outcome is None:
+                    carry_on = False  # skipped: a later request found the API failing
+                else:
+                    carry_on = self._settle(request.row, outcome)
+                    paused = not carry_on
+            elif request.call_off():
+                continue  # never sent: it stays in the spool as it was
+            else:
+                outcome = request.wait()
+                if outcome is None:
+                    continue
+                if not paused and not outcome.delivered and \
+                        outcome.kind is not OutcomeKind.PERMANENT:
+                    self._settle(request.row, outcome)  # the failure that sets the pause
+                    paused = True
+                else:
+                    self._settle_quietly(request.row, outcome)
+
+    def _settle_quietly(self, row: SpooledEvent, outcome: Outcome) -> None:
+        """Record the outcome of a request already in flight when sending paused."""
+        try:
+            if outcome.kind is OutcomeKind.DELIVERED:
+                self._delivered.append(row.row_id)
+                with self._count_lock:
+                    self._counts["sent"] += 1
+            elif outcome.kind is OutcomeKind.PERMANENT:
+                self._settle(row, outcome)
+            else:
+                self._spool.failed_attempt([row.row_id])
+                with self._count_lock:
+                    self._counts["retried"] += 1
+        except SpoolError as exc:
+            self._spool_problem(exc)
+
+    def _remove_delivered(self) -> None:
+        """Delete this batch's delivered events in one transaction (before the next lease)."""
+        delivered, self._delivered = self._delivered, []
+        if not delivered:
+            return
+        try:
+            self._spool.delivered(delivered)
+        except SpoolError as exc:
+            self._spool_problem(exc)
+            self._spool = MemorySpool(**self._spool_limits)
+        for row_id in delivered:
+            self._resolve(row_id)
 
     def _settle(self, row: SpooledEvent, outcome: Outcome) -> bool:
         """Act on one outcome; False when sending must pause."""
         now = time.monotonic()
+        with self._count_lock:
+            self._last_status = outcome.status
+            if not outcome.delivered:
+                self._last_error = outcome.reason or outcome.kind.value
+        self._api_answering = outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT)
         try:
             if outcome.kind is OutcomeKind.DELIVERED:
-                self._spool.delivered([row.row_id])
+                self._delivered.append(row.row_id)
                 with self._count_lock:
                     self._counts["sent"] += 1
                 if self.policy.failures or self._state in ("backing_off", "auth_paused"):
@@ -599,7 +747,6 @@ class CloudHandler(logging.Handler):
                                               "CloudHandler: delivery to the API resumed.")
                 self.policy = self.policy.reset()
                 self._state = "sending"
-                self._resolve(row.row_id)
                 return True
             if outcome.kind is OutcomeKind.PERMANENT:
                 self._spool.dead_letter(row, outcome.status, outcome.reason, time.time())
@@ -727,6 +874,8 @@ class CloudHandler(logging.Handler):
                     listener.stop_within(remaining)
                 self._stopping = True
                 self._wake.set()
+                for _ in range(self._max_in_flight):
+                    self._requests.put(None)
                 self._sender.join(max(0.0, min(0.2, start + budget - time.monotonic())))
             with contextlib.suppress(SpoolError):
                 self._spool.release()  # what is left may be sent by any process, now

@@ -163,6 +163,7 @@ class Transport:
         timeout: Timeout = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         session: Optional[requests.Session] = None,
+        max_connections: int = 1,
     ) -> None:
         self.api_url = check_api_url(api_url, allow_insecure_http=allow_insecure_http)
         if not endpoint.startswith("/"):
@@ -171,6 +172,7 @@ class Transport:
         self.timeout = _coerce_timeout(timeout)
         self._key = api_key
         self._user_agent = user_agent()
+        self._max_connections = max(1, int(max_connections))
         self._session = session or self._new_session()
         # The environment is read once, here, not on every request: proxies follow
         # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as requests would, and ~/.netrc (which
@@ -181,12 +183,13 @@ class Transport:
         key = "set" if self._key is not None else "missing"
         return f"<Transport url={self.url!r} key={key}>"
 
-    @staticmethod
-    def _new_session() -> requests.Session:
-        """A session with retries off (the sender owns retrying) and a small pool."""
+    def _new_session(self) -> requests.Session:
+        """A session with retries off (the sender owns retrying) and one keep-alive
+        connection per request that may be in flight at once."""
         session = requests.Session()
         session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._max_connections,
+                              max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.verify = True

@@ -25,6 +25,11 @@ class Captured:
     headers: dict[str, str]
     raw: bytes
     peer: int = 0
+    #: Requests being handled when this one arrived, itself included.
+    concurrency: int = 1
+    #: The status the server answered with, and when (None until it answered).
+    status: Optional[int] = None
+    replied_at: Optional[float] = None
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -50,6 +55,7 @@ class FakeApi:
         self._script: deque[Scripted] = deque()
         self._lock = threading.Condition()
         self._release_hang = threading.Event()
+        self._in_flight = 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,15 +73,21 @@ class FakeApi:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                captured = Captured("POST", self.path, dict(self.headers.items()), raw,
-                                    peer=self.client_address[1])
                 with fake._lock:
+                    fake._in_flight += 1
+                    captured = Captured("POST", self.path, dict(self.headers.items()), raw,
+                                        peer=self.client_address[1],
+                                        concurrency=fake._in_flight)
                     fake.captured.append(captured)
                     reply = fake._script.popleft() if fake._script else fake.default
                     fake._lock.notify_all()
+                self._answer(captured, reply)
+
+            def _answer(self, captured: Captured, reply: Scripted) -> None:
                 if fake.mode == "hang":
                     fake._release_hang.wait(60)
                     self.close_connection = True
+                    self._done()
                     return
                 if fake.mode == "slow":
                     time.sleep(fake.delay)
@@ -85,8 +97,16 @@ class FakeApi:
                     self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                # Counted out before the client can have the whole reply, so a client
+                # that waits for it never overlaps with this request in the count.
+                captured.status, captured.replied_at = reply.status, time.monotonic()
+                self._done()
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _done(self) -> None:
+                with fake._lock:
+                    fake._in_flight -= 1
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -143,3 +143,39 @@ def test_idle_handler_makes_no_requests_and_wakes_on_an_event(api: FakeApi,
     emit(1)
     assert api.wait_for_count(1, 5)
     assert handler.flush(2)
+
+
+def test_several_requests_in_flight_while_healthy_one_while_failing(api: FakeApi,
+                                                                   handler_for: Any) -> None:
+    """A healthy API gets max_in_flight requests at once; a failing one, one at a time."""
+    api.mode, api.delay = "slow", 0.05
+    handler = handler_for(api, max_in_flight=4)
+    emit(40, "healthy")
+    start = time.monotonic()
+    assert handler.flush(20)
+    assert max(c.concurrency for c in api.captured) == 4
+    assert time.monotonic() - start < 40 * 0.05 / 2  # well under one at a time
+    healthy = len(api.captured)
+    api.respond_with(503, times=8)
+    emit(20, "outage")
+    assert handler.flush(20)
+    during = api.captured[healthy:]
+    failed = [c for c in during if c.status == 503]
+    assert len(failed) == 8
+    first_reply = min(c.replied_at for c in failed if c.replied_at is not None)
+    last_reply = max(c.replied_at for c in failed if c.replied_at is not None)
+    # Once the first 503 reached the handler, every request until the outage ended went
+    # alone (30 ms of grace for requests already on their way when it was answered).
+    probing = [c for c in during if first_reply + 0.03 < c.at <= last_reply]
+    assert probing and all(c.concurrency == 1 for c in probing)
+    assert {c.json["job_data"]["run_id"] for c in api.captured} >= {
+        f"outage-{i}" for i in range(20)}
+
+
+def test_max_in_flight_one_sends_strictly_one_at_a_time(api: FakeApi, handler_for: Any) -> None:
+    """max_in_flight=1 never overlaps requests."""
+    api.mode, api.delay = "slow", 0.01
+    handler = handler_for(api, max_in_flight=1)
+    emit(20)
+    assert handler.flush(10)
+    assert max(c.concurrency for c in api.captured) == 1

@@ -269,24 +269,35 @@ keep = LateCreator()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="dictConfig QueueHandler needs 3.12+")
-def test_stdlib_queue_handler_form_works_on_3_12(api: FakeApi, key: str, tmp_path: Path) -> None:
-    """On 3.12+ a stdlib QueueHandler with handlers: [cloud] delivers too."""
-    logging.config.dictConfig({
-        "version": 1, "disable_existing_loggers": False,
-        "handlers": {
-            "cloud": {"class": "massugc_logging.CloudHandler", "api_url": api.url,
-                      "api_key": key, "spool_path": str(tmp_path / "s.sqlite3")},
-            "queue": {"class": "logging.handlers.QueueHandler", "handlers": ["cloud"]},
-        },
-        "loggers": {"massugc.jobs": {"handlers": ["queue"], "level": "INFO"}},
-    })
+def test_stdlib_queue_handler_form_works_on_3_12(api: FakeApi, key: str, tmp_path: Path,
+                                                  monkeypatch: Any) -> None:
+    """On 3.12+ a stdlib QueueHandler with handlers: [cloud], applied by configure(), delivers."""
+    from massugc_logging import configure
+
+    monkeypatch.setenv("MASSUGC_API_KEY", key)
+    config = tmp_path / "logging.yaml"
+    config.write_text(f"""
+version: 1
+disable_existing_loggers: false
+handlers:
+  cloud:
+    class: massugc_logging.CloudHandler
+    api_url: {api.url}
+    spool_path: {tmp_path / "s.sqlite3"}
+  queue:
+    class: logging.handlers.QueueHandler
+    handlers: [cloud]
+loggers:
+  massugc.jobs: {{handlers: [queue], level: INFO, propagate: false}}
+""")
+    configure(config)
     try:
         raise ValueError("bad frame")
     except ValueError:
         logging.getLogger("massugc.jobs").exception("job failed", extra=JOB)
     assert api.wait_for_count(1, 10)
     assert api.captured[0].json["job_data"]["error_message"] == "ValueError: bad frame"
-    logging.shutdown()
+    logging.getLogger("massugc.jobs").handlers[0].listener.stop()  # type: ignore[attr-defined]
 
 
 def test_error_category_is_sent_only_when_opted_in(api: FakeApi, make_handler: Any) -> None:

@@ -74,7 +74,8 @@ def test_hostile_extras_never_raise_and_every_event_arrives(api: FakeApi, tmp_pa
     biggest = max(len(r.json["job_data"]["error_message"]) for r in api.captured
                   if "error_message" in r.json["job_data"])
     assert biggest <= 4096
-    assert api.captured[-1].json["job_data"]["error_message"] == "StrRaisingError"
+    messages = [r.json["job_data"].get("error_message") for r in api.captured]
+    assert "StrRaisingError" in messages
     assert handler.stats()["problems"].get("field_warnings", 0) > 0
     handler.close()
 
