@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from massugc_logging._unlocked import UnlockedHandler
 from massugc_logging.classify import Classifier
 from massugc_logging.contract import DEFAULT_EVENT_TYPE
 from massugc_logging.diagnostics import is_internal_logger
@@ -76,7 +77,7 @@ class _Window:
         return self.failures / len(self.outcomes) if self.outcomes else 0.0
 
 
-class FailureRateAlertHandler(logging.Handler):
+class FailureRateAlertHandler(UnlockedHandler):
     """Watch job outcomes and log one alert when failures spike and one when they recover.
 
     Args:
@@ -127,13 +128,6 @@ class FailureRateAlertHandler(logging.Handler):
     def __repr__(self) -> str:
         return (f"<FailureRateAlertHandler threshold={self.threshold:.0%} "
                 f"recover_below={self.recover_below:.0%} window={self.window}>")
-
-    def handle(self, record: logging.LogRecord) -> Any:
-        """Filter and emit without the handler lock; emit keeps its own short lock."""
-        rv = self.filter(record)
-        if rv:
-            self.emit(rv if isinstance(rv, logging.LogRecord) else record)
-        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         """Count one job outcome; log an alert if a scope changes state. Never raises."""

@@ -36,6 +36,7 @@ from logging.handlers import QueueListener
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from massugc_logging._unlocked import UnlockedHandler
 from massugc_logging.classify import Classifier
 from massugc_logging.contract import (
     DEFAULT_ENDPOINT,
@@ -204,7 +205,7 @@ class _Request:
         return self.outcome
 
 
-class CloudHandler(logging.Handler):
+class CloudHandler(UnlockedHandler):
     """Send ``event_type=video_generation`` records to the MassUGC Cloud API.
 
     Usable as ``class: massugc_logging.CloudHandler`` in a dictConfig. ``emit``
@@ -442,13 +443,6 @@ class CloudHandler(logging.Handler):
             self._start_threads()
 
     # -- the app thread -------------------------------------------------------
-
-    def handle(self, record: logging.LogRecord) -> Any:
-        """Filter and emit without the handler lock: the queue is already thread-safe."""
-        rv = self.filter(record)
-        if rv:
-            self.emit(rv if isinstance(rv, logging.LogRecord) else record)
-        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         """Enqueue a matching record; never blocks and never raises."""
