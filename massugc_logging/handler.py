@@ -6,9 +6,12 @@ Data flows one way::
                     put on a bounded queue (never blocks, never raises)
     intake thread   (a logging.handlers.QueueListener) build the event,
                     redact it, write it ahead to the spool, wake the sender
-    sender thread   lease the oldest events from the spool, POST them one at
-                    a time over a keep-alive session, follow the retry policy,
-                    mark them delivered or dead-lettered
+    sender thread   lease the oldest events from the spool, hand them to the
+                    request workers (several at once while the API answers
+                    well, one at a time, itself, while it fails), settle the
+                    outcomes in order by the retry policy: delivered,
+                    dead-lettered, or kept for later
+    request workers POST one event each over the shared keep-alive session
 
 Spooling and sending run on separate threads so a slow or silent server
 never delays the moment an event becomes durable. No lock is held across a
@@ -291,9 +294,9 @@ class CloudHandler(UnlockedHandler):
                 allow_insecure_http=bool(allow_insecure_http),
                 max_connections=self._max_in_flight,
             )
-        except (ValueError, Exception) as exc:
+        except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
-            self._hold_reason = "the API URL is not usable"
+            self._hold_reason = "the API URL or timeout is not usable"
             self.diagnostics.say_once(
                 "config:url", logging.ERROR,
                 "CloudHandler cannot send: %s. Events are kept in the spool until this is fixed.",
