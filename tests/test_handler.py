@@ -315,5 +315,6 @@ def test_error_category_is_sent_only_when_opted_in(api: FakeApi, make_handler: A
     plain_jobs = [c.json["job_data"] for c in api.captured[:3]]
     opted_jobs = [c.json["job_data"] for c in api.captured[3:]]
     assert all("error_category" not in j for j in plain_jobs)
-    assert [j.get("error_category") for j in opted_jobs] == [
-        "video_generation", "storage_upload", None]
+    categories = {j.get("error_message"): j.get("error_category") for j in opted_jobs}
+    assert categories == {"ffmpeg: moov atom not found": "video_generation",
+                          "render farm unreachable": "storage_upload", None: None}
