@@ -1,4 +1,4 @@
-"""CloudHandler: the only place in the package that starts threads.
+"""CloudHandler: the only place on the logging path that starts threads.
 
 Data flows one way::
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import queue
@@ -40,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from massugc_logging._unlocked import UnlockedHandler
-from massugc_logging.classify import Classifier
 from massugc_logging.contract import (
     DEFAULT_ENDPOINT,
     DEFAULT_EVENT_TYPE,
@@ -50,14 +48,8 @@ from massugc_logging.contract import (
 )
 from massugc_logging.diagnostics import Diagnostics, is_internal_logger
 from massugc_logging.keystore import ApiKey, KeyStore, KeyStoreError
-from massugc_logging.payload import (
-    BuiltEvent,
-    ExceptionSummary,
-    PayloadSettings,
-    build_event,
-    capture_exception,
-)
-from massugc_logging.redaction import system_redactor
+from massugc_logging.payload import BuiltEvent, ExceptionSummary, build_event, capture_exception
+from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.spool import AnySpool, MemorySpool, Spool, SpooledEvent, SpoolError
 from massugc_logging.transport import DEFAULT_TIMEOUT, Outcome, OutcomeKind, Timeout, Transport
@@ -927,72 +919,3 @@ def _created(record: Any) -> float:
     if isinstance(created, (int, float)) and not isinstance(created, bool):
         return float(created)
     return time.time()
-
-
-def payload_settings(
-    *,
-    event_type: str = DEFAULT_EVENT_TYPE,
-    source: str = DEFAULT_SOURCE,
-    version: str = DEFAULT_EVENT_VERSION,
-    extra_fields: Sequence[str] = (),
-    redact_patterns: Sequence[str] = (),
-    error_message_limit: int = 4096,
-    field_limit: int = 256,
-    classification_rules: Sequence[Mapping[str, Any]] = (),
-) -> PayloadSettings:
-    """The payload settings a :class:`CloudHandler` builds from these arguments.
-
-    Shared with :mod:`massugc_logging.testing`, so captured events are built
-    exactly as sent: this machine's redactor (failing closed, with a small cache
-    for the short strings that repeat from job to job) and the classifier.
-    """
-    redactor = system_redactor(tuple(redact_patterns))
-    return PayloadSettings(
-        event_type=str(event_type),
-        source=str(source),
-        version=str(version),
-        extra_fields=tuple(str(f) for f in extra_fields),
-        error_message_limit=int(error_message_limit),
-        field_limit=int(field_limit),
-        scrub=_fail_closed(_cached_for_short_text(redactor.redact_and_cap)),
-        categorize=_categorizer(classification_rules),
-    )
-
-
-_CACHED_TEXT_CHARS = 512
-
-
-def _cached_for_short_text(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:
-    """Memoize redaction of short strings: product, persona, hook and the like repeat
-    on every job, and redaction is a pure function of the text and the limit."""
-    cached = functools.lru_cache(maxsize=2048)(scrub)
-
-    def scrub_text(text: str, limit: int) -> str:
-        return cached(text, limit) if len(text) <= _CACHED_TEXT_CHARS else scrub(text, limit)
-
-    return scrub_text
-
-
-def _fail_closed(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:
-    """Wrap the redactor so a failure withholds the text instead of losing the event."""
-
-    def guarded(text: str, limit: int) -> str:
-        try:
-            return scrub(text, limit)
-        except Exception:
-            return "[withheld: text could not be redacted]"[:limit]
-
-    return guarded
-
-
-def _categorizer(
-    rules: Sequence[Mapping[str, Any]],
-) -> Callable[[Optional[ExceptionSummary], str], str]:
-    """The failure classifier as a ``(summary, text) -> category`` function."""
-    classifier = Classifier.from_config(list(rules)) if rules else Classifier()
-
-    def categorize(summary: Optional[ExceptionSummary], text: str) -> str:
-        names = summary.qualified_names if summary is not None else ()
-        return classifier.classify(exc_type_names=names, text=text).category
-
-    return categorize

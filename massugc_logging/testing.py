@@ -25,12 +25,12 @@ from typing import Any, Optional, Union
 
 from massugc_logging.contract import DEFAULT_EVENT_TYPE, DEFAULT_EVENT_VERSION, DEFAULT_SOURCE
 from massugc_logging.diagnostics import is_internal_logger
-from massugc_logging.handler import payload_settings
 from massugc_logging.payload import (
     PayloadSettings,
     build_event,
     capture_exception,
 )
+from massugc_logging.payload_config import payload_settings
 
 
 class CapturedEvents(list):  # type: ignore[type-arg]
