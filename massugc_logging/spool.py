@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TypeVar, Union
@@ -182,17 +182,25 @@ class Spool:
             ) from exc
         return conn
 
-    def _write(self, sql_ops: Iterable[tuple[str, Sequence[object]]]) -> None:
-        """Run statements in one IMMEDIATE transaction."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and one ``BEGIN IMMEDIATE`` transaction; commit or roll back.
+
+        Raises:
+            SpoolError: any SQLite error, naming what was being done.
+        """
         try:
-            for sql, params in sql_ops:
-                conn.execute(sql, params)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            with self._lock:
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot {doing} the spool file {self.path}: {exc}") from exc
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write events ``(event_id, body, created)``, owned by this process; enforce the bound.
@@ -202,33 +210,23 @@ class Spool:
         """
         if not events:
             return AddResult((), 0)
-        try:
-            with self._lock:
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    ids = []
-                    for event_id, body, created in events:
-                        cur = conn.execute(
-                            "INSERT INTO outbox (event_id, body, created, spooled_at, owner,"
-                            " lease_until) VALUES (?, ?, ?, ?, ?, ?)",
-                            (event_id, body, created, now, self.owner, now + self.lease_seconds),
-                        )
-                        ids.append(int(cur.lastrowid or 0))
-                    (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
-                    excess = max(0, int(count) - self.max_events)
-                    if excess:
-                        conn.execute(
-                            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                            " ORDER BY created, id LIMIT ?)",
-                            (excess,),
-                        )
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot write to the spool file {self.path}: {exc}") from exc
+        with self._transaction("write to") as conn:
+            ids = []
+            for event_id, body, created in events:
+                cur = conn.execute(
+                    "INSERT INTO outbox (event_id, body, created, spooled_at, owner,"
+                    " lease_until) VALUES (?, ?, ?, ?, ?, ?)",
+                    (event_id, body, created, now, self.owner, now + self.lease_seconds),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            excess = max(0, int(count) - self.max_events)
+            if excess:
+                conn.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                    " ORDER BY created, id LIMIT ?)",
+                    (excess,),
+                )
         return AddResult(tuple(ids), excess)
 
     def lease(self, limit: int, now: float) -> list[SpooledEvent]:
@@ -237,66 +235,54 @@ class Spool:
         Deliverable: owned by this spool, or with an expired lease, or owned by a
         process on this host that no longer exists.
         """
-        try:
-            with self._lock:
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    others = [
-                        row[0]
-                        for row in conn.execute(
-                            "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
-                            " AND owner != ? AND lease_until >= ?",
-                            (self.owner, now),
-                        )
-                    ]
-                    for owner in others:
-                        if _owner_is_dead(owner, self.owner):
-                            conn.execute(
-                                "UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,)
-                            )
-                    rows = conn.execute(
-                        "SELECT id, event_id, body, created, attempts FROM outbox"
-                        " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
-                        " ORDER BY created, id LIMIT ?",
-                        (self.owner, now, limit),
-                    ).fetchall()
-                    if rows:
-                        conn.executemany(
-                            "UPDATE outbox SET owner = ?, lease_until = ? WHERE id = ?",
-                            [(self.owner, now + self.lease_seconds, r[0]) for r in rows],
-                        )
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot read the spool file {self.path}: {exc}") from exc
+        with self._transaction("read") as conn:
+            others = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
+                    " AND owner != ? AND lease_until >= ?",
+                    (self.owner, now),
+                )
+            ]
+            for owner in others:
+                if _owner_is_dead(owner, self.owner):
+                    conn.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,))
+            rows = conn.execute(
+                "SELECT id, event_id, body, created, attempts FROM outbox"
+                " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
+                " ORDER BY created, id LIMIT ?",
+                (self.owner, now, limit),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    "UPDATE outbox SET owner = ?, lease_until = ? WHERE id = ?",
+                    [(self.owner, now + self.lease_seconds, r[0]) for r in rows],
+                )
         return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
                 for r in rows]
 
     def delivered(self, row_ids: Sequence[int]) -> None:
         """Remove delivered events."""
         if row_ids:
-            self._guarded(lambda: self._write(
-                ("DELETE FROM outbox WHERE id = ?", (rid,)) for rid in row_ids))
+            with self._transaction("update") as conn:
+                conn.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in row_ids])
 
     def failed_attempt(self, row_ids: Sequence[int]) -> None:
         """Count a failed attempt on events that stay in the outbox."""
         if row_ids:
-            self._guarded(lambda: self._write(
-                ("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (rid,))
-                for rid in row_ids))
+            with self._transaction("update") as conn:
+                conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?",
+                                 [(r,) for r in row_ids])
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
         """Move an event the API rejected for good to the dead-letter table."""
-        self._guarded(lambda: self._write([
-            ("INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
-             " VALUES (?, ?, ?, ?, ?, ?)",
-             (event.event_id, event.body, event.created, status, reason, now)),
-            ("DELETE FROM outbox WHERE id = ?", (event.row_id,)),
-        ]))
+        with self._transaction("update") as conn:
+            conn.execute(
+                "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (event.event_id, event.body, event.created, status, reason, now))
+            conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
 
     def expire(self, now: float) -> int:
         """Drop events older than ``max_age``; return how many."""
@@ -375,8 +361,8 @@ class Spool:
 
     def release(self) -> None:
         """Give up this spool's claims, so another process may send its events at once."""
-        self._guarded(lambda: self._write([
-            ("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (self.owner,))]))
+        with self._transaction("update") as conn:
+            conn.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (self.owner,))
 
     def prepare_fork(self) -> None:
         """Before ``os.fork()``: hold the lock so no transaction is open at the fork."""
