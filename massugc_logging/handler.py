@@ -15,8 +15,8 @@ Data flows one way::
 
 Spooling and sending run on separate threads so a slow or silent server
 never delays the moment an event becomes durable. No lock is held across a
-network call; the app thread only ever takes a counter lock for a few
-instructions. Records from this package's loggers and from the HTTP stack
+network call; the app thread takes only the queue's own lock, for a put
+(and a counter lock when it has to drop). Records from this package's loggers and from the HTTP stack
 never enter the handler, so sending can never cause more sending.
 """
 
@@ -125,6 +125,7 @@ class _IntakeListener(QueueListener):
             stop = batch[-1] is sentinel
             if stop:
                 batch.pop()
+                q.task_done()
             if batch:
                 self._intake(batch)
             if stop:
@@ -318,9 +319,9 @@ class CloudHandler(UnlockedHandler):
         """Queues, locks and counters: made anew at start and in a forked child."""
         self._queue: queue.Queue[Any] = queue.Queue(self._queue_size)
         self._count_lock = threading.Lock()
-        self._seq = 0
         self._progress = threading.Condition(threading.Lock())
-        self._intake_done = 0
+        #: Items the intake has taken off the queue (written by the intake thread only).
+        self._intake_taken = 0
         #: True once the sender found nothing deliverable (replayed backlog included).
         self._sender_idle = False
         #: Bumped (under ``_progress``) whenever the intake adds rows, so the sender
@@ -342,8 +343,7 @@ class CloudHandler(UnlockedHandler):
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
         self._last_flush: Optional[tuple[float, bool]] = None
-        self._counts = {"enqueued": 0, "sent": 0, "retried": 0, "spooled": 0,
-                        "dead_lettered": 0}
+        self._counts = {"sent": 0, "retried": 0, "spooled": 0, "dead_lettered": 0}
         self._dropped: dict[str, int] = {}
         self._last_error: Optional[str] = None
         self._last_status: Optional[int] = None
@@ -454,23 +454,14 @@ class CloudHandler(UnlockedHandler):
                 self._emit_without_threads(record)
                 return
             exc = capture_exception(record.exc_info) if record.exc_info else None
-            with self._count_lock:
-                self._seq += 1
-                seq = self._seq
-            try:
-                self._queue.put_nowait((seq, record, exc))
-            except queue.Full:
-                with self._progress:
-                    self._intake_done = max(self._intake_done, seq)
-                self._drop("queue_full")
-                self.diagnostics.say_once(
-                    "drop:queue_full", logging.WARNING,
-                    "CloudHandler's queue is full (%d events): new events are dropped until it "
-                    "drains. The count is in stats()['dropped'].", self._queue_size,
-                )
-                return
-            with self._count_lock:
-                self._counts["enqueued"] += 1
+            self._queue.put_nowait((record, exc))
+        except queue.Full:
+            self._drop("queue_full")
+            self.diagnostics.say_once(
+                "drop:queue_full", logging.WARNING,
+                "CloudHandler's queue is full (%d events): new events are dropped until it "
+                "drains. The count is in stats()['dropped'].", self._queue_size,
+            )
         except Exception:
             self._drop("internal_error")
 
@@ -486,7 +477,7 @@ class CloudHandler(UnlockedHandler):
             self._drop("closed")
             return
         try:
-            built = self._build((0, record, capture_exception(record.exc_info)))
+            built = self._build((record, capture_exception(record.exc_info)))
             spool = Spool(path, **self._spool_limits)
             try:
                 spool.add([(built.event_id, built.body(), _created(record))], time.time())
@@ -500,8 +491,8 @@ class CloudHandler(UnlockedHandler):
 
     # -- the intake thread ----------------------------------------------------
 
-    def _build(self, item: tuple[int, logging.LogRecord, Optional[ExceptionSummary]]) -> BuiltEvent:
-        _seq, record, exc = item
+    def _build(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> BuiltEvent:
+        record, exc = item
         built = build_event(record, self.settings, exception=exc,
                             fallback_id=str(uuid.uuid4()), now=time.time())
         for warning in built.warnings:
@@ -513,14 +504,10 @@ class CloudHandler(UnlockedHandler):
     def _intake(self, items: list[Any]) -> None:
         """Build a batch of events and write it ahead to the spool; never raises."""
         entries: list[tuple[str, bytes, float]] = []
-        seqs: list[int] = []
-        last_seq = 0
         for item in items:
-            last_seq = max(last_seq, item[0])
             try:
                 built = self._build(item)
-                entries.append((built.event_id, built.body(), _created(item[1])))
-                seqs.append(item[0])
+                entries.append((built.event_id, built.body(), _created(item[0])))
             except Exception as exc:
                 self._drop("internal_error")
                 self.diagnostics.say_once("intake:error", logging.ERROR,
@@ -534,10 +521,12 @@ class CloudHandler(UnlockedHandler):
             self.diagnostics.say_once("intake:spool", logging.ERROR,
                                       "CloudHandler could not keep events: %s",
                                       type(exc).__name__)
+        self._intake_taken += len(items)
         with self._progress:
-            self._intake_done = max(self._intake_done, last_seq)
             self._spool_generation += 1
             self._sender_idle = False
+            for _ in items:
+                self._queue.task_done()  # after the spool write: flush counts on it
             self._progress.notify_all()
         self._wake.set()
 
@@ -787,16 +776,20 @@ class CloudHandler(UnlockedHandler):
 
     # -- flush, close, stats --------------------------------------------------
 
-    def _settled_up_to(self, target: int) -> bool:
-        """True when everything enqueued up to ``target`` is spooled and the sender has
-        since found nothing left to deliver: all of it (and any replayed backlog) was
-        delivered, dead-lettered, or taken over by another process."""
-        return self._intake_done >= target and self._sender_idle
+    def _intake_caught_up(self) -> bool:
+        """True when every queued event has been written to the spool."""
+        return self._queue.unfinished_tasks == 0
+
+    def _settled(self) -> bool:
+        """True when everything enqueued is spooled and the sender has since found
+        nothing left to deliver: all of it (and any replayed backlog) was delivered,
+        dead-lettered, or taken over by another process."""
+        return self._intake_caught_up() and self._sender_idle
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
-        """Wait until what was enqueued, and any backlog replayed from the spool, is
-        delivered; at most ``timeout`` (default ``shutdown_timeout``) seconds. Returns
-        True when everything was delivered.
+        """Wait until what is queued (events logged meanwhile included), and any backlog
+        replayed from the spool, is delivered; at most ``timeout`` (default
+        ``shutdown_timeout``) seconds. Returns True when everything was delivered.
 
         Returns early, False, when sending is paused (backoff beyond the deadline,
         a rejected or missing key): the events stay in the spool.
@@ -804,8 +797,6 @@ class CloudHandler(UnlockedHandler):
         budget = self.shutdown_timeout if timeout is None else max(0.0, float(timeout))
         start = time.monotonic()
         deadline = start + budget
-        with self._count_lock:
-            target = self._seq
         done = False
         try:
             if self._pid != os.getpid() or self._sender is None:
@@ -813,13 +804,13 @@ class CloudHandler(UnlockedHandler):
             self._wake.set()
             with self._progress:
                 while True:
-                    if self._settled_up_to(target):
+                    if self._settled():
                         done = True
                         return True
                     now = time.monotonic()
                     if now >= deadline or not self._threads_alive():
                         return False
-                    if self._intake_done >= target and (
+                    if self._intake_caught_up() and (
                         self._hold_reason is not None or self._transport is None
                         or self._not_before > deadline
                     ):
@@ -896,9 +887,11 @@ class CloudHandler(UnlockedHandler):
             counts = dict(self._counts)
             dropped = dict(self._dropped)
             last_error, last_status = self._last_error, self._last_status
+        queued = self._queue.qsize()
         return {
+            "enqueued": self._intake_taken + queued,
             **counts,
-            "pending": self._queue.qsize() + self._spool_pending,
+            "pending": queued + self._spool_pending,
             "dropped": dropped,
             "last_error": last_error,
             "last_status": last_status,
