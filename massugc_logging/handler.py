@@ -16,8 +16,9 @@ Data flows one way::
 Spooling and sending run on separate threads so a slow or silent server
 never delays the moment an event becomes durable. No lock is held across a
 network call; the app thread takes only the queue's own lock, for a put
-(and a counter lock when it has to drop). Records from this package's loggers and from the HTTP stack
-never enter the handler, so sending can never cause more sending.
+(and a counter lock when it has to drop). Records from this package's
+loggers and from the HTTP stack never enter the handler, so sending can
+never cause more sending.
 """
 
 from __future__ import annotations
@@ -104,10 +105,6 @@ class _IntakeListener(QueueListener):
         super().__init__(q)
         self._intake_queue = q
         self._intake = intake
-
-    def handle(self, record: Any) -> None:
-        """Pass one queued item to the intake."""
-        self._intake([record])
 
     def _monitor(self) -> None:
         """Take a blocking first item, then whatever else is queued, up to a batch."""
@@ -702,8 +699,7 @@ class CloudHandler(UnlockedHandler):
         except SpoolError as exc:
             self._spool_problem(exc)
             self._spool = MemorySpool(**self._spool_limits)
-        for row_id in delivered:
-            self._resolve(row_id)
+        self._fewer_pending(len(delivered))
 
     def _settle(self, row: SpooledEvent, outcome: Outcome) -> bool:
         """Act on one outcome; False when sending must pause."""
@@ -736,7 +732,7 @@ class CloudHandler(UnlockedHandler):
                     "in the spool's dead-letter table and will not be retried; further "
                     "rejections are counted in stats().", outcome.status, outcome.reason,
                 )
-                self._resolve(row.row_id)
+                self._fewer_pending()
                 return True
             self._spool.failed_attempt([row.row_id])
             with self._count_lock:
@@ -769,10 +765,10 @@ class CloudHandler(UnlockedHandler):
         )
         return False
 
-    def _resolve(self, row_id: int) -> None:
-        """One fewer event waiting (the count stats() reports between leases)."""
+    def _fewer_pending(self, n: int = 1) -> None:
+        """Fewer events waiting (the count stats() reports between leases)."""
         with self._count_lock:
-            self._spool_pending = max(0, self._spool_pending - 1)
+            self._spool_pending = max(0, self._spool_pending - n)
 
     # -- flush, close, stats --------------------------------------------------
 

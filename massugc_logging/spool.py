@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TypeVar, Union
@@ -292,22 +292,6 @@ class Spool:
             return int(cur.rowcount or 0)
         return self._guarded(run)
 
-    def existing(self, row_ids: Iterable[int]) -> set[int]:
-        """Which of ``row_ids`` are still in the outbox."""
-        wanted = list(row_ids)
-        found: set[int] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT id FROM outbox WHERE id IN ({marks})"  # noqa: S608 - only "?" marks
-
-            def select(q: str = query, c: list[int] = chunk) -> list[tuple[int]]:
-                return self._conn.execute(q, c).fetchall()
-
-            rows = self._guarded(select)
-            found.update(int(r[0]) for r in rows)
-        return found
-
     def pending_count(self) -> int:
         """Events waiting in the outbox (any owner)."""
         return self._guarded(
@@ -459,11 +443,6 @@ class MemorySpool:
             for rid in old:
                 del self._rows[rid]
             return len(old)
-
-    def existing(self, row_ids: Iterable[int]) -> set[int]:
-        """Which of ``row_ids`` are still held."""
-        with self._lock:
-            return {rid for rid in row_ids if rid in self._rows}
 
     def pending_count(self) -> int:
         """Events held."""

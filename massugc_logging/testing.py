@@ -19,11 +19,10 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-from massugc_logging.contract import DEFAULT_EVENT_TYPE, DEFAULT_EVENT_VERSION, DEFAULT_SOURCE
 from massugc_logging.diagnostics import is_internal_logger
 from massugc_logging.payload import (
     PayloadSettings,
@@ -65,22 +64,10 @@ class CaptureHandler(logging.Handler):
         settings: Optional[PayloadSettings] = None,
         events: Optional[CapturedEvents] = None,
         level: Union[int, str] = logging.NOTSET,
-        *,
-        event_type: str = DEFAULT_EVENT_TYPE,
-        extra_fields: Sequence[str] = (),
-        source: str = DEFAULT_SOURCE,
-        version: str = DEFAULT_EVENT_VERSION,
-        redact_patterns: Sequence[str] = (),
-        error_message_limit: int = 4096,
-        field_limit: int = 256,
-        classification_rules: Sequence[Mapping[str, Any]] = (),
+        **payload_arguments: Any,
     ) -> None:
         super().__init__(level)
-        self.settings = settings or payload_settings(
-            event_type=event_type, extra_fields=extra_fields, source=source, version=version,
-            redact_patterns=redact_patterns, error_message_limit=error_message_limit,
-            field_limit=field_limit, classification_rules=classification_rules,
-        )
+        self.settings = settings or payload_settings(**payload_arguments)
         self.events = events if events is not None else CapturedEvents()
         self._lock_events = threading.Lock()
 
@@ -107,30 +94,18 @@ class CaptureHandler(logging.Handler):
 @contextmanager
 def capture_events(
     logger: Optional[logging.Logger] = None,
-    *,
-    event_type: str = DEFAULT_EVENT_TYPE,
-    extra_fields: Sequence[str] = (),
-    source: str = DEFAULT_SOURCE,
-    version: str = DEFAULT_EVENT_VERSION,
-    redact_patterns: Sequence[str] = (),
-    error_message_limit: int = 4096,
-    field_limit: int = 256,
-    classification_rules: Sequence[Mapping[str, Any]] = (),
+    **payload_arguments: Any,
 ) -> Iterator[CapturedEvents]:
     """Capture the events logged on ``logger`` (default: the root logger) while inside.
 
-    The keyword arguments are the payload arguments of :class:`CloudHandler`:
+    The keyword arguments are those of :func:`~massugc_logging.payload_config.payload_settings`
+    (the payload arguments of :class:`CloudHandler`):
     pass the same ones as your configuration does. Records must reach
     ``logger`` (a logger with ``propagate: false`` hides them from the root).
     """
     target = logger if logger is not None else logging.getLogger()
     events = CapturedEvents()
-    handler = CaptureHandler(
-        None, events, event_type=event_type, extra_fields=extra_fields, source=source,
-        version=version, redact_patterns=redact_patterns,
-        error_message_limit=error_message_limit, field_limit=field_limit,
-        classification_rules=classification_rules,
-    )
+    handler = CaptureHandler(None, events, **payload_arguments)
     old_level = target.level
     target.addHandler(handler)
     if target.getEffectiveLevel() > logging.DEBUG:

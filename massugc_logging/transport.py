@@ -202,11 +202,6 @@ class Transport:
         _INHERITED_SESSIONS.append(self._session)
         self._session = self._new_session()
 
-    @property
-    def has_key(self) -> bool:
-        """True when an API key is configured."""
-        return self._key is not None
-
     def set_key(self, api_key: Optional[SecretKey]) -> None:
         """Use a new API key from the next request on."""
         self._key = api_key
