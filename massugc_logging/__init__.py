@@ -10,9 +10,9 @@ from massugc_logging.client import UsageClient
 from massugc_logging.config import ConfigError, configure
 from massugc_logging.handler import CloudHandler
 from massugc_logging.keystore import ApiKey, InvalidApiKey, KeyStore
+from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import PayloadSettings, build_event
 from massugc_logging.retry import RetryPolicy
-from massugc_logging.transport import Outcome, OutcomeKind
 
 __all__ = [
     "ApiKey",

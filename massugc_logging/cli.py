@@ -38,8 +38,11 @@ from massugc_logging.config import (
     load_environment,
 )
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
+from massugc_logging.decisions import EventAction
+from massugc_logging.delivery import DeliveryEngine
 from massugc_logging.handler import CloudHandler, default_spool_path
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
+from massugc_logging.outcome import Outcome
 from massugc_logging.payload import PayloadSettings, build_event, format_utc
 from massugc_logging.spool import Spool, SpoolError
 from massugc_logging.transport import (
@@ -549,6 +552,10 @@ def _open_spool(args: argparse.Namespace, out: _Output) -> Any:
         return None
 
 
+#: The longest ``spool replay`` keeps trying events that failed once before it stops.
+_REPLAY_SECONDS = 60.0
+
+
 def _iso(ts: float) -> str:
     return format_utc(ts)
 
@@ -583,42 +590,41 @@ def _spool_status(spool: Any, args: argparse.Namespace, out: _Output) -> int:
 
 
 def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
-
+    """Deliver what the spool holds now, with the handler's own delivery engine."""
     transport = _transport(args, out)
     if transport is None:
         return EXIT_PROBLEM
     total = spool.pending_count()
-    sent = failed = 0
+    tally = {"sent": 0, "rejected": 0}
+    failures: list[Outcome] = []
+
+    def settled(event: Any, outcome: Outcome, action: EventAction) -> None:
+        if action is EventAction.DELIVERED:
+            tally["sent"] += 1
+        elif action is EventAction.DEAD_LETTER:
+            tally["rejected"] += 1
+        else:
+            failures.append(outcome)
+        out.progress(tally["sent"] + tally["rejected"], total, "replay")
+
+    engine = DeliveryEngine(spool, lambda e: transport.send(e.body, e.event_id),
+                            max_in_flight=1, on_settled=settled)
     out.progress(0, total, "replay")
-    while True:
-        batch = spool.lease(50, time.time())
-        if not batch:
-            held = spool.pending_count()
-            if held:
-                out.problem(f"{held} event(s) are held by a program that is still running "
-                            "(the app, or another replay); it delivers them itself. Run the "
-                            "replay again after it exits, or a few minutes later")
-            break
-        stop = False
-        for event in batch:
-            outcome = transport.send(event.body, event.event_id)
-            if outcome.delivered:
-                spool.delivered([event.row_id])
-                sent += 1
-            elif outcome.kind is OutcomeKind.PERMANENT:
-                spool.dead_letter(event, outcome.status, outcome.reason, time.time())
-                failed += 1
-            else:
-                out.problem(f"stopped: {_describe(outcome)}; the rest stays in the spool")
-                stop = True
-                break
-            out.progress(sent + failed, total, "replay")
-        if stop:
-            break
-    transport.close()
-    out.say(f"replayed {sent} event(s); {failed} rejected and dead-lettered; "
-            f"{spool.pending_count()} still pending")
-    return EXIT_OK if spool.pending_count() == 0 else EXIT_PROBLEM
+    try:
+        engine.drain(deadline=time.time() + _REPLAY_SECONDS)
+        engine.stop()
+    finally:
+        transport.close()
+    left = spool.pending_count()
+    if left and failures:
+        out.problem(f"stopped: {_describe(failures[-1])}; the rest stays in the spool")
+    elif left:
+        out.problem(f"{left} event(s) are held by a program that is still running "
+                    "(the app, or another replay); it delivers them itself. Run the "
+                    "replay again after it exits, or a few minutes later")
+    out.say(f"replayed {tally['sent']} event(s); {tally['rejected']} rejected and "
+            f"dead-lettered; {left} still pending")
+    return EXIT_OK if left == 0 else EXIT_PROBLEM
 
 
 def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:

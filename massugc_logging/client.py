@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from massugc_logging.contract import DEFAULT_ENDPOINT, DEFAULT_EVENT_TYPE, PRODUCTION_API_URL
 from massugc_logging.keystore import ApiKey, KeyStore
+from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import encode_event, event_id_for
 from massugc_logging.redaction import (
     DEFAULT_ERROR_MESSAGE_LIMIT,
@@ -22,7 +23,7 @@ from massugc_logging.redaction import (
     Redactor,
     system_redactor,
 )
-from massugc_logging.transport import DEFAULT_TIMEOUT, Outcome, OutcomeKind, Timeout, Transport
+from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport
 
 
 class UsageClient:

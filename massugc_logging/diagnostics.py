@@ -30,12 +30,14 @@ def is_internal_logger(name: str) -> bool:
 class Diagnostics:
     """Counters by reason plus a once-per-key local message.
 
-    Thread-safe; the lock is held for a counter bump only, never across I/O.
+    Thread-safe; the lock is held for a counter bump only, never across I/O. It is
+    re-entrant so that a signal handler logging on a thread that holds it cannot
+    deadlock.
     """
 
     def __init__(self, log: logging.Logger | None = None) -> None:
         self._log = log or logger
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._said: set[str] = set()
         self.counts: Counter[str] = Counter()
 
@@ -63,7 +65,7 @@ class Diagnostics:
 
     def after_fork_in_child(self) -> None:
         """A fresh lock: the parent's may have been held by one of its threads at the fork."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def snapshot(self) -> dict[str, int]:
         """A copy of the counters."""

@@ -1,24 +1,21 @@
-"""CloudHandler: the only place on the logging path that starts threads.
+"""CloudHandler: the logging facade over the intake and the delivery engine.
 
 Data flows one way::
 
     app thread      emit: filter on event_type, capture the exception text,
-                    put on a bounded queue (never blocks, never raises)
-    intake thread   (a logging.handlers.QueueListener) build the event,
-                    redact it, write it ahead to the spool, wake the sender
-    sender thread   lease the oldest events from the spool, hand them to the
-                    request workers (several at once while the API answers
-                    well, one at a time, itself, while it fails), settle the
-                    outcomes in order by the retry policy: delivered,
-                    dead-lettered, or kept for later
-    request workers POST one event each over the shared keep-alive session
+                    hand to the intake (never blocks, never raises, re-entrant)
+    intake          (intake.py) one thread: build and redact each event, write
+                    it ahead to the outbox in batches
+    delivery        (delivery.py) the engine leases due events and hands them to
+                    worker threads at the concurrency the policy allows; each
+                    outcome is settled by the pure rules of decisions.py
+    outbox          (outbox.py, spool.py) SQLite, with memory standing in while
+                    the file cannot be used
 
-Spooling and sending run on separate threads so a slow or silent server
-never delays the moment an event becomes durable. No lock is held across a
-network call; the app thread takes only the queue's own lock, for a put
-(and a counter lock when it has to drop). Records from this package's
-loggers and from the HTTP stack never enter the handler, so sending can
-never cause more sending.
+This module only wires those units together and delegates ``flush``,
+``close``, ``stats`` and ``set_api_key`` to them. Records from this package's
+loggers and from the HTTP stack never enter the handler, so sending can never
+cause more sending.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import random
 import sys
 import threading
@@ -35,7 +31,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
-from logging.handlers import QueueListener
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -47,23 +42,24 @@ from massugc_logging.contract import (
     DEFAULT_SOURCE,
     PRODUCTION_API_URL,
 )
+from massugc_logging.counters import Counters
+from massugc_logging.delivery import DeliveryEngine, DeliveryWorkers, Hold
 from massugc_logging.diagnostics import Diagnostics, is_internal_logger
+from massugc_logging.intake import Entry, Intake
 from massugc_logging.keystore import ApiKey, KeyStore, KeyStoreError
-from massugc_logging.payload import BuiltEvent, ExceptionSummary, build_event, capture_exception
+from massugc_logging.outbox import FallbackOutbox
+from massugc_logging.outcome import Outcome
+from massugc_logging.payload import ExceptionSummary, build_event, capture_exception
 from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
-from massugc_logging.spool import AnySpool, MemorySpool, Spool, SpooledEvent, SpoolError
-from massugc_logging.transport import DEFAULT_TIMEOUT, Outcome, OutcomeKind, Timeout, Transport
+from massugc_logging.spool import MemorySpool, Spool, SpooledEvent, SpoolError
+from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport
 
 _DEFAULT = object()
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 4
-_BATCH = 50
-_INTAKE_BATCH = 256
-_EXPIRE_EVERY = 3600.0
-
-_live_handlers: weakref.WeakSet[CloudHandler] = weakref.WeakSet()
+_REASON_CHARS = 300
 
 
 def default_spool_path() -> Path:
@@ -73,129 +69,22 @@ def default_spool_path() -> Path:
     return Path(platformdirs.user_data_dir("massugc-logging", appauthor=False)) / "spool.sqlite3"
 
 
-def _before_fork() -> None:
-    for handler in list(_live_handlers):
-        handler._spool.prepare_fork()
+def _register_fork_hooks(handler: CloudHandler) -> None:
+    """Fork safety for this handler alone; the hooks do nothing once it is gone."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(handler)
 
+    def hook(name: str) -> Callable[[], None]:
+        def call() -> None:
+            target = ref()
+            if target is not None:
+                getattr(target, name)()
+        return call
 
-def _after_fork_in_parent() -> None:
-    for handler in list(_live_handlers):
-        handler._spool.after_fork_parent()
-
-
-def _after_fork_in_child() -> None:
-    for handler in list(_live_handlers):
-        handler._forget_parent_state()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
-
-
-class _IntakeListener(QueueListener):
-    """A QueueListener that hands queued items to one callable, in batches.
-
-    The stdlib listener passes items one by one to handlers; ours are tuples of a
-    record and what ``emit`` captured, and they are taken in batches of up to
-    ``_INTAKE_BATCH`` so a burst is written to the spool in few transactions.
-    """
-
-    def __init__(self, q: queue.Queue[Any], intake: Callable[[list[Any]], None]) -> None:
-        super().__init__(q)
-        self._intake_queue = q
-        self._intake = intake
-
-    def _monitor(self) -> None:
-        """Take a blocking first item, then whatever else is queued, up to a batch."""
-        q = self._intake_queue
-        sentinel = getattr(self, "_sentinel", None)
-        while True:
-            item = q.get()
-            batch = [item]
-            while item is not sentinel and len(batch) < _INTAKE_BATCH:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(item)
-            stop = batch[-1] is sentinel
-            if stop:
-                batch.pop()
-                q.task_done()
-            if batch:
-                self._intake(batch)
-            if stop:
-                return
-
-    def stop_within(self, timeout: float) -> bool:
-        """Ask the thread to finish what is queued and stop; wait at most ``timeout``."""
-        thread = self._thread  # private in the stdlib, stable from 3.9 to 3.14
-        if thread is None:
-            return True
-        try:
-            self._intake_queue.put(getattr(self, "_sentinel", None),
-                                   timeout=max(timeout, 0.001))
-        except queue.Full:
-            return False
-        thread.join(max(timeout, 0.0))
-        if thread.is_alive():
-            return False
-        self._thread = None
-        return True
-
-    @property
-    def thread(self) -> Optional[threading.Thread]:
-        """The running listener thread, if any."""
-        return self._thread
-
-
-class _Request:
-    """One event handed to a request worker, with its outcome when done.
-
-    The sender can call a request off until a worker has started it.
-    """
-
-    __slots__ = ("_done", "_lock", "_state", "outcome", "row")
-
-    def __init__(self, row: SpooledEvent) -> None:
-        self.row = row
-        self.outcome: Optional[Outcome] = None
-        self._lock = threading.Lock()
-        self._state = "queued"
-        self._done = threading.Event()
-
-    def start(self) -> bool:
-        """Called by a worker: True if the request is still wanted."""
-        with self._lock:
-            if self._state != "queued":
-                return False
-            self._state = "started"
-            return True
-
-    def skip(self) -> None:
-        """Called by a worker that must not send it (the API stopped answering well)."""
-        with self._lock:
-            if self._state == "queued":
-                self._state = "skipped"
-                self._done.set()
-
-    def call_off(self) -> bool:
-        """Called by the sender: True if it was not sent and never will be."""
-        with self._lock:
-            if self._state in ("queued", "skipped"):
-                self._state = "called_off"
-                return True
-            return False
-
-    def finish(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        self._done.set()
-
-    def wait(self) -> Optional[Outcome]:
-        """The outcome, or None if it was skipped; the transport's timeouts bound the wait."""
-        self._done.wait()
-        return self.outcome
+    os.register_at_fork(before=hook("_before_fork"),
+                        after_in_parent=hook("_after_fork_in_parent"),
+                        after_in_child=hook("_after_fork_in_child"))
 
 
 class CloudHandler(UnlockedHandler):
@@ -213,13 +102,15 @@ class CloudHandler(UnlockedHandler):
         spool_path: the SQLite outbox file; None keeps events in memory only (they
             do not survive a restart). Default (or ``"default"``): ``spool.sqlite3`` in
             the platform's user data directory.
-        timeout: seconds, or ``[connect, read]``, for each request.
+        timeout: seconds, or ``[connect, read]``, for each request; a request is
+            cut off when it has taken both together in all.
         shutdown_timeout: the most ``close()`` / ``logging.shutdown()`` will wait.
         source, version: the event's ``source`` and ``version`` fields.
         extra_fields: job fields sent besides the contract's, e.g. ``job_id``.
         queue_size: the in-memory queue bound; a full queue drops and counts.
-        max_in_flight: requests sent at once while the API answers well; while it
-            fails, one at a time.
+        max_in_flight: the most requests at once while the API answers well; the
+            number in flight starts at one, grows with each round of successes,
+            halves on failures, and is one (a probe) while the circuit is open.
         retry: a :class:`RetryPolicy` or a mapping of its settings.
         spool_max_events, spool_max_age: the spool's bounds (count, seconds).
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
@@ -257,8 +148,8 @@ class CloudHandler(UnlockedHandler):
         rng: Callable[[], float] = random.random,
     ) -> None:
         super().__init__(level)
-        self._hold_reason: Optional[str] = None
         self.diagnostics = Diagnostics()
+        self.counters = Counters()
         self._event_type = str(event_type)
         self.shutdown_timeout = float(shutdown_timeout)
         self._rng = rng
@@ -266,7 +157,12 @@ class CloudHandler(UnlockedHandler):
         self._queue_size = int(queue_size)
         self._max_in_flight = max(1, int(max_in_flight))
         self._closed = False
-        self._init_runtime_state()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread_idents: frozenset[int] = frozenset()
+        self._last_flush: Optional[float] = None
+        self._lost_at_last_flush = 0
 
         self.settings = payload_settings(
             event_type=self._event_type, source=source, version=version,
@@ -275,6 +171,7 @@ class CloudHandler(UnlockedHandler):
             classification_rules=classification_rules,
         )
 
+        self._hold: Optional[Hold] = None
         key = self._resolve_key(api_key, key_store)
         url = api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL
         self._transport: Optional[Transport]
@@ -286,14 +183,14 @@ class CloudHandler(UnlockedHandler):
             )
         except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
-            self._hold_reason = "the API URL or timeout is not usable"
+            self._hold = Hold.BAD_URL
             self.diagnostics.say_once(
                 "config:url", logging.ERROR,
                 "CloudHandler cannot send: %s. Events are kept in the spool until this is fixed.",
                 exc,
             )
-        if self._transport is not None and key is None and self._hold_reason is None:
-            self._hold_reason = "no API key is configured"
+        if self._transport is not None and key is None and self._hold is None:
+            self._hold = Hold.NO_KEY
             self.diagnostics.say_once(
                 "config:no-key", logging.WARNING,
                 "CloudHandler has no API key: set MASSUGC_API_KEY, pass api_key, or run "
@@ -306,45 +203,31 @@ class CloudHandler(UnlockedHandler):
         if spool_max_age is not None:
             limits["max_age"] = float(spool_max_age)
         self._spool_limits = limits
-        self._spool = self._open_spool(spool_path)
-        _live_handlers.add(self)
-        self._start_threads()
+        self._outbox = self._open_outbox(spool_path)
+        self._build_pipeline()
+        _register_fork_hooks(self)
+        self._start()
 
     # -- set-up ---------------------------------------------------------------
 
-    def _init_runtime_state(self) -> None:
-        """Queues, locks and counters: made anew at start and in a forked child."""
-        self._queue: queue.Queue[Any] = queue.Queue(self._queue_size)
-        self._count_lock = threading.Lock()
-        self._progress = threading.Condition(threading.Lock())
-        #: Items the intake has taken off the queue (written by the intake thread only).
-        self._intake_taken = 0
-        #: True once the sender found nothing deliverable (replayed backlog included).
-        self._sender_idle = False
-        #: Bumped (under ``_progress``) whenever the intake adds rows, so the sender
-        #: never calls itself idle on a lease that ran before those rows existed.
-        self._spool_generation = 0
-        self._wake = threading.Event()
-        self._stopping = False
-        self._not_before = 0.0
-        self._state = "idle"
-        self._last_expire = 0.0
-        self._thread_idents: frozenset[int] = frozenset()
-        self._intake_listener: Optional[_IntakeListener] = None
-        self._sender: Optional[threading.Thread] = None
-        self._requests: queue.Queue[Optional[_Request]] = queue.Queue()
-        self._delivered: list[int] = []
-        #: True after the API answered (2xx or a final 4xx): only then are several
-        #: requests sent at once; after a failure, one at a time until one succeeds.
-        self._api_answering = False
-        self._pid = os.getpid()
-        self._start_lock = threading.Lock()
-        self._last_flush: Optional[tuple[float, bool]] = None
-        self._counts = {"sent": 0, "retried": 0, "spooled": 0, "dead_lettered": 0}
-        self._dropped: dict[str, int] = {}
-        self._last_error: Optional[str] = None
-        self._last_status: Optional[int] = None
-        self._spool_pending = 0
+    def _build_pipeline(self) -> None:
+        """The delivery engine, its workers and the intake (anew in a forked child)."""
+        transport = self._transport
+        self._engine = DeliveryEngine(
+            self._outbox, self._send_one, policy=self.policy, max_in_flight=self._max_in_flight,
+            clock=time.time, rng=self._rng, counters=self.counters,
+            diagnostics=self.diagnostics,
+        )
+        self._engine.set_hold(self._hold)
+        self._workers = DeliveryWorkers(
+            self._engine, abort=transport.abort if transport is not None else None,
+            request_deadline=transport.request_deadline if transport is not None else 13.05,
+        )
+        self._intake = Intake(
+            self._outbox, self._build_entry, capacity=self._queue_size,
+            counters=self.counters, diagnostics=self.diagnostics,
+            on_written=self._workers.wake,
+        )
 
     def _resolve_key(self, api_key: Optional[Union[str, ApiKey]],
                      key_store: Optional[KeyStore]) -> Optional[ApiKey]:
@@ -356,7 +239,7 @@ class CloudHandler(UnlockedHandler):
             key, _source = store.resolve(api_key or None)
             return key
         except KeyStoreError as exc:
-            self._hold_reason = "the API key is not valid"
+            self._hold = Hold.BAD_KEY
             self.diagnostics.say_once(
                 "config:bad-key", logging.ERROR,
                 "CloudHandler cannot use its API key: %s. Events are kept in the spool until "
@@ -370,74 +253,92 @@ class CloudHandler(UnlockedHandler):
             )
         return None
 
-    def _open_spool(self, spool_path: Any) -> AnySpool:
-        """The SQLite spool at ``spool_path``; memory when None or when the file is unusable."""
+    def _open_outbox(self, spool_path: Any) -> Union[FallbackOutbox, MemorySpool]:
+        """The SQLite spool at ``spool_path`` behind its memory stand-in; memory alone for None."""
         if spool_path is None:
             return MemorySpool(**self._spool_limits)
         use_default = spool_path is _DEFAULT or spool_path in ("default", "")
         path = default_spool_path() if use_default else Path(str(spool_path)).expanduser()
-        try:
-            return Spool(path, **self._spool_limits)
-        except SpoolError as exc:
-            self._spool_problem(exc)
-            return MemorySpool(**self._spool_limits)
+        limits = self._spool_limits
+        return FallbackOutbox(lambda: Spool(path, **limits), MemorySpool(**limits), path=path,
+                              on_problem=self._spool_problem,
+                              on_recovered=self._spool_recovered)
 
-    def _spool_problem(self, exc: BaseException) -> None:
+    def _spool_problem(self, exc: SpoolError) -> None:
         self.diagnostics.count("spool_errors")
-        self.diagnostics.say_once(
-            "spool:unusable", logging.ERROR,
-            "CloudHandler cannot use its spool (%s). It carries on in memory: events not yet "
-            "delivered will not survive a restart.", exc,
-        )
+        if exc.busy:
+            self.diagnostics.say_once(
+                "spool:unusable", logging.WARNING,
+                "CloudHandler's spool file is locked by another program (%s). Events wait in "
+                "memory meanwhile and go back to the file as soon as it is free.", exc)
+        else:
+            self.diagnostics.say_once(
+                "spool:unusable", logging.ERROR,
+                "CloudHandler cannot use its spool (%s). It carries on in memory and tries the "
+                "file again now and then: events not yet delivered will not survive a "
+                "restart meanwhile.", exc)
 
-    def _start_threads(self) -> None:
-        """Start the intake and sender threads (never during interpreter shutdown)."""
+    def _spool_recovered(self, moved: int) -> None:
+        self.diagnostics.forget("spool:unusable")
+        self.diagnostics.say_once("spool:recovered", logging.INFO,
+                                  "CloudHandler's spool file is usable again; %d event(s) kept "
+                                  "in memory meanwhile were moved back to it.", moved)
+        self.diagnostics.forget("spool:recovered")
+
+    def _start(self) -> None:
+        """Start the intake and delivery threads (never during interpreter shutdown)."""
         if sys.is_finalizing():
             return
-        listener = _IntakeListener(self._queue, self._intake)
-        listener.start()
-        sender = threading.Thread(target=self._send_loop, name="massugc-logging-sender",
-                                  daemon=True)
-        sender.start()
-        self._intake_listener = listener
-        self._sender = sender
-        idents = {sender.ident}
-        if self._max_in_flight > 1:
-            for n in range(self._max_in_flight):
-                worker = threading.Thread(target=self._request_worker, daemon=True,
-                                          name=f"massugc-logging-request-{n}")
-                worker.start()
-                idents.add(worker.ident)
-        if listener.thread is not None:
-            listener.thread.name = "massugc-logging-intake"
-            idents.add(listener.thread.ident)
-        self._thread_idents = frozenset(i for i in idents if i is not None)
+        self._intake.start()
+        self._workers.start()
+        intake_thread = self._intake.thread
+        idents = set(self._workers.idents)
+        if intake_thread is not None and intake_thread.ident is not None:
+            idents.add(intake_thread.ident)
+        self._thread_idents = frozenset(idents)
+        self._started = True
 
-    def _forget_parent_state(self) -> None:
-        """In a forked child: drop the parent's queue, threads, locks, connection and
-        session; threads restart at the child's first event."""
+    # -- fork -----------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        if not self._closed:
+            self._outbox.prepare_fork()
+
+    def _after_fork_in_parent(self) -> None:
+        if not self._closed:
+            self._outbox.after_fork_parent()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh connection, session, locks and threads; the parent's
+        queue and backlog stay the parent's. Threads restart at the child's first event."""
+        if self._closed:
+            return
         self.diagnostics.after_fork_in_child()
+        self.counters.after_fork_in_child()
+        self._start_lock = threading.Lock()
         try:
-            self._spool.after_fork_child()
+            self._outbox.after_fork_child()
         except SpoolError as exc:
             self._spool_problem(exc)
-            self._spool = MemorySpool(**self._spool_limits)
-        self._init_runtime_state()
-        self._pid = -1
+            self._outbox = MemorySpool(**self._spool_limits)
         if self._transport is not None:
             self._transport.renew_session()
+        self._build_pipeline()
+        self._started = False
+        self._thread_idents = frozenset()
+        self._pid = -1
 
     def _restart_in_child(self) -> None:
         with self._start_lock:
             if self._pid == os.getpid() or self._closed:
                 return
             self._pid = os.getpid()
-            self._start_threads()
+            self._start()
 
     # -- the app thread -------------------------------------------------------
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Enqueue a matching record; never blocks and never raises."""
+        """Hand a matching record to the intake; never blocks, never raises, re-entrant."""
         try:
             if getattr(record, "event_type", None) != self._event_type:
                 return
@@ -447,48 +348,44 @@ class CloudHandler(UnlockedHandler):
                 return
             if self._pid != os.getpid():
                 self._restart_in_child()
-            if self._closed or self._sender is None:
+            if self._closed or not self._started:
                 self._emit_without_threads(record)
                 return
             exc = capture_exception(record.exc_info) if record.exc_info else None
-            self._queue.put_nowait((record, exc))
-        except queue.Full:
-            self._drop("queue_full")
-            self.diagnostics.say_once(
-                "drop:queue_full", logging.WARNING,
-                "CloudHandler's queue is full (%d events): new events are dropped until it "
-                "drains. The count is in stats()['dropped'].", self._queue_size,
-            )
+            if not self._intake.accept((record, exc)):
+                self.counters.drop("queue_full")
+                self.diagnostics.say_once(
+                    "drop:queue_full", logging.WARNING,
+                    "CloudHandler's queue is full (%d events): new events are dropped until it "
+                    "drains. The count is in stats()['dropped'].", self._queue_size,
+                )
         except Exception:
-            self._drop("internal_error")
-
-    def _drop(self, reason: str) -> None:
-        with self._count_lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            self.counters.drop("internal_error")
 
     def _emit_without_threads(self, record: logging.LogRecord) -> None:
         """After close (or when created during interpreter shutdown) there is no thread:
-        write straight to a durable spool for the next run, or count a drop."""
-        path = getattr(self._spool, "path", None)
-        if not getattr(self._spool, "durable", False) or path is None:
-            self._drop("closed")
+        write straight to the spool file for the next run, or count a drop."""
+        path = self._outbox.path
+        if path is None:
+            self.counters.drop("closed")
             return
         try:
-            built = self._build((record, capture_exception(record.exc_info)))
+            event_id, body, created = self._build_entry(
+                (record, capture_exception(record.exc_info)))
             spool = Spool(path, **self._spool_limits)
             try:
-                spool.add([(built.event_id, built.body(), _created(record))], time.time())
+                spool.add([(event_id, body, created)], time.time())
                 spool.release()  # no thread here will send it: any process may
             finally:
                 spool.close()
-            with self._count_lock:
-                self._counts["spooled"] += 1
+            self.counters.add("spooled")
         except Exception:
-            self._drop("closed")
+            self.counters.drop("closed")
 
-    # -- the intake thread ----------------------------------------------------
+    # -- what the intake and delivery threads call back ---------------------------
 
-    def _build(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> BuiltEvent:
+    def _build_entry(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> Entry:
+        """Build and redact one event (on the intake thread); report field warnings once."""
         record, exc = item
         built = build_event(record, self.settings, exception=exc,
                             fallback_id=str(uuid.uuid4()), now=time.time())
@@ -496,403 +393,121 @@ class CloudHandler(UnlockedHandler):
             self.diagnostics.count("field_warnings")
             self.diagnostics.say_once("field:" + warning, logging.WARNING,
                                       "CloudHandler: %s (said once)", warning)
-        return built
-
-    def _intake(self, items: list[Any]) -> None:
-        """Build a batch of events and write it ahead to the spool; never raises."""
-        entries: list[tuple[str, bytes, float]] = []
-        for item in items:
-            try:
-                built = self._build(item)
-                entries.append((built.event_id, built.body(), _created(item[0])))
-            except Exception as exc:
-                self._drop("internal_error")
-                self.diagnostics.say_once("intake:error", logging.ERROR,
-                                          "CloudHandler could not process an event: %s",
-                                          type(exc).__name__)
-        try:
-            self._spool_add(entries)
-        except Exception as exc:
-            for _ in entries:
-                self._drop("internal_error")
-            self.diagnostics.say_once("intake:spool", logging.ERROR,
-                                      "CloudHandler could not keep events: %s",
-                                      type(exc).__name__)
-        self._intake_taken += len(items)
-        with self._progress:
-            self._spool_generation += 1
-            self._sender_idle = False
-            for _ in items:
-                self._queue.task_done()  # after the spool write: flush counts on it
-            self._progress.notify_all()
-        self._wake.set()
-
-    def _spool_add(self, entries: list[tuple[str, bytes, float]]) -> Any:
-        """Write entries to the spool, falling back to memory if the file fails."""
-        if not entries:
-            return None
-        now = time.time()
-        try:
-            result = self._spool.add(entries, now)
-        except SpoolError as exc:
-            self._spool_problem(exc)
-            self._spool = MemorySpool(**self._spool_limits)
-            result = self._spool.add(entries, now)
-        with self._count_lock:
-            self._counts["spooled"] += len(result.row_ids)
-            self._spool_pending += len(result.row_ids) - result.dropped_full
-            if result.dropped_full:
-                self._dropped["spool_full"] = (
-                    self._dropped.get("spool_full", 0) + result.dropped_full)
-        if result.dropped_full:
-            self.diagnostics.say_once(
-                "drop:spool_full", logging.WARNING,
-                "CloudHandler's spool is full: the oldest events are dropped to make room. "
-                "The count is in stats()['dropped'].",
-            )
-        return result
-
-    # -- the sender thread ----------------------------------------------------
-
-    def _send_loop(self) -> None:
-        """Deliver from the spool until stopped; sleeps without polling when idle."""
-        while not self._stopping:
-            try:
-                now = time.monotonic()
-                if self._not_before > now:
-                    self._wake.wait(self._not_before - now)
-                    self._wake.clear()
-                    continue
-                if self._deliver_batch():
-                    continue  # more to send, or a pause to sit out at the top
-                self._wake.wait()
-                self._wake.clear()
-            except Exception as exc:
-                self.diagnostics.say_once("sender:error", logging.ERROR,
-                                          "CloudHandler's sender hit %s; it carries on.",
-                                          type(exc).__name__)
-                self._not_before = time.monotonic() + 1.0
-
-    def _lease(self) -> list[SpooledEvent]:
-        now = time.time()
-        try:
-            if now - self._last_expire > _EXPIRE_EVERY:
-                self._last_expire = now
-                expired = self._spool.expire(now)
-                if expired:
-                    with self._count_lock:
-                        self._dropped["expired"] = self._dropped.get("expired", 0) + expired
-            rows = self._spool.lease(_BATCH, now)
-            pending = self._spool.pending_count()
-            with self._count_lock:
-                self._spool_pending = pending
-            return rows
-        except SpoolError as exc:
-            self._spool_problem(exc)
-            self._spool = MemorySpool(**self._spool_limits)
-            return []
-
-    def _request_worker(self) -> None:
-        """Send the requests the sender hands out; exits on None."""
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            if not self._api_answering:
-                request.skip()  # one request at a time while the API fails: the sender's
-            elif request.start():
-                outcome = self._send_one(request.row)
-                if outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.AUTH):
-                    self._api_answering = False  # stop the other workers at once
-                request.finish(outcome)
+        return built.event_id, built.body(), _created(record)
 
     def _send_one(self, row: SpooledEvent) -> Outcome:
         """POST one event and redact what the server said (it is logged and stored)."""
-        assert self._transport is not None
-        outcome = self._transport.send(row.body, row.event_id)
+        transport = self._transport
+        assert transport is not None  # the engine holds while there is none
+        outcome = transport.send(row.body, row.event_id)
         if outcome.reason:
-            outcome = dataclasses.replace(outcome,
-                                          reason=self.settings.scrub(outcome.reason, 300))
+            outcome = dataclasses.replace(
+                outcome, reason=self.settings.scrub(outcome.reason, _REASON_CHARS))
         return outcome
-
-    def _deliver_batch(self) -> bool:
-        """Send one batch. True: go round again (more to send, or a pause to sit out);
-        False: nothing to do until something wakes the sender."""
-        if self._transport is None or self._hold_reason is not None:
-            self._state = "held"
-            return False
-        with self._progress:
-            generation = self._spool_generation
-        rows = self._lease()
-        if not rows:
-            self._state = "idle"
-            with self._progress:
-                if generation == self._spool_generation:
-                    self._sender_idle = True
-                    self._progress.notify_all()
-            return generation != self._spool_generation
-        with self._progress:
-            self._sender_idle = False
-        try:
-            for index, row in enumerate(rows):
-                if self._max_in_flight > 1 and self._api_answering:
-                    self._send_concurrently(rows[index:])
-                    break
-                if self._stopping or not self._settle(row, self._send_one(row)):
-                    break
-            return True  # lease again: more may have come, and an empty lease marks idle
-        finally:
-            self._remove_delivered()
-
-    def _send_concurrently(self, rows: list[SpooledEvent]) -> None:
-        """Up to ``max_in_flight`` requests at once, settled in order; on the first
-        failure, requests not yet started are called off and the rest sit it out."""
-        requests = [_Request(row) for row in rows]
-        for request in requests:
-            self._requests.put(request)
-        carry_on = True
-        paused = False
-        for request in requests:
-            if carry_on and not self._stopping:
-                outcome = request.wait()
-                if outcome is None:
-                    carry_on = False  # skipped: a later request found the API failing
-                else:
-                    carry_on = self._settle(request.row, outcome)
-                    paused = not carry_on
-            elif request.call_off():
-                continue  # never sent: it stays in the spool as it was
-            else:
-                outcome = request.wait()
-                if outcome is None:
-                    continue
-                if not paused and not outcome.delivered and \
-                        outcome.kind is not OutcomeKind.PERMANENT:
-                    self._settle(request.row, outcome)  # the failure that sets the pause
-                    paused = True
-                else:
-                    self._settle_quietly(request.row, outcome)
-
-    def _settle_quietly(self, row: SpooledEvent, outcome: Outcome) -> None:
-        """Record the outcome of a request already in flight when sending paused."""
-        try:
-            if outcome.kind is OutcomeKind.DELIVERED:
-                self._delivered.append(row.row_id)
-                with self._count_lock:
-                    self._counts["sent"] += 1
-            elif outcome.kind is OutcomeKind.PERMANENT:
-                self._settle(row, outcome)
-            else:
-                self._spool.failed_attempt([row.row_id])
-                with self._count_lock:
-                    self._counts["retried"] += 1
-        except SpoolError as exc:
-            self._spool_problem(exc)
-
-    def _remove_delivered(self) -> None:
-        """Delete this batch's delivered events in one transaction (before the next lease)."""
-        delivered, self._delivered = self._delivered, []
-        if not delivered:
-            return
-        try:
-            self._spool.delivered(delivered)
-        except SpoolError as exc:
-            self._spool_problem(exc)
-            self._spool = MemorySpool(**self._spool_limits)
-        self._fewer_pending(len(delivered))
-
-    def _settle(self, row: SpooledEvent, outcome: Outcome) -> bool:
-        """Act on one outcome; False when sending must pause."""
-        now = time.monotonic()
-        with self._count_lock:
-            self._last_status = outcome.status
-            if not outcome.delivered:
-                self._last_error = outcome.reason or outcome.kind.value
-        self._api_answering = outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT)
-        try:
-            if outcome.kind is OutcomeKind.DELIVERED:
-                self._delivered.append(row.row_id)
-                with self._count_lock:
-                    self._counts["sent"] += 1
-                if self.policy.failures or self._state in ("backing_off", "auth_paused"):
-                    self.diagnostics.forget("send:transient")
-                    self.diagnostics.forget("send:auth")
-                    self.diagnostics.say_once("send:resumed", logging.INFO,
-                                              "CloudHandler: delivery to the API resumed.")
-                self.policy = self.policy.reset()
-                self._state = "sending"
-                return True
-            if outcome.kind is OutcomeKind.PERMANENT:
-                self._spool.dead_letter(row, outcome.status, outcome.reason, time.time())
-                with self._count_lock:
-                    self._counts["dead_lettered"] += 1
-                self.diagnostics.say_once(
-                    f"send:permanent:{outcome.status}", logging.ERROR,
-                    "The MassUGC Cloud API rejected an event for good (HTTP %s: %s). It is kept "
-                    "in the spool's dead-letter table and will not be retried; further "
-                    "rejections are counted in stats().", outcome.status, outcome.reason,
-                )
-                self._fewer_pending()
-                return True
-            self._spool.failed_attempt([row.row_id])
-            with self._count_lock:
-                self._counts["retried"] += 1
-        except SpoolError as exc:
-            self._spool_problem(exc)
-            self._spool = MemorySpool(**self._spool_limits)
-            return False
-        if outcome.kind is OutcomeKind.AUTH:
-            self._state = "auth_paused"
-            self._not_before = now + self.policy.auth_pause
-            self.diagnostics.forget("send:resumed")
-            self.diagnostics.say_once(
-                "send:auth", logging.ERROR,
-                "The MassUGC Cloud API refused the API key (%s). Sending is paused for %.0f s "
-                "and every event is kept in the spool. Check the key with "
-                "'massugc-logging key show' and set a new one with 'massugc-logging key set'.",
-                outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause,
-            )
-            return False
-        self.policy = self.policy.increment()
-        delay = self.policy.next_delay(outcome.retry_after, self._rng)
-        self._not_before = now + delay
-        self._state = "circuit_open" if self.policy.circuit_open else "backing_off"
-        self.diagnostics.forget("send:resumed")
-        self.diagnostics.say_once(
-            "send:transient", logging.WARNING,
-            "CloudHandler cannot deliver to the API right now (%s). Events are kept in the "
-            "spool and retried with backoff.", outcome.reason or outcome.kind.value,
-        )
-        return False
-
-    def _fewer_pending(self, n: int = 1) -> None:
-        """Fewer events waiting (the count stats() reports between leases)."""
-        with self._count_lock:
-            self._spool_pending = max(0, self._spool_pending - n)
 
     # -- flush, close, stats --------------------------------------------------
 
-    def _intake_caught_up(self) -> bool:
-        """True when every queued event has been written to the spool."""
-        return self._queue.unfinished_tasks == 0
-
-    def _settled(self) -> bool:
-        """True when everything enqueued is spooled and the sender has since found
-        nothing left to deliver: all of it (and any replayed backlog) was delivered,
-        dead-lettered, or taken over by another process."""
-        return self._intake_caught_up() and self._sender_idle
-
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
-        """Wait until what is queued (events logged meanwhile included), and any backlog
-        replayed from the spool, is delivered; at most ``timeout`` (default
-        ``shutdown_timeout``) seconds. Returns True when everything was delivered.
+        """Wait until everything accepted so far, and any backlog replayed from the
+        spool, is delivered; at most ``timeout`` (default ``shutdown_timeout``) seconds.
 
-        Returns early, False, when sending is paused (backoff beyond the deadline,
-        a rejected or missing key): the events stay in the spool.
+        Returns True only when all of it was delivered and no event was dropped or
+        dead-lettered since the previous flush. Returns early, False, when nothing
+        can be sent before the deadline (a pause, a backoff, a missing or refused
+        key): the events stay in the spool.
         """
         budget = self.shutdown_timeout if timeout is None else max(0.0, float(timeout))
-        start = time.monotonic()
-        deadline = start + budget
-        done = False
+        deadline = time.monotonic() + budget
         try:
-            if self._pid != os.getpid() or self._sender is None:
+            if self._pid != os.getpid() or not self._started or self._closed:
                 return False
-            self._wake.set()
-            with self._progress:
-                while True:
-                    if self._settled():
-                        done = True
-                        return True
-                    now = time.monotonic()
-                    if now >= deadline or not self._threads_alive():
-                        return False
-                    if self._intake_caught_up() and (
-                        self._hold_reason is not None or self._transport is None
-                        or self._not_before > deadline
-                    ):
-                        return False
-                    self._progress.wait(min(deadline - now, 0.25))
+            if not self._intake.wait_written(self._intake.accepted, deadline):
+                return False
+            self._workers.wake()
+            delivered = self._workers.wait_quiet(deadline)
+            lost = self.counters.lost()
+            clean = lost == self._lost_at_last_flush
+            self._lost_at_last_flush = lost
+            return delivered and clean
         except Exception:
             return False
         finally:
             if timeout is None:
-                self._last_flush = (time.monotonic(), done)
-
-    def _threads_alive(self) -> bool:
-        sender = self._sender
-        listener = self._intake_listener
-        return bool(sender and sender.is_alive() and listener and listener.thread
-                    and listener.thread.is_alive())
+                self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Deliver what can be delivered within ``shutdown_timeout``, then stop.
+        """Write out what is queued, deliver what can be delivered within
+        ``shutdown_timeout``, then stop and release every resource.
 
-        Safe to call twice and after ``logging.shutdown()``; whatever is not
-        delivered stays in the spool for the next run.
+        Safe to call twice and after ``logging.shutdown()``. Whatever is not
+        delivered stays in the spool for the next run; a request still in flight
+        at the deadline is cut off, and its event is sent again by the next run.
         """
         with self._start_lock:
             if self._closed:
                 return
             self._closed = True
+        intake_stopped = True
         try:
             start = time.monotonic()
-            budget = self.shutdown_timeout
-            just_flushed = self._last_flush is not None and start - self._last_flush[0] < 1.0
-            if just_flushed:
+            deadline = start + self.shutdown_timeout
+            if self._pid == os.getpid() and self._started:
                 # logging.shutdown() flushes right before closing: that flush spent the budget.
-                budget = 0.25
-            if self._pid == os.getpid() and self._sender is not None:
+                just_flushed = self._last_flush is not None and start - self._last_flush < 1.0
+                intake_stopped = self._intake.stop(deadline)
                 if not just_flushed:
-                    self.flush(budget)
-                listener = self._intake_listener
-                remaining = max(0.05, start + budget - time.monotonic())
-                if listener is not None:
-                    listener.stop_within(remaining)
-                self._stopping = True
-                self._wake.set()
-                for _ in range(self._max_in_flight):
-                    self._requests.put(None)
-                self._sender.join(max(0.0, min(0.2, start + budget - time.monotonic())))
-            with contextlib.suppress(SpoolError):
-                self._spool.release()  # what is left may be sent by any process, now
-            if self._sender is None or not self._sender.is_alive():
-                self._spool.close()
+                    self._workers.wake()
+                    self._workers.wait_quiet(deadline)
+                self._engine.stop()
                 if self._transport is not None:
-                    self._transport.close()
+                    self._transport.abort_all()
+                self._workers.stop(time.monotonic() + 0.5)
+            with contextlib.suppress(Exception):
+                self._outbox.release()  # what is left may be sent by any process, now
+            if intake_stopped:
+                self._outbox.close()
+            else:
+                self._intake.close_outbox_on_exit()
+            if self._transport is not None:
+                self._transport.close()
         except Exception:  # noqa: S110 - closing at exit never raises
             pass
         finally:
-            _live_handlers.discard(self)
             super().close()
 
     def set_api_key(self, api_key: Union[str, ApiKey]) -> None:
-        """Use a new key from now on and resume sending if the old one was refused."""
+        """Use a new key from now on and resume sending if the old one was missing or refused."""
         key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
         if self._transport is not None:
             self._transport.set_key(key)
-            if self._hold_reason in ("no API key is configured", "the API key is not valid"):
-                self._hold_reason = None
-            self._not_before = 0.0
-            self.diagnostics.forget("send:auth")
-            self._wake.set()
+            if self._hold in (Hold.NO_KEY, Hold.BAD_KEY):
+                self._hold = None
+            self._engine.key_changed()
+            self._workers.wake()
 
     def stats(self) -> dict[str, Any]:
         """Counters: enqueued, sent, retried, spooled, pending, dropped by reason,
-        dead-lettered, last error, last status, and the sender's state."""
-        with self._count_lock:
-            counts = dict(self._counts)
-            dropped = dict(self._dropped)
-            last_error, last_status = self._last_error, self._last_status
-        queued = self._queue.qsize()
+        dead-lettered, last error, last status, the delivery state and requests in flight."""
+        counts = self.counters.snapshot()
+        try:
+            kept = self._outbox.pending_count()
+        except SpoolError:
+            kept = 0
+        path = self._outbox.path
         return {
-            "enqueued": self._intake_taken + queued,
-            **counts,
-            "pending": queued + self._spool_pending,
-            "dropped": dropped,
-            "last_error": last_error,
-            "last_status": last_status,
-            "state": (self._hold_reason and "held") or self._state,
-            "spool": str(self._spool.path) if self._spool.path else None,
+            "enqueued": self._intake.accepted,
+            "sent": counts["sent"],
+            "retried": counts["retried"],
+            "spooled": counts["spooled"],
+            "pending": self._intake.waiting + kept,
+            "dropped": counts["dropped"],
+            "dead_lettered": counts["dead_lettered"],
+            "last_error": counts["last_error"],
+            "last_status": counts["last_status"],
+            "state": self._engine.status(),
+            "in_flight": self._engine.in_flight(),
+            "spool": str(path) if path else None,
+            "spool_in_memory": bool(getattr(self._outbox, "using_memory", path is None)),
             "problems": self.diagnostics.snapshot(),
         }
 

@@ -164,6 +164,20 @@ def event_id_for(event_type: str, run_id: str, success: bool, fallback: str) -> 
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{event_type}\x1f{run_id}\x1f{outcome}"))
 
 
+#: Integers outside 64 bits are not portable JSON (and past 4,300 digits Python
+#: refuses to even turn them into text): such a value is defaulted, never fatal.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _int_out_of_range(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and not (
+        _INT_MIN <= value <= _INT_MAX)
+
+
+def _out_of_range(name: str, warnings: list[str]) -> None:
+    warnings.append(f"job field {name!r} is an integer outside 64 bits; sent as null")
+
+
 def _text_field(
     name: str, value: Any, default: Any, limit: int, scrub: Scrub, warnings: list[str]
 ) -> Any:
@@ -176,6 +190,9 @@ def _text_field(
             value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         text = value
+    elif _int_out_of_range(value):
+        warnings.append(f"job field {name!r} is an integer outside 64 bits; sent the default")
+        return default
     elif isinstance(value, (bool, int, float)) and not (
         isinstance(value, float) and not math.isfinite(value)
     ):
@@ -193,6 +210,9 @@ def _known_extra_field(name: str, value: Any, types: tuple[type, ...], limit: in
                        scrub: Scrub, warnings: list[str]) -> Any:
     """An allowlisted field of a known JSON type: kept if it has it, else text or null."""
     if value is None:
+        return None
+    if _int_out_of_range(value):
+        _out_of_range(name, warnings)
         return None
     is_int_like = isinstance(value, int) and not isinstance(value, bool)
     if (bool in types and isinstance(value, bool)) or (int in types and is_int_like):
@@ -215,6 +235,9 @@ def _extra_field(name: str, value: Any, limit: int, scrub: Scrub, warnings: list
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
+        if _int_out_of_range(value):
+            _out_of_range(name, warnings)
+            return None
         return value
     if isinstance(value, float):
         if math.isfinite(value):

@@ -1,116 +1,146 @@
-"""The retry policy: an immutable value, like urllib3's ``Retry``.
+"""The retry policy: an immutable value of settings, and the delays it implies.
 
-Each failed attempt makes a new policy through :meth:`RetryPolicy.increment`,
-so one policy can be shared and reasoned about without locks. The policy
-decides *when* the next attempt may happen; the sender decides nothing else.
+Like urllib3's ``Retry``, a :class:`RetryPolicy` is a frozen value that can be
+shared freely; the state that changes as outcomes arrive lives in
+:mod:`massugc_logging.decisions`, which takes a policy and returns decisions.
+Every function here is pure: time and randomness are passed in.
 
-- Backoff is exponential with full jitter and a cap.
-- After ``circuit_threshold`` consecutive transient failures the circuit opens:
-  no attempt for ``circuit_cooldown`` seconds, then a single trial request.
-- A server's ``Retry-After`` (seconds or HTTP-date) is a floor on the delay,
-  itself capped by ``max_retry_after`` so a malformed or hostile value cannot
-  stall delivery for days.
+Two kinds of waiting, kept apart on purpose:
+
+- **One event failed** (timeout, connection error, 408, 5xx): that event waits
+  :func:`event_retry_delay`, exponential in its own attempt count with full
+  jitter and a cap, while the other events keep flowing.
+- **The API as a whole is failing** (the circuit is open): one probe at a time,
+  spaced by :func:`probe_delay`, which starts at about a second and grows with
+  jitter to ``probe_interval_cap``.
+
+A server's ``Retry-After`` is honoured up to ``max_retry_after``, so a
+malformed or hostile value cannot stall delivery for days.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
-import random
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional, Union
 
 Random = Callable[[], float]
 
+#: Old setting names still accepted from a configuration, and what they mean now.
+_RENAMED = {"circuit_cooldown": "probe_interval_cap"}
+_INTEGER_SETTINGS = ("circuit_threshold",)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When to try again after a transient failure. Times are in seconds."""
+    """When to try again, and when to call the API down. Times are in seconds.
 
-    backoff_base: float = 0.5
+    Attributes:
+        backoff_base: the first retry of an event waits up to this long.
+        backoff_cap: the longest an event waits between its own attempts.
+        circuit_threshold: consecutive transient failures (across events) that,
+            together with ``circuit_failure_share``, open the circuit.
+        circuit_failure_share: the share of failures over the last
+            ``circuit_window`` seconds that, with the streak, opens the circuit.
+        circuit_window: seconds of outcomes the failure share is taken over.
+        probe_interval: the first probe after the circuit opens comes about this late.
+        probe_interval_cap: the longest spacing between probes (at most 60 s
+            keeps recovery prompt after a long outage).
+        max_retry_after: a server's ``Retry-After`` is capped at this.
+        auth_pause: after the API refused the key (401/403), wait this long
+            before trying one event again.
+    """
+
+    backoff_base: float = 0.1
     backoff_cap: float = 60.0
-    circuit_threshold: int = 6
-    circuit_cooldown: float = 120.0
+    circuit_threshold: int = 5
+    circuit_failure_share: float = 0.5
+    circuit_window: float = 30.0
+    probe_interval: float = 1.0
+    probe_interval_cap: float = 60.0
     max_retry_after: float = 3600.0
-    #: How long to pause after the API rejected the key (401/403) before trying one event.
     auth_pause: float = 300.0
-    #: Consecutive transient failures so far; 0 means healthy.
-    failures: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("backoff_base", "backoff_cap", "circuit_cooldown", "max_retry_after",
-                     "auth_pause"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _INTEGER_SETTINGS:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"retry.{f.name} must be an integer >= 1, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0
             ):
-                raise ValueError(f"retry.{name} must be a number of seconds >= 0, got {value!r}")
-        if isinstance(self.circuit_threshold, bool) or not isinstance(
-            self.circuit_threshold, int
-        ) or self.circuit_threshold < 1:
-            raise ValueError(
-                f"retry.circuit_threshold must be an integer >= 1, got {self.circuit_threshold!r}"
-            )
+                raise ValueError(f"retry.{f.name} must be a number >= 0, got {value!r}")
+        if not 0 < self.circuit_failure_share <= 1:
+            raise ValueError("retry.circuit_failure_share must be in (0, 1], got "
+                             f"{self.circuit_failure_share!r}")
 
     @classmethod
     def from_config(cls, value: Union[RetryPolicy, Mapping[str, Any], None]) -> RetryPolicy:
-        """Coerce a dictConfig/YAML mapping (or None for the defaults) into a policy."""
+        """Coerce a dictConfig/YAML mapping (or None for the defaults) into a policy.
+
+        YAML scalars arrive as strings or ints; they are converted here, at the
+        edge. ``circuit_cooldown`` (release 0.1.0) is read as ``probe_interval_cap``.
+        """
         if value is None:
             return cls()
         if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):
             raise ValueError(f"retry must be a mapping of settings, got {type(value).__name__}")
-        known = {f.name for f in fields(cls)} - {"failures"}
-        unknown = sorted(set(value) - known)
+        known = {f.name for f in fields(cls)}
+        given = {_RENAMED.get(str(name), str(name)): raw for name, raw in value.items()}
+        unknown = sorted(set(given) - known)
         if unknown:
             raise ValueError(
                 f"unknown retry setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        coerced: dict[str, Any] = {}
-        for name, raw in value.items():
-            if name == "circuit_threshold":
-                coerced[name] = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
-            else:
-                try:
-                    coerced[name] = float(raw) if isinstance(raw, (str, int)) and not isinstance(
-                        raw, bool) else raw
-                except ValueError:
-                    coerced[name] = raw
-        return cls(**coerced)
+        return cls(**{name: _coerce(name, raw) for name, raw in given.items()})
 
-    @property
-    def circuit_open(self) -> bool:
-        """True once enough consecutive failures happened to stop trying for a while."""
-        return self.failures >= self.circuit_threshold
 
-    def increment(self) -> RetryPolicy:
-        """The policy after one more transient failure."""
-        return replace(self, failures=self.failures + 1)
+def _coerce(name: str, raw: Any) -> Any:
+    """A YAML scalar as the number the setting needs (left alone when it is not one)."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        return raw
+    try:
+        if name in _INTEGER_SETTINGS:
+            if isinstance(raw, str):
+                return int(raw) if raw.strip().isdigit() else raw
+            return raw
+        return float(raw)
+    except (ValueError, AttributeError):
+        return raw
 
-    def reset(self) -> RetryPolicy:
-        """The policy after a success."""
-        return self if self.failures == 0 else replace(self, failures=0)
 
-    def next_delay(self, retry_after: Optional[float] = None, rng: Random = random.random) -> float:
-        """Seconds to wait before the next attempt.
+def event_retry_delay(policy: RetryPolicy, attempts: int, rng: Random) -> float:
+    """Seconds one event waits after its ``attempts``-th failed attempt (full jitter).
 
-        Args:
-            retry_after: the server's ``Retry-After`` in seconds, if it sent one.
-            rng: a source of floats in [0, 1), injectable for tests.
-        """
-        if self.failures <= 0:
-            delay = 0.0
-        elif self.circuit_open:
-            # A little jitter so processes sharing an outage do not retry in step.
-            delay = self.circuit_cooldown * (1.0 + 0.1 * rng())
-        else:
-            exponent = min(self.failures - 1, 62)
-            delay = rng() * min(self.backoff_cap, self.backoff_base * (2.0 ** exponent))
-        if retry_after is not None and retry_after > 0:
-            delay = max(delay, min(retry_after, self.max_retry_after))
-        return delay
+    ``rng() * min(backoff_cap, backoff_base * 2 ** (attempts - 1))``: each event
+    backs off on its own count, so a poison event slows down alone.
+    """
+    if attempts <= 0:
+        return 0.0
+    ceiling = min(policy.backoff_cap, policy.backoff_base * (2.0 ** min(attempts - 1, 62)))
+    return rng() * ceiling
+
+
+def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
+    """Seconds until the next probe while the circuit is open (equal jitter).
+
+    The spacing grows by half each failed probe, from ``probe_interval`` to
+    ``probe_interval_cap``, and is drawn from its upper half so that probes never
+    come in a burst yet a recovered API is found within one spacing.
+    """
+    ceiling = min(policy.probe_interval_cap,
+                  policy.probe_interval * (1.5 ** min(max(failed_probes, 0), 200)))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
+def capped_retry_after(policy: RetryPolicy, retry_after: float) -> float:
+    """The server's ``Retry-After`` as the pause we honour: never negative, never endless."""
+    return min(max(retry_after, 0.0), policy.max_retry_after)
 
 
 def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:

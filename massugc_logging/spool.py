@@ -5,6 +5,11 @@ first send attempt and removed once delivered, so it survives an outage, a
 normal exit and ``kill -9``, and the next process that opens the same file
 delivers it, oldest first, with its original times.
 
+Each event carries its own schedule (``next_attempt_at``, wall-clock seconds)
+and attempt count, so a transient failure delays that event alone and a
+restart keeps its backoff. A file written by release 0.1.0, which had no
+schedule, is migrated in place when it is opened: its events are due at once.
+
 Ownership: each row belongs to the process that wrote or last leased it
 (``owner`` = host, pid and a random token) until ``lease_until``. Another
 process takes a row over when that lease has expired, or at once when the
@@ -13,8 +18,9 @@ Several processes can share one file (WAL mode, short ``BEGIN IMMEDIATE``
 transactions); delivery is at least once and the ``Idempotency-Key`` lets the
 server drop a rare duplicate.
 
-:class:`MemorySpool` has the same interface and no durability: it is used
-for ``spool_path: null`` and as the fallback when the file cannot be used.
+:class:`MemorySpool` has the same interface (the :class:`Outbox` protocol)
+and no durability: it is used for ``spool_path: null`` and, through
+:class:`massugc_logging.outbox.FallbackOutbox`, while the file cannot be used.
 """
 
 from __future__ import annotations
@@ -27,15 +33,19 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TypeVar, Union
+from typing import Callable, Optional, Protocol, TypeVar, Union
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 DEFAULT_LEASE_SECONDS = 120.0
-_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_BUSY_TIMEOUT = 5.0
+#: A schedule further ahead than this is taken as a clock that jumped back: due now.
+SCHEDULE_HORIZON = 2 * 3600.0
+#: ``PRAGMA user_version`` of this schema (0.1.0 files have 0: no per-event schedule).
+SCHEMA_VERSION = 2
 #: Row ids of the memory spool start here so they never collide with SQLite ones.
 _MEMORY_ID_BASE = 1 << 50
 
@@ -50,7 +60,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     spooled_at  REAL NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     owner       TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
+    lease_until REAL NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created, id);
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -66,7 +77,20 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 
 
 class SpoolError(Exception):
-    """The spool file cannot be opened or written (corrupt, unwritable, locked)."""
+    """The spool file cannot be opened or written (corrupt, unwritable, locked).
+
+    ``busy`` is True when another connection held the file locked past the busy
+    timeout: a passing condition (a backup, an antivirus scan), not a broken file.
+    """
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 @dataclass(frozen=True)
@@ -78,6 +102,19 @@ class SpooledEvent:
     body: bytes
     created: float
     attempts: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Outcomes to record in one transaction: delivered ids, rescheduled ids with
+    their new due time, and events the API rejected for good."""
+
+    delivered: tuple[int, ...] = ()
+    rescheduled: tuple[tuple[int, float], ...] = ()
+    dead: tuple[tuple[SpooledEvent, Optional[int], str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.rescheduled or self.dead)
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,47 @@ class AddResult:
 
     row_ids: tuple[int, ...]
     dropped_full: int
+
+
+class Outbox(Protocol):
+    """What intake and delivery need of a store of undelivered events.
+
+    :class:`Spool` (SQLite) and :class:`MemorySpool` implement it; so does
+    :class:`massugc_logging.outbox.FallbackOutbox`, which puts the two together.
+    """
+
+    @property
+    def durable(self) -> bool:
+        """True when events survive the process."""
+
+    @property
+    def path(self) -> Optional[Path]:
+        """The file behind it, if any."""
+
+    def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
+        """Write ``(event_id, body, created)`` events ahead of delivery."""
+
+    def lease(self, limit: int, now: float,
+              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+        """Up to ``limit`` events due at ``now``, oldest first, not in ``exclude``."""
+
+    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+        """When the next event this outbox would lease becomes due; None when none is kept."""
+
+    def settle(self, settlement: Settlement, now: float) -> None:
+        """Record outcomes: remove delivered, reschedule, dead-letter."""
+
+    def expire(self, now: float) -> int:
+        """Drop events older than the age bound; return how many."""
+
+    def pending_count(self) -> int:
+        """Events waiting for delivery."""
+
+    def release(self) -> None:
+        """Give up this process's claims so any process may send its events."""
+
+    def close(self) -> None:
+        """Release resources; safe to call twice."""
 
 
 def new_owner() -> str:
@@ -141,46 +219,59 @@ class Spool:
         max_age: float = DEFAULT_MAX_AGE,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         owner: Optional[str] = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
-        self.path = Path(path).expanduser()
+        self.path: Optional[Path] = Path(path).expanduser()
+        self._file = self.path
         self.max_events = max_events
         self.max_age = max_age
         self.lease_seconds = lease_seconds
         self.owner = owner or new_owner()
+        self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn = self._open()
 
     def __repr__(self) -> str:
-        return f"<Spool path={str(self.path)!r}>"
+        return f"<Spool path={str(self._file)!r}>"
 
     def _open(self) -> sqlite3.Connection:
+        path = self._file
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             if os.name == "posix":
-                os.chmod(self.path, 0o600)
-            conn = sqlite3.connect(
-                str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                check_same_thread=False,
-            )
+                os.chmod(path, 0o600)
+            conn = sqlite3.connect(str(path), timeout=self._busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"cannot open the spool file {self.path}: {exc}") from exc
+            raise SpoolError(f"cannot open the spool file {path}: {exc}",
+                             busy=_is_busy(exc)) from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a killed process; only an OS crash can lose
             # the last transactions, and it saves an fsync per event.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.Error as exc:
             conn.close()
+            if _is_busy(exc):
+                raise SpoolError(f"the spool file {path} is locked by another program ({exc})",
+                                 busy=True) from exc
             raise SpoolError(
-                f"the spool file {self.path} is not a usable SQLite database ({exc}); "
+                f"the spool file {path} is not a usable SQLite database ({exc}); "
                 "move it aside to start a new one"
             ) from exc
         return conn
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another connection's lock before it fails."""
+        self._busy_timeout = seconds
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     @contextlib.contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -200,23 +291,39 @@ class Spool:
                     raise
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise SpoolError(f"cannot {doing} the spool file {self.path}: {exc}") from exc
+            raise SpoolError(f"cannot {doing} the spool file {self._file}: {exc}",
+                             busy=_is_busy(exc)) from exc
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write events ``(event_id, body, created)``, owned by this process; enforce the bound.
 
         Raises:
-            SpoolError: the write failed (disk full, file gone read-only, corrupt).
+            SpoolError: the write failed (disk full, file gone read-only, corrupt, locked).
         """
-        if not events:
+        return self._write([(eid, body, created, 0, 0.0) for eid, body, created in events], now)
+
+    def adopt(self, rows: Sequence[tuple[SpooledEvent, float]], now: float) -> AddResult:
+        """Write events kept elsewhere (in memory while this file was unusable), keeping
+        their attempt counts and due times.
+
+        Raises:
+            SpoolError: the write failed.
+        """
+        return self._write([(e.event_id, e.body, e.created, e.attempts, due)
+                            for e, due in rows], now)
+
+    def _write(self, rows: Sequence[tuple[str, bytes, float, int, float]],
+               now: float) -> AddResult:
+        if not rows:
             return AddResult((), 0)
         with self._transaction("write to") as conn:
             ids = []
-            for event_id, body, created in events:
+            for event_id, body, created, attempts, due in rows:
                 cur = conn.execute(
-                    "INSERT INTO outbox (event_id, body, created, spooled_at, owner,"
-                    " lease_until) VALUES (?, ?, ?, ?, ?, ?)",
-                    (event_id, body, created, now, self.owner, now + self.lease_seconds),
+                    "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
+                    " lease_until, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event_id, body, created, now, attempts, self.owner,
+                     now + self.lease_seconds, due),
                 )
                 ids.append(int(cur.lastrowid or 0))
             (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
@@ -229,30 +336,39 @@ class Spool:
                 )
         return AddResult(tuple(ids), excess)
 
-    def lease(self, limit: int, now: float) -> list[SpooledEvent]:
-        """Take up to ``limit`` deliverable events, oldest first, and hold them for a while.
+    def _take_back_from_the_dead(self, conn: sqlite3.Connection, now: float) -> None:
+        """Expire the leases of owners on this host whose process is gone."""
+        others = [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
+                " AND owner != ? AND lease_until >= ?",
+                (self.owner, now),
+            )
+        ]
+        for owner in others:
+            if _owner_is_dead(owner, self.owner):
+                conn.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,))
 
-        Deliverable: owned by this spool, or with an expired lease, or owned by a
-        process on this host that no longer exists.
+    def lease(self, limit: int, now: float,
+              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+        """Take up to ``limit`` events due at ``now``, oldest first, and hold them for a while.
+
+        Leasable: owned by this spool, or with an expired lease, or owned by a
+        process on this host that no longer exists. Due: ``next_attempt_at`` has
+        come (or lies beyond :data:`SCHEDULE_HORIZON`, which only a clock set
+        back can cause). ``exclude`` names rows the caller already holds.
         """
         with self._transaction("read") as conn:
-            others = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
-                    " AND owner != ? AND lease_until >= ?",
-                    (self.owner, now),
-                )
-            ]
-            for owner in others:
-                if _owner_is_dead(owner, self.owner):
-                    conn.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,))
+            self._take_back_from_the_dead(conn, now)
             rows = conn.execute(
                 "SELECT id, event_id, body, created, attempts FROM outbox"
-                " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
+                " WHERE (owner = ? OR owner IS NULL OR lease_until < ?)"
+                " AND (next_attempt_at <= ? OR next_attempt_at > ?)"
                 " ORDER BY created, id LIMIT ?",
-                (self.owner, now, limit),
+                (self.owner, now, now, now + SCHEDULE_HORIZON, limit + len(exclude)),
             ).fetchall()
+            rows = [r for r in rows if r[0] not in exclude][:limit]
             if rows:
                 conn.executemany(
                     "UPDATE outbox SET owner = ?, lease_until = ? WHERE id = ?",
@@ -261,28 +377,46 @@ class Spool:
         return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
                 for r in rows]
 
+    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+        """The earliest ``next_attempt_at`` among events this spool could lease."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT id, next_attempt_at FROM outbox"
+            " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
+            " ORDER BY next_attempt_at LIMIT ?",
+            (self.owner, now, len(exclude) + 1)).fetchall())
+        for row_id, due_at in rows:
+            if row_id not in exclude:
+                due = float(due_at)
+                return now if due > now + SCHEDULE_HORIZON else due
+        return None
+
+    def settle(self, settlement: Settlement, now: float) -> None:
+        """Record a batch of outcomes in one transaction."""
+        if not settlement:
+            return
+        with self._transaction("update") as conn:
+            if settlement.delivered:
+                conn.executemany("DELETE FROM outbox WHERE id = ?",
+                                 [(r,) for r in settlement.delivered])
+            if settlement.rescheduled:
+                conn.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?"
+                    " WHERE id = ?", [(due, r) for r, due in settlement.rescheduled])
+            for event, status, reason in settlement.dead:
+                conn.execute(
+                    "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (event.event_id, event.body, event.created, status, reason, now))
+                conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
+
     def delivered(self, row_ids: Sequence[int]) -> None:
         """Remove delivered events."""
-        if row_ids:
-            with self._transaction("update") as conn:
-                conn.executemany("DELETE FROM outbox WHERE id = ?", [(r,) for r in row_ids])
-
-    def failed_attempt(self, row_ids: Sequence[int]) -> None:
-        """Count a failed attempt on events that stay in the outbox."""
-        if row_ids:
-            with self._transaction("update") as conn:
-                conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?",
-                                 [(r,) for r in row_ids])
+        self.settle(Settlement(delivered=tuple(row_ids)), time.time())
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
         """Move an event the API rejected for good to the dead-letter table."""
-        with self._transaction("update") as conn:
-            conn.execute(
-                "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (event.event_id, event.body, event.created, status, reason, now))
-            conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
+        self.settle(Settlement(dead=((event, status, reason),)), now)
 
     def expire(self, now: float) -> int:
         """Drop events older than ``max_age``; return how many."""
@@ -336,7 +470,7 @@ class Spool:
             with self._lock:
                 return op()
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool file {self.path}: {exc}") from exc
+            raise SpoolError(f"spool file {self._file}: {exc}", busy=_is_busy(exc)) from exc
 
     def close(self) -> None:
         """Close the connection; safe to call twice."""
@@ -373,6 +507,33 @@ class Spool:
         self._conn = self._open()
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema up to this one, in one transaction.
+
+    Release 0.1.0's outbox had no ``next_attempt_at``: the column is added with
+    0, so every event it kept is due at once.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if int(version) >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        if "next_attempt_at" not in columns:
+            conn.execute("ALTER TABLE outbox ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass
+class _MemoryRow:
+    event: SpooledEvent
+    due: float = 0.0
+
+
 class MemorySpool:
     """The same interface as :class:`Spool`, in memory: lost when the process ends."""
 
@@ -384,7 +545,7 @@ class MemorySpool:
         self.max_events = max_events
         self.max_age = max_age
         self._lock = threading.Lock()
-        self._rows: OrderedDict[int, SpooledEvent] = OrderedDict()
+        self._rows: OrderedDict[int, _MemoryRow] = OrderedDict()
         self._dead: list[DeadLetter] = []
         self._next_id = _MEMORY_ID_BASE
 
@@ -397,8 +558,8 @@ class MemorySpool:
             ids = []
             for event_id, body, created in events:
                 self._next_id += 1
-                self._rows[self._next_id] = SpooledEvent(self._next_id, event_id, body,
-                                                         created, 0)
+                self._rows[self._next_id] = _MemoryRow(
+                    SpooledEvent(self._next_id, event_id, body, created, 0))
                 ids.append(self._next_id)
             dropped = 0
             while len(self._rows) > self.max_events:
@@ -406,40 +567,73 @@ class MemorySpool:
                 dropped += 1
         return AddResult(tuple(ids), dropped)
 
-    def lease(self, limit: int, now: float) -> list[SpooledEvent]:
-        """The oldest ``limit`` events."""
+    def _ordered(self) -> list[_MemoryRow]:
+        return sorted(self._rows.values(), key=lambda r: (r.event.created, r.event.row_id))
+
+    def lease(self, limit: int, now: float,
+              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+        """The oldest ``limit`` due events not in ``exclude``."""
         with self._lock:
-            rows = sorted(self._rows.values(), key=lambda r: (r.created, r.row_id))
-            return rows[:limit]
+            due = [r.event for r in self._ordered()
+                   if (r.due <= now or r.due > now + SCHEDULE_HORIZON)
+                   and r.event.row_id not in exclude]
+            return due[:limit]
+
+    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+        """The earliest due time of the events held (not in ``exclude``)."""
+        with self._lock:
+            times = [r.due for rid, r in self._rows.items() if rid not in exclude]
+        if not times:
+            return None
+        due = min(times)
+        return now if due > now + SCHEDULE_HORIZON else due
+
+    def settle(self, settlement: Settlement, now: float) -> None:
+        """Forget delivered events, reschedule, dead-letter (bounded)."""
+        with self._lock:
+            for rid in settlement.delivered:
+                self._rows.pop(rid, None)
+            for rid, due in settlement.rescheduled:
+                row = self._rows.get(rid)
+                if row is not None:
+                    e = row.event
+                    self._rows[rid] = _MemoryRow(
+                        SpooledEvent(e.row_id, e.event_id, e.body, e.created, e.attempts + 1),
+                        due)
+            for event, status, reason in settlement.dead:
+                self._rows.pop(event.row_id, None)
+                self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
+                                             event.created, status, reason, now))
+            del self._dead[:-self.max_events]
 
     def delivered(self, row_ids: Sequence[int]) -> None:
         """Forget delivered events."""
-        with self._lock:
-            for rid in row_ids:
-                self._rows.pop(rid, None)
-
-    def failed_attempt(self, row_ids: Sequence[int]) -> None:
-        """Count a failed attempt."""
-        with self._lock:
-            for rid in row_ids:
-                row = self._rows.get(rid)
-                if row is not None:
-                    self._rows[rid] = SpooledEvent(row.row_id, row.event_id, row.body,
-                                                   row.created, row.attempts + 1)
+        self.settle(Settlement(delivered=tuple(row_ids)), time.time())
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
         """Move an event to the (bounded) dead-letter list."""
+        self.settle(Settlement(dead=((event, status, reason),)), now)
+
+    def take_all(self, exclude: Collection[int] = ()) -> list[tuple[SpooledEvent, float]]:
+        """Remove and return every event not in ``exclude``, with its due time (to move
+        them to a file)."""
         with self._lock:
-            self._rows.pop(event.row_id, None)
-            self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
-                                         event.created, status, reason, now))
-            del self._dead[:-self.max_events]
+            rows = [(r.event, r.due) for r in self._ordered() if r.event.row_id not in exclude]
+            for event, _ in rows:
+                del self._rows[event.row_id]
+            return rows
+
+    def put_back(self, rows: Sequence[tuple[SpooledEvent, float]]) -> None:
+        """Keep again events :meth:`take_all` returned (their move to a file failed)."""
+        with self._lock:
+            for event, due in rows:
+                self._rows[event.row_id] = _MemoryRow(event, due)
 
     def expire(self, now: float) -> int:
         """Drop events older than ``max_age``."""
         with self._lock:
-            old = [rid for rid, r in self._rows.items() if r.created < now - self.max_age]
+            old = [rid for rid, r in self._rows.items() if r.event.created < now - self.max_age]
             for rid in old:
                 del self._rows[rid]
             return len(old)
@@ -454,7 +648,8 @@ class MemorySpool:
 
     def pending(self, limit: int = 1_000_000) -> list[SpooledEvent]:
         """Held events, oldest first."""
-        return self.lease(limit, time.time())
+        with self._lock:
+            return [r.event for r in self._ordered()][:limit]
 
     def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
         """Dead-lettered events."""
@@ -489,6 +684,3 @@ class MemorySpool:
         self._lock = threading.Lock()
         self._rows = OrderedDict()
         self._dead = []
-
-
-AnySpool = Union[Spool, MemorySpool]

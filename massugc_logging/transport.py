@@ -7,7 +7,8 @@ this boundary, as requests does for urllib3::
     TransportError            configuration the transport refuses to use
     └── InsecureURLError      plain http:// to a host that is not loopback
 
-Every response is classified once, here:
+Every response is classified once, here (a 2xx whose body cannot be read in
+time is still DELIVERED: the server has accepted the event):
 
 =============================  ===========  ===================================
 response                       outcome      what the sender does
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import ipaddress
 import json
 
@@ -33,17 +33,22 @@ import json
 # and its sender deadlocked; importing it here, once, closes that window.
 import netrc  # noqa: F401
 import platform
+import socket
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager, ProxyManager
 
 from massugc_logging._version import __version__
 from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
+from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.retry import parse_retry_after
 
 Timeout = Union[float, tuple[float, float]]
@@ -71,32 +76,56 @@ class SecretKey(Protocol):
         """The key itself, for the ``X-API-Key`` header only."""
 
 
-class OutcomeKind(enum.Enum):
-    """How one delivery attempt ended."""
-
-    DELIVERED = "delivered"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-    AUTH = "auth"
+#: The connection each thread is using for its current request, so that another
+#: thread can cut the request off at its deadline by shutting the socket down.
+_CONNECTION_OF_THREAD: dict[int, HTTPConnection] = {}
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one POST: its kind, the status, and what the server said."""
+class _TrackedHTTPConnection(HTTPConnection):
+    def putrequest(self, *args: Any, **kwargs: Any) -> None:
+        _CONNECTION_OF_THREAD[threading.get_ident()] = self
+        super().putrequest(*args, **kwargs)
 
-    kind: OutcomeKind
-    status: Optional[int] = None
-    #: Seconds the server asked us to wait (``Retry-After``), if any.
-    retry_after: Optional[float] = None
-    #: A short, key-free reason: the server's error code and message, or the network error.
-    reason: str = ""
-    #: The parsed JSON response body, when the server sent one.
-    response: Optional[Any] = None
 
-    @property
-    def delivered(self) -> bool:
-        """True when the server accepted the event."""
-        return self.kind is OutcomeKind.DELIVERED
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def putrequest(self, *args: Any, **kwargs: Any) -> None:
+        _CONNECTION_OF_THREAD[threading.get_ident()] = self
+        super().putrequest(*args, **kwargs)
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+_TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+class _AbortableAdapter(HTTPAdapter):
+    """An adapter whose connections can be cut off from another thread.
+
+    ``requests``' timeouts bound each socket operation, not the request: a server
+    that trickles its answer a byte at a time can hold a request for ever. The
+    delivery engine enforces an overall deadline by shutting down the socket of
+    the connection the request is using (see :meth:`Transport.abort`).
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _track(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
+        manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, ProxyManager):  # SOCKS managers keep their own pools
+            _track(manager)
+        return manager
+
+
+def _track(manager: PoolManager) -> None:
+    manager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
 
 
 def is_loopback(host: str) -> bool:
@@ -173,6 +202,7 @@ class Transport:
         self._key = api_key
         self._user_agent = user_agent()
         self._max_connections = max(1, int(max_connections))
+        self._sending: set[int] = set()
         self._session = session or self._new_session()
         # The environment is read once, here, not on every request: proxies follow
         # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as requests would, and ~/.netrc (which
@@ -188,8 +218,8 @@ class Transport:
         connection per request that may be in flight at once."""
         session = requests.Session()
         session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._max_connections,
-                              max_retries=0)
+        adapter = _AbortableAdapter(pool_connections=1, pool_maxsize=self._max_connections,
+                                    max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.verify = True
@@ -206,12 +236,41 @@ class Transport:
         """Use a new API key from the next request on."""
         self._key = api_key
 
+    @property
+    def request_deadline(self) -> float:
+        """Seconds one request may take in all: the connect and read timeouts together."""
+        return self.timeout[0] + self.timeout[1]
+
     def send(self, body: bytes, event_id: str) -> Outcome:
         """POST one encoded event; classify the response. Never raises."""
+        ident = threading.get_ident()
+        self._sending.add(ident)
         try:
             return self._send(body, event_id)
         except Exception as exc:
             return Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
+        finally:
+            self._sending.discard(ident)
+            _CONNECTION_OF_THREAD.pop(ident, None)
+
+    def abort(self, thread_ident: int) -> None:
+        """Cut off the request the thread ``thread_ident`` is making through this transport.
+
+        Its socket is shut down, so the blocked read returns at once and ``send``
+        returns a transient outcome (or DELIVERED, if the status line was a 2xx).
+        """
+        if thread_ident not in self._sending:
+            return
+        connection = _CONNECTION_OF_THREAD.get(thread_ident)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def abort_all(self) -> None:
+        """Cut off every request in flight through this transport (at close)."""
+        for ident in list(self._sending):
+            self.abort(ident)
 
     def _send(self, body: bytes, event_id: str) -> Outcome:
         if self._key is None:
@@ -245,7 +304,7 @@ class Transport:
         try:
             raw = _read_bounded(response)
         except Exception:
-            raw = b""
+            raw = b""  # for a 2xx the event is in: the server said so before the body stalled
         finally:
             response.close()
         outcome = classify_response(response.status_code, response.headers, raw, now=time.time())
@@ -341,3 +400,18 @@ def classify_response(
         status=status,
         reason=f"unexpected HTTP {status}{where}; check api_url and endpoint",
     )
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "InsecureURLError",
+    "Outcome",
+    "OutcomeKind",
+    "Timeout",
+    "Transport",
+    "TransportError",
+    "check_api_url",
+    "classify_response",
+    "is_loopback",
+    "user_agent",
+]

@@ -629,7 +629,7 @@ def test_spool_export_dead_lists_only_dead_letters(env: dict[str, str], spool: P
                                                    api: FakeApi) -> None:
     """spool export --dead: just the dead-lettered events, with status and reason."""
     api.respond_with(422, {"error": "validation_error", "message": "bad job_data"})
-    api.respond_with(503, {"error": "unavailable", "message": "down"})
+    api.respond_with(503, {"error": "unavailable", "message": "down"}, times=50)
     spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
     result = spool_cli(spool, "export", "--dead", env=env)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -689,7 +689,7 @@ def test_spool_purge_dead_only_keeps_pending_events(env: dict[str, str], spool: 
                                                     api: FakeApi) -> None:
     """spool purge --dead-only --yes removes dead letters and leaves pending events."""
     api.respond_with(422, {"error": "validation_error", "message": "bad"})
-    api.respond_with(503, {"error": "unavailable", "message": "down"})
+    api.respond_with(503, {"error": "unavailable", "message": "down"}, times=50)
     spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
     result = spool_cli(spool, "purge", "--dead-only", "--yes", env=env)
     assert result.returncode == 0, result.stderr

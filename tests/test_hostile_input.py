@@ -109,18 +109,15 @@ def test_emit_swallows_its_own_failures(tmp_path: Path, key: str) -> None:
                            spool_path=tmp_path / "s.sqlite3")
 
     class Broken:
-        def put_nowait(self, item: Any) -> None:
+        def accept(self, item: Any) -> bool:
             raise RuntimeError("boom")
 
-        def qsize(self) -> int:
-            return 0
-
-    real = handler._queue
-    handler._queue = Broken()  # type: ignore[assignment]
+    real = handler._intake
+    handler._intake = Broken()  # type: ignore[assignment]
     record = logging.LogRecord("massugc.jobs", logging.ERROR, __file__, 1, "x", None,
                                sys.exc_info())
     record.event_type = "video_generation"
     handler.handle(record)
+    handler._intake = real
     assert handler.stats()["dropped"]["internal_error"] == 1
-    handler._queue = real
     handler.close()

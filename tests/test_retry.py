@@ -1,56 +1,57 @@
-"""The retry policy: an immutable value with backoff, jitter, a circuit and Retry-After."""
+"""The retry policy: an immutable value of settings, and the pure delays it implies."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from massugc_logging.retry import RetryPolicy, parse_retry_after
+from massugc_logging.retry import (
+    RetryPolicy,
+    capped_retry_after,
+    event_retry_delay,
+    parse_retry_after,
+    probe_delay,
+)
 
 
-def test_increment_returns_a_new_policy_and_leaves_the_old_one_alone() -> None:
-    """Policies are values: increment() never mutates."""
+def test_policy_is_an_immutable_value() -> None:
+    """A policy cannot be changed in place, so one can be shared by every handler."""
     policy = RetryPolicy()
-    after = policy.increment()
-    assert policy.failures == 0 and after.failures == 1
-    assert after.reset().failures == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.backoff_base = 1.0  # type: ignore[misc]
 
 
-def test_healthy_policy_has_no_delay() -> None:
-    """No failures, no wait."""
-    assert RetryPolicy().next_delay(rng=lambda: 0.99) == 0.0
-
-
-def test_backoff_is_exponential_with_full_jitter_and_a_cap() -> None:
-    """Delay = rng * min(cap, base * 2**(n-1))."""
-    policy = RetryPolicy(backoff_base=1.0, backoff_cap=10.0, circuit_threshold=100)
-    ceilings = []
-    for _ in range(6):
-        policy = policy.increment()
-        ceilings.append(policy.next_delay(rng=lambda: 1.0))
+def test_event_backoff_is_exponential_with_full_jitter_and_a_cap() -> None:
+    """Delay = rng * min(cap, base * 2**(attempts-1)), from the event's own attempt count."""
+    policy = RetryPolicy(backoff_base=1.0, backoff_cap=10.0)
+    ceilings = [event_retry_delay(policy, n, lambda: 1.0) for n in range(1, 7)]
     assert ceilings == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert policy.next_delay(rng=lambda: 0.5) == 5.0
-    assert policy.next_delay(rng=lambda: 0.0) == 0.0
+    assert event_retry_delay(policy, 3, lambda: 0.5) == 2.0
+    assert event_retry_delay(policy, 3, lambda: 0.0) == 0.0
+    assert event_retry_delay(policy, 0, lambda: 1.0) == 0.0
 
 
-def test_circuit_opens_after_the_threshold_and_waits_the_cooldown() -> None:
-    """Repeated transient failures open the circuit for a cool-down."""
-    policy = RetryPolicy(circuit_threshold=3, circuit_cooldown=30.0)
-    for _ in range(3):
-        policy = policy.increment()
-    assert policy.circuit_open
-    assert 30.0 <= policy.next_delay(rng=lambda: 0.5) <= 33.0
-    assert not policy.reset().circuit_open
+def test_probe_spacing_starts_near_a_second_and_grows_to_its_cap() -> None:
+    """Probes while the circuit is open: about 1 s first, growing by half, capped, jittered
+    within the upper half of each step."""
+    policy = RetryPolicy(probe_interval=1.0, probe_interval_cap=60.0)
+    assert probe_delay(policy, 0, lambda: 1.0) == 1.0
+    assert probe_delay(policy, 0, lambda: 0.0) == 0.5
+    assert probe_delay(policy, 1, lambda: 1.0) == 1.5
+    assert probe_delay(policy, 30, lambda: 1.0) == 60.0
+    assert probe_delay(policy, 500, lambda: 0.0) == 30.0
 
 
-def test_retry_after_is_a_floor_capped_by_max_retry_after() -> None:
-    """The server's Retry-After is honoured, within reason."""
-    policy = RetryPolicy(max_retry_after=100.0).increment()
-    assert policy.next_delay(retry_after=2.0, rng=lambda: 0.0) == 2.0
-    assert policy.next_delay(retry_after=10_000.0, rng=lambda: 0.0) == 100.0
+def test_retry_after_is_honoured_within_reason() -> None:
+    """The server's Retry-After is the pause, capped by max_retry_after, never negative."""
+    policy = RetryPolicy(max_retry_after=100.0)
+    assert capped_retry_after(policy, 2.0) == 2.0
+    assert capped_retry_after(policy, 10_000.0) == 100.0
+    assert capped_retry_after(policy, -5.0) == 0.0
 
 
 def test_retry_after_parses_seconds_and_http_dates() -> None:
@@ -79,12 +80,19 @@ def test_from_config_coerces_yaml_scalars_and_rejects_unknown_settings() -> None
         RetryPolicy.from_config({"backof": 1})
     with pytest.raises(ValueError, match="circuit_threshold"):
         RetryPolicy(circuit_threshold=0)
+    with pytest.raises(ValueError, match="circuit_failure_share"):
+        RetryPolicy(circuit_failure_share=0)
 
 
-@given(st.integers(min_value=0, max_value=200), st.floats(min_value=0, max_value=1,
-                                                          exclude_max=True))
-def test_delay_is_always_bounded(failures: int, r: float) -> None:
-    """Whatever the failure count, the delay never exceeds the larger of cap and cool-down."""
-    policy = RetryPolicy(failures=failures)
-    delay = policy.next_delay(rng=lambda: r)
-    assert 0.0 <= delay <= max(policy.backoff_cap, policy.circuit_cooldown * 1.1)
+def test_the_old_cooldown_setting_is_read_as_the_probe_cap() -> None:
+    """A 0.1.0 configuration with circuit_cooldown still loads: it caps the probe spacing."""
+    assert RetryPolicy.from_config({"circuit_cooldown": 30}).probe_interval_cap == 30.0
+
+
+@given(st.integers(min_value=0, max_value=10_000),
+       st.floats(min_value=0, max_value=1, exclude_max=True))
+def test_delays_are_always_bounded(attempts: int, r: float) -> None:
+    """Whatever the count, an event never waits past backoff_cap, a probe past its cap."""
+    policy = RetryPolicy()
+    assert 0.0 <= event_retry_delay(policy, attempts, lambda: r) <= policy.backoff_cap
+    assert 0.0 < probe_delay(policy, attempts, lambda: r) <= policy.probe_interval_cap

@@ -1,0 +1,223 @@
+"""The pure decision core of delivery: given an outcome and the state, what happens next.
+
+Values in, decisions out: the state is a frozen :class:`SendState`, the clock
+reading and the random source are arguments, and nothing here touches a
+socket, a file or a thread. The delivery engine, ``spool replay`` and the
+fleet simulation in ``benchmarks/fleet.py`` all call these same functions.
+
+What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
+
+- A transient failure (timeout, connection error, 408, 5xx without
+  ``Retry-After``) reschedules that event on its own backoff; the others
+  keep flowing, and the number of requests in flight is halved (at most once
+  per round of requests) so a struggling server is eased off, not abandoned.
+- Signals about the whole API pause everything: ``Retry-After``, a refused key
+  (401/403), and the circuit. The event that brought the signal stays due: the
+  pause, not its own schedule, holds it back, so it goes first when sending resumes.
+- The circuit opens on evidence, not on one unlucky streak: a run of
+  ``circuit_threshold`` consecutive failures *and* at least
+  ``circuit_failure_share`` of the outcomes over the last ``circuit_window``
+  seconds failing. A streak alone trips on a flaky API (every third request
+  failing gives a run of five about once in 250 outcomes); a share alone
+  reacts late after a long healthy spell. Together they open within a few
+  requests of a real outage and stay shut under partial failure. This is the
+  failure-rate breaker of resilience4j with a minimum-calls guard, with the
+  threshold of Google SRE's client-side throttling (K = 2: trouble begins where
+  failures outnumber successes).
+- While open: one probe at a time, spaced by :func:`~massugc_logging.retry.probe_delay`;
+  the first success closes the circuit and sending starts again from one request
+  in flight, growing by one per round of successes (additive increase).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.retry import (
+    Random,
+    RetryPolicy,
+    capped_retry_after,
+    event_retry_delay,
+    probe_delay,
+)
+
+
+class Mode(enum.Enum):
+    """Whether sending is open, and if not, why."""
+
+    SENDING = "sending"
+    CIRCUIT_OPEN = "circuit_open"
+    RATE_LIMITED = "rate_limited"
+    AUTH_PAUSED = "auth_paused"
+
+
+class EventAction(enum.Enum):
+    """What becomes of the event whose outcome came in."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTER = "dead_letter"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class EventDecision:
+    """The event's fate; for ``RETRY``, the time it becomes due again."""
+
+    action: EventAction
+    retry_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SendState:
+    """What the engine knows of the API's health. Replace, never mutate.
+
+    Attributes:
+        max_in_flight: the most requests at once, however healthy the API.
+        mode: sending, or paused and why.
+        resume_at: no request starts before this time (a pause or the next probe).
+        limit: requests allowed in flight while sending (a float, for additive increase).
+        streak: consecutive transient failures, across events.
+        failed_probes: probes that failed since the circuit opened.
+        opened_at: when sending last paused; outcomes of requests sent earlier
+            do not move the probe schedule.
+        reduced_at: when ``limit`` was last halved; failures of requests sent
+            before then are the same signal and do not halve it again.
+        window: ``(second, successes, failures)`` buckets over ``circuit_window``.
+    """
+
+    max_in_flight: int = 4
+    mode: Mode = Mode.SENDING
+    resume_at: float = 0.0
+    limit: float = 1.0
+    streak: int = 0
+    failed_probes: int = 0
+    opened_at: float = -math.inf
+    reduced_at: float = -math.inf
+    window: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def initial(cls, max_in_flight: int) -> SendState:
+        """A fresh state: healthy, starting from one request in flight."""
+        return cls(max_in_flight=max(1, int(max_in_flight)))
+
+    def slots(self, now: float) -> int:
+        """How many requests may be in flight at ``now`` (0 while paused)."""
+        if now < self.resume_at:
+            return 0
+        if self.mode is not Mode.SENDING:
+            return 1  # one probe at a time
+        return max(1, min(self.max_in_flight, int(self.limit)))
+
+    def failure_share(self, now: float, span: float) -> tuple[int, int]:
+        """``(failures, outcomes)`` over the last ``span`` seconds."""
+        oldest = math.floor(now - span)
+        failures = total = 0
+        for second, ok, failed in self.window:
+            if second > oldest:
+                failures += failed
+                total += ok + failed
+        return failures, total
+
+
+def _counted(state: SendState, now: float, span: float, *, ok: bool) -> tuple[
+        tuple[int, int, int], ...]:
+    """The window with one more outcome, buckets older than ``span`` dropped."""
+    second = math.floor(now)
+    oldest = math.floor(now - span)
+    kept = [b for b in state.window if b[0] > oldest]
+    if kept and kept[-1][0] == second:
+        _, good, bad = kept[-1]
+        kept[-1] = (second, good + ok, bad + (not ok))
+    else:
+        kept.append((second, int(ok), int(not ok)))
+    return tuple(kept)
+
+
+def on_outcome(
+    policy: RetryPolicy,
+    state: SendState,
+    outcome: Outcome,
+    *,
+    attempts: int,
+    sent_at: float,
+    now: float,
+    rng: Random,
+) -> tuple[EventDecision, SendState]:
+    """Decide the event's fate and the next state after one outcome.
+
+    Args:
+        policy: the retry settings.
+        state: the state before this outcome.
+        outcome: how the attempt ended.
+        attempts: the event's attempts including this one.
+        sent_at: when this request started (separates probes from late answers).
+        now: the time the outcome arrived.
+        rng: floats in [0, 1), for jitter.
+    """
+    if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT):
+        return _answered(policy, state, outcome, now)
+    if outcome.kind is OutcomeKind.AUTH:
+        resume = now + policy.auth_pause
+        paused = replace(state, mode=Mode.AUTH_PAUSED, resume_at=max(state.resume_at, resume),
+                         opened_at=now if state.mode is Mode.SENDING else state.opened_at)
+        return EventDecision(EventAction.RETRY, now), paused
+    return _failed(policy, state, outcome, attempts=attempts, sent_at=sent_at, now=now, rng=rng)
+
+
+def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome,
+              now: float) -> tuple[EventDecision, SendState]:
+    """The API answered (delivered, or rejected the event for good): it is up."""
+    action = EventAction.DELIVERED if outcome.delivered else EventAction.DEAD_LETTER
+    window = _counted(state, now, policy.circuit_window, ok=True)
+    if state.mode is not Mode.SENDING:
+        healthy = replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, streak=0,
+                          failed_probes=0, window=window)
+    else:
+        limit = min(float(state.max_in_flight), state.limit + 1.0 / max(state.limit, 1.0))
+        healthy = replace(state, limit=limit, streak=0, window=window)
+    return EventDecision(action), healthy
+
+
+def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts: int,
+            sent_at: float, now: float, rng: Random) -> tuple[EventDecision, SendState]:
+    """A transient failure: reschedule the event; maybe ease off, pause or open the circuit."""
+    window = _counted(state, now, policy.circuit_window, ok=False)
+    streak = state.streak + 1
+    limit, reduced_at = state.limit, state.reduced_at
+    if sent_at >= state.reduced_at:
+        limit, reduced_at = max(1.0, state.limit / 2.0), now
+    after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
+
+    if outcome.retry_after is not None:
+        resume = max(state.resume_at, now + capped_retry_after(policy, outcome.retry_after))
+        paused = replace(after, mode=Mode.RATE_LIMITED, resume_at=resume,
+                         opened_at=now if state.mode is Mode.SENDING else state.opened_at)
+        return EventDecision(EventAction.RETRY, now), paused
+
+    if state.mode is Mode.AUTH_PAUSED:
+        return EventDecision(EventAction.RETRY, now), after
+
+    if state.mode is not Mode.SENDING:
+        if sent_at >= state.opened_at:  # this was the probe: space the next one further out
+            probes = state.failed_probes + 1
+            after = replace(after, mode=Mode.CIRCUIT_OPEN, failed_probes=probes,
+                            resume_at=now + probe_delay(policy, probes, rng))
+        return EventDecision(EventAction.RETRY, now), after
+
+    failures, total = after.failure_share(now, policy.circuit_window)
+    if streak >= policy.circuit_threshold and failures >= policy.circuit_failure_share * total:
+        opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=0,
+                         resume_at=now + probe_delay(policy, 0, rng))
+        return EventDecision(EventAction.RETRY, now), opened
+
+    return EventDecision(EventAction.RETRY, now + event_retry_delay(policy, attempts, rng)), after
+
+
+def on_new_key(state: SendState) -> SendState:
+    """A new API key was set: a pause for the refused key ends now."""
+    if state.mode is Mode.AUTH_PAUSED:
+        return replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0)
+    return state

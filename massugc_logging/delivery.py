@@ -1,0 +1,493 @@
+"""The delivery engine: from the outbox to the API, at the pace the policy allows.
+
+:class:`DeliveryEngine` holds no thread and reads no clock of its own. It
+leases due events from an :class:`~massugc_logging.spool.Outbox`, hands them
+out one by one through :meth:`~DeliveryEngine.take` while the decision core
+(:mod:`massugc_logging.decisions`) allows another request in flight, and
+settles each outcome with :meth:`~DeliveryEngine.settle`: delivered,
+rescheduled on the event's own backoff, dead-lettered, or sending paused.
+Its clock, random source and ``send`` callable are arguments, so a test can
+drive it with a memory outbox, a scripted ``send`` and a fake clock, and
+``massugc-logging spool replay`` drives it with :meth:`~DeliveryEngine.drain`.
+
+:class:`DeliveryWorkers` runs the engine on threads for the handler: one more
+worker than requests may be in flight, so one of them is always free to wake
+at the next due time and to cut off a request that overran its deadline. No
+lock is held across a network call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from massugc_logging.counters import Counters
+from massugc_logging.decisions import EventAction, Mode, SendState, on_new_key, on_outcome
+from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.retry import RetryPolicy
+from massugc_logging.spool import Outbox, Settlement, SpooledEvent, SpoolError
+
+#: Events leased from the outbox at once.
+LEASE_BATCH = 50
+#: Outcomes recorded in the outbox together (fewer transactions on a fast API).
+SETTLE_BATCH = 50
+_EXPIRE_EVERY = 3600.0
+
+Send = Callable[[SpooledEvent], Outcome]
+
+
+class Hold(enum.Enum):
+    """Why nothing can be sent until the configuration changes."""
+
+    NO_KEY = "no API key is configured"
+    BAD_KEY = "the API key is not valid"
+    BAD_URL = "the API URL or timeout is not usable"
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    event: SpooledEvent
+    sent_at: float
+    worker: Optional[int]
+
+
+class DeliveryEngine:
+    """Leases, hands out and settles events; thread-safe, never blocks on the network.
+
+    Args:
+        outbox: where undelivered events are kept.
+        send: posts one event and returns its outcome (never raises).
+        policy: the retry settings.
+        max_in_flight: the most requests at once while the API is healthy.
+        clock: wall-clock seconds (the outbox schedules are wall-clock too).
+        rng: floats in [0, 1), for jitter.
+        counters, diagnostics: where outcomes are counted and problems said once.
+        on_settled: called after each outcome with the event, the outcome and what became
+            of the event (for progress displays).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        send: Send,
+        *,
+        policy: Optional[RetryPolicy] = None,
+        max_in_flight: int = 4,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        counters: Optional[Counters] = None,
+        diagnostics: Optional[Diagnostics] = None,
+        on_settled: Optional[Callable[[SpooledEvent, Outcome, EventAction], None]] = None,
+    ) -> None:
+        self.outbox = outbox
+        self.send = send
+        self.policy = policy or RetryPolicy()
+        self.max_in_flight = max(1, int(max_in_flight))
+        self.clock = clock
+        self.rng = rng
+        self.counters = counters or Counters()
+        self.diagnostics = diagnostics or Diagnostics()
+        self._on_settled = on_settled
+        self._lock = threading.Lock()
+        self.state = SendState.initial(self.max_in_flight)
+        self.hold: Optional[Hold] = None
+        self._ready: deque[SpooledEvent] = deque()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._aborted: set[int] = set()
+        self._delivered: list[int] = []
+        self._rescheduled: list[tuple[int, float]] = []
+        self._dead: list[tuple[SpooledEvent, Optional[int], str]] = []
+        self._stopped = False
+        self._last_expire = -_EXPIRE_EVERY
+        self._backing_off = False
+
+    # -- handing out ------------------------------------------------------------
+
+    def take(self, worker: Optional[int] = None) -> Optional[SpooledEvent]:
+        """The next event to send now, marked in flight; None when none may go now."""
+        with self._lock:
+            if self._stopped or self.hold is not None:
+                return None
+            now = self.clock()
+            if len(self._in_flight) >= self.state.slots(now):
+                return None
+            if not self._ready:
+                self._refill(now)
+                if not self._ready:
+                    return None
+            event = self._ready.popleft()
+            self._in_flight[event.row_id] = _InFlight(event, now, worker)
+            return event
+
+    def _refill(self, now: float) -> None:
+        """Record outcomes so far, then lease the next due events (lock held)."""
+        self._record_settled(now)
+        try:
+            if now - self._last_expire >= _EXPIRE_EVERY:
+                self._last_expire = now
+                self.counters.drop("expired", self.outbox.expire(now))
+            held = set(self._in_flight)
+            self._ready.extend(self.outbox.lease(LEASE_BATCH, now, held))
+        except SpoolError as exc:
+            self._outbox_problem(exc)
+
+    # -- settling -------------------------------------------------------------------
+
+    def settle(self, event: SpooledEvent, outcome: Outcome) -> EventAction:
+        """Act on one outcome: what becomes of the event, and of sending as a whole."""
+        with self._lock:
+            now = self.clock()
+            flight = self._in_flight.pop(event.row_id, None)
+            sent_at = flight.sent_at if flight else now
+            if event.row_id in self._aborted:
+                self._aborted.discard(event.row_id)
+                if not outcome.delivered:
+                    outcome = Outcome(OutcomeKind.TRANSIENT, reason=(
+                        "no complete answer within the request deadline"))
+            if self._stopped:
+                return EventAction.RETRY  # after close: the next run settles it
+            before = self.state
+            decision, self.state = on_outcome(
+                self.policy, before, outcome, attempts=event.attempts + 1, sent_at=sent_at,
+                now=now, rng=self.rng)
+            self._record(event, outcome, decision.action, decision.retry_at)
+            self._report(before, self.state, outcome)
+            if self._unrecorded() >= SETTLE_BATCH or not self._in_flight:
+                self._record_settled(now)
+        if self._on_settled is not None:
+            self._on_settled(event, outcome, decision.action)
+        return decision.action
+
+    def _record(self, event: SpooledEvent, outcome: Outcome, action: EventAction,
+                retry_at: float) -> None:
+        """Count the outcome and queue its write to the outbox (lock held)."""
+        self.counters.note(outcome.status, None if outcome.delivered or
+                           outcome.kind is OutcomeKind.PERMANENT else
+                           (outcome.reason or outcome.kind.value))
+        if action is EventAction.DELIVERED:
+            self.counters.add("sent")
+            self._delivered.append(event.row_id)
+        elif action is EventAction.DEAD_LETTER:
+            self.counters.add("dead_lettered")
+            self._dead.append((event, outcome.status, outcome.reason))
+            self.diagnostics.say_once(
+                f"send:permanent:{outcome.status}", logging.ERROR,
+                "The MassUGC Cloud API rejected an event for good (HTTP %s: %s). It is kept "
+                "in the spool's dead-letter table and will not be retried; further "
+                "rejections are counted in stats().", outcome.status, outcome.reason)
+        else:
+            self.counters.add("retried")
+            self._rescheduled.append((event.row_id, retry_at))
+
+    def _unrecorded(self) -> int:
+        return len(self._delivered) + len(self._rescheduled) + len(self._dead)
+
+    def _record_settled(self, now: float) -> None:
+        """Write the outcomes gathered so far to the outbox in one transaction (lock held)."""
+        if not self._unrecorded():
+            return
+        settlement = Settlement(tuple(self._delivered), tuple(self._rescheduled),
+                                tuple(self._dead))
+        self._delivered, self._rescheduled, self._dead = [], [], []
+        try:
+            self.outbox.settle(settlement, now)
+        except SpoolError as exc:
+            self._outbox_problem(exc)
+
+    def _outbox_problem(self, exc: SpoolError) -> None:
+        self.diagnostics.count("spool_errors")
+        self.diagnostics.say_once("delivery:spool", logging.ERROR,
+                                  "CloudHandler's delivery could not use its spool (%s); it "
+                                  "tries again.", exc)
+
+    def _report(self, before: SendState, after: SendState, outcome: Outcome) -> None:
+        """Say each change of the API's health once, on the local logger (lock held)."""
+        if after.mode is Mode.SENDING:
+            if before.mode is not Mode.SENDING:
+                self.counters.clear_error()
+                self.diagnostics.forget("send:transient")
+                self.diagnostics.forget("send:auth")
+                self.diagnostics.forget("send:circuit")
+                self.diagnostics.say_once("send:resumed", logging.INFO,
+                                          "CloudHandler: delivery to the API resumed.")
+            return
+        self.diagnostics.forget("send:resumed")
+        if after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
+            self.diagnostics.say_once(
+                "send:auth", logging.ERROR,
+                "The MassUGC Cloud API refused the API key (%s). Sending is paused for %.0f s "
+                "and every event is kept in the spool. Check the key with "
+                "'massugc-logging key show' and set a new one with 'massugc-logging key set'.",
+                outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause)
+        elif after.mode is Mode.CIRCUIT_OPEN and before.mode is Mode.SENDING:
+            self.diagnostics.say_once(
+                "send:circuit", logging.WARNING,
+                "CloudHandler cannot deliver to the API right now (%s). Events are kept in "
+                "the spool; the API is probed with one event at a time, at most %.0f s apart.",
+                outcome.reason or outcome.kind.value, self.policy.probe_interval_cap)
+        elif after.mode is Mode.RATE_LIMITED and before.mode is Mode.SENDING:
+            self.diagnostics.say_once(
+                "send:transient", logging.WARNING,
+                "The MassUGC Cloud API asked to wait %.0f s (%s). Events are kept in the "
+                "spool and sent after the pause.", outcome.retry_after or 0.0,
+                outcome.reason or f"HTTP {outcome.status}")
+
+    # -- control ----------------------------------------------------------------------
+
+    def key_changed(self) -> None:
+        """A new key: lift a hold for a missing or bad key, and end a pause for a refused one."""
+        with self._lock:
+            if self.hold in (Hold.NO_KEY, Hold.BAD_KEY):
+                self.hold = None
+            self.state = on_new_key(self.state)
+            self.diagnostics.forget("send:auth")
+
+    def set_hold(self, hold: Optional[Hold]) -> None:
+        """Hold all sending for a configuration problem (None lifts it)."""
+        with self._lock:
+            self.hold = hold
+
+    def stop(self) -> None:
+        """Hand out nothing more and ignore late outcomes (the next run settles them)."""
+        with self._lock:
+            now = self.clock()
+            self._record_settled(now)
+            self._stopped = True
+            self._ready.clear()
+
+    def abort_overdue(self, deadline_seconds: float) -> list[int]:
+        """Mark requests in flight longer than ``deadline_seconds``; return their workers."""
+        with self._lock:
+            now = self.clock()
+            overdue = [f for rid, f in self._in_flight.items()
+                       if now - f.sent_at >= deadline_seconds and rid not in self._aborted]
+            self._aborted.update(f.event.row_id for f in overdue)
+            return [f.worker for f in overdue if f.worker is not None]
+
+    # -- outlook -----------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        """Requests started and not yet settled."""
+        return len(self._in_flight)
+
+    def earliest_sent_at(self) -> Optional[float]:
+        """When the oldest request in flight started."""
+        with self._lock:
+            times = [f.sent_at for f in self._in_flight.values()]
+        return min(times) if times else None
+
+    def next_wake(self) -> Optional[float]:
+        """When something may next be sent (wall clock); None when nothing is waiting.
+
+        With requests in flight and no free slot, the answer is None too: their
+        outcomes wake the caller.
+        """
+        with self._lock:
+            if self._stopped or self.hold is not None:
+                return None
+            now = self.clock()
+            if not self._ready:
+                self._record_settled(now)
+                try:
+                    due = self.outbox.next_due(now, set(self._in_flight))
+                except SpoolError as exc:
+                    self._outbox_problem(exc)
+                    due = now + 1.0
+            else:
+                due = now
+            self._backing_off = due is not None and due > now and not self._in_flight
+            if due is None:
+                if not self._in_flight:
+                    self.counters.clear_error()  # nothing left to deliver: all is well
+                return None
+            if len(self._in_flight) >= max(1, self.state.slots(max(now, due))):
+                return None
+            return max(due, self.state.resume_at)
+
+    def quiet(self) -> bool:
+        """True when nothing is in flight and the outbox holds nothing for this engine."""
+        with self._lock:
+            if self._in_flight or self._ready:
+                return False
+            now = self.clock()
+            self._record_settled(now)
+            try:
+                return self.outbox.next_due(now) is None
+            except SpoolError:
+                return False
+
+    def status(self) -> str:
+        """A word for ``stats()``: held, idle, sending, backing_off, or the pause's mode."""
+        if self.hold is not None:
+            return "held"
+        if self.state.mode is not Mode.SENDING:
+            return str(self.state.mode.value)
+        if self._in_flight or self._ready:
+            return "sending"
+        return "backing_off" if self._backing_off else "idle"
+
+    # -- synchronous driving -------------------------------------------------------------
+
+    def pump(self) -> int:
+        """Send, one at a time on this thread, everything that may go now; return how many."""
+        sent = 0
+        while True:
+            event = self.take()
+            if event is None:
+                return sent
+            self.settle(event, self.send(event))
+            sent += 1
+
+    def drain(self, *, sleep: Callable[[float], None] = time.sleep,
+              deadline: Optional[float] = None, stop_when_paused: bool = True) -> bool:
+        """Deliver on this thread until nothing is left; True when the outbox is empty
+        of this engine's events.
+
+        Stops early when sending pauses for the whole API (circuit, ``Retry-After``,
+        refused key) if ``stop_when_paused``, or at ``deadline`` (engine clock).
+        """
+        while True:
+            self.pump()
+            wake = self.next_wake()
+            if wake is None:
+                return self.quiet()
+            if stop_when_paused and self.state.mode is not Mode.SENDING:
+                return False
+            now = self.clock()
+            if deadline is not None and wake > deadline:
+                return False
+            if wake > now:
+                sleep(wake - now)
+
+
+class DeliveryWorkers:
+    """The engine on threads: ``max_in_flight + 1`` workers that take, send and settle.
+
+    Args:
+        engine: the engine to run.
+        request_deadline: seconds a request may take in all before it is cut off.
+        abort: cuts off the request a given worker thread is making (by thread id).
+    """
+
+    def __init__(self, engine: DeliveryEngine, *, request_deadline: float,
+                 abort: Optional[Callable[[int], None]] = None) -> None:
+        self.engine = engine
+        self.request_deadline = request_deadline
+        self._abort = abort
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._wake = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the workers."""
+        for n in range(self.engine.max_in_flight + 1):
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"massugc-logging-delivery-{n}")
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def idents(self) -> frozenset[int]:
+        """The workers' thread ids."""
+        return frozenset(t.ident for t in self._threads if t.ident is not None)
+
+    def alive(self) -> bool:
+        """True while the workers run."""
+        return any(t.is_alive() for t in self._threads)
+
+    def wake(self) -> None:
+        """Something changed (new events, a new key): look again."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def stop(self, deadline: float) -> bool:
+        """Stop the workers; wait for them until ``deadline`` (monotonic). True if all stopped."""
+        self.engine.stop()
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.alive()
+
+    def wait_quiet(self, deadline: float) -> bool:
+        """Wait until the engine is quiet; False at ``deadline`` (monotonic) or as soon as
+        nothing can happen before it (a pause, a backoff, a hold)."""
+        engine = self.engine
+        with self._wake:
+            while True:
+                if engine.quiet():
+                    return True
+                if engine.hold is not None or not self.alive():
+                    return False
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                wake = engine.next_wake()
+                if wake is not None and engine.in_flight() == 0 and \
+                        wake - engine.clock() > deadline - now:
+                    return False
+                self._wake.wait(min(deadline - now, 0.25))
+
+    def _work(self) -> None:
+        ident = threading.get_ident()
+        engine = self.engine
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                event = engine.take(worker=ident)
+                if event is None:
+                    self._wake.wait(self._idle_timeout())
+                    self._cut_off_overdue()
+                    continue
+            try:
+                outcome = engine.send(event)
+            except Exception as exc:  # send never raises; a bug in it must not kill a worker
+                outcome = Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
+            try:
+                engine.settle(event, outcome)
+            except Exception as exc:
+                engine.diagnostics.say_once("delivery:error", logging.ERROR,
+                                            "CloudHandler's delivery hit %s; it carries on.",
+                                            type(exc).__name__)
+            with self._wake:
+                self._wake.notify_all()
+
+    def _idle_timeout(self) -> Optional[float]:
+        """How long an idle worker sleeps: until the next due time or request deadline."""
+        engine = self.engine
+        now = engine.clock()
+        times = []
+        wake = engine.next_wake()
+        if wake is not None:
+            times.append(wake - now)
+        oldest = engine.earliest_sent_at()
+        if oldest is not None:
+            times.append(oldest + self.request_deadline - now)
+        if not times:
+            return None  # idle: no polling, an event or a settle wakes us
+        return max(0.001, min(times))
+
+    def _cut_off_overdue(self) -> None:
+        if self._abort is None:
+            return
+        for worker in self.engine.abort_overdue(self.request_deadline):
+            with contextlib.suppress(Exception):  # best effort; the timeouts still apply
+                self._abort(worker)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the parent's threads are not ours."""
+        self._init_runtime()
+

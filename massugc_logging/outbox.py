@@ -1,0 +1,283 @@
+"""The outbox the handler uses: the SQLite spool, with memory standing in while it cannot.
+
+The fall-back to memory happens here and nowhere else. A file that fails is
+not given up for the rest of the run:
+
+- **busy** (another program holds a write lock past the busy timeout: a
+  backup, an antivirus scan): events go to memory meanwhile, every later write
+  tries the file again with a short wait, and the first one that succeeds moves
+  the memory backlog back into the file;
+- **broken** (corrupt, read-only, disk full, gone): the file is tried again
+  after a growing pause (1 s, doubling to a minute), reopened if need be.
+
+Row ids of the memory spool lie far above SQLite's, so outcomes find their way
+back to the store that holds the event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Callable, Optional
+
+from massugc_logging.spool import (
+    _MEMORY_ID_BASE,
+    DEFAULT_BUSY_TIMEOUT,
+    AddResult,
+    DeadLetter,
+    MemorySpool,
+    Settlement,
+    Spool,
+    SpooledEvent,
+    SpoolError,
+)
+
+#: While the file is busy, each write waits this long for the lock before using memory.
+BUSY_RETRY_WAIT = 0.2
+_BROKEN_RETRY_FIRST = 1.0
+_BROKEN_RETRY_CAP = 60.0
+
+
+class FallbackOutbox:
+    """A :class:`~massugc_logging.spool.Spool` file with a memory stand-in.
+
+    Args:
+        open_file: opens the spool file (raises :class:`SpoolError` when it cannot).
+        memory: where events wait while the file cannot be used.
+        on_problem: told of each switch to memory (to say so once, locally).
+        on_recovered: told when the file is in use again, with how many events moved back.
+        clock: monotonic seconds, for the retry pauses.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        open_file: Callable[[], Spool],
+        memory: MemorySpool,
+        *,
+        path: Path,
+        on_problem: Callable[[SpoolError], None],
+        on_recovered: Callable[[int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path: Optional[Path] = path
+        self._open_file = open_file
+        self._memory = memory
+        self._on_problem = on_problem
+        self._on_recovered = on_recovered
+        self._clock = clock
+        self._file: Optional[Spool] = None
+        self._degraded = False
+        self._busy = False
+        self._retry_at = 0.0
+        self._pause = _BROKEN_RETRY_FIRST
+        self._leased_from_memory: set[int] = set()
+        try:
+            self._file = open_file()
+        except SpoolError as exc:
+            self._degrade(exc)
+
+    def __repr__(self) -> str:
+        where = "memory" if self._degraded else "file"
+        return f"<FallbackOutbox path={str(self.path)!r} using={where}>"
+
+    @property
+    def using_memory(self) -> bool:
+        """True while events go to memory because the file cannot be used."""
+        return self._degraded
+
+    # -- switching ------------------------------------------------------------
+
+    def _degrade(self, exc: SpoolError) -> None:
+        """Use memory until the file can be used again."""
+        first = not self._degraded
+        self._degraded = True
+        self._busy = exc.busy
+        if exc.busy:
+            self._retry_at = self._clock()
+            if self._file is not None:
+                self._file.set_busy_timeout(BUSY_RETRY_WAIT)
+        else:
+            self._retry_at = self._clock() + self._pause
+            self._pause = min(_BROKEN_RETRY_CAP, self._pause * 2)
+            if self._file is not None and self._file_needs_reopening():
+                self._file.close()
+                self._file = None
+        if first:
+            self._on_problem(exc)
+
+    def _file_needs_reopening(self) -> bool:
+        return self.path is not None and not self.path.exists()
+
+    def _usable_file(self) -> Optional[Spool]:
+        """The file, if it is in use or due for another try (reopened if need be)."""
+        if not self._degraded:
+            return self._file
+        if self._clock() < self._retry_at:
+            return None
+        if self._file is None:
+            try:
+                self._file = self._open_file()
+                if self._busy:
+                    self._file.set_busy_timeout(BUSY_RETRY_WAIT)
+            except SpoolError as exc:
+                self._degrade(exc)
+                return None
+        return self._file
+
+    def _recovered(self, file: Spool, now: float) -> None:
+        """The file took a write: move the memory backlog back and restore the busy wait.
+
+        Events the engine holds from memory stay there until their outcome is in.
+        """
+        if not self._degraded:
+            return
+        movable = self._memory.take_all(exclude=self._leased_from_memory)
+        if movable:
+            try:
+                file.adopt(movable, now)
+            except SpoolError:
+                self._memory.put_back(movable)
+                raise
+        self._degraded = False
+        self._busy = False
+        self._pause = _BROKEN_RETRY_FIRST
+        file.set_busy_timeout(DEFAULT_BUSY_TIMEOUT)
+        self._on_recovered(len(movable))
+
+    # -- the Outbox protocol ----------------------------------------------------
+
+    def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
+        """Write ahead to the file; to memory while it cannot be used."""
+        file = self._usable_file()
+        if file is not None:
+            try:
+                result = file.add(events, now)
+            except SpoolError as exc:
+                self._degrade(exc)
+            else:
+                try:
+                    self._recovered(file, now)
+                except SpoolError as exc:
+                    self._degrade(exc)
+                return result
+        return self._memory.add(events, now)
+
+    def lease(self, limit: int, now: float,
+              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+        """Due events from memory and file together, oldest first."""
+        rows = self._memory.lease(limit, now, exclude)
+        file = self._usable_file()
+        if file is not None:
+            try:
+                rows = rows + file.lease(limit, now, exclude)
+            except SpoolError as exc:
+                self._degrade(exc)
+        rows.sort(key=lambda e: (e.created, e.row_id))
+        rows = rows[:limit]
+        self._leased_from_memory.update(e.row_id for e in rows if e.row_id >= _MEMORY_ID_BASE)
+        return rows
+
+    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+        """The earliest due time across memory and file."""
+        times = [self._memory.next_due(now, exclude)]
+        file = self._usable_file()
+        if file is not None:
+            try:
+                times.append(file.next_due(now, exclude))
+            except SpoolError as exc:
+                self._degrade(exc)
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
+
+    def settle(self, settlement: Settlement, now: float) -> None:
+        """Send each outcome to the store that holds the event."""
+        def in_memory(row_id: int) -> bool:
+            return row_id >= _MEMORY_ID_BASE
+
+        memory = Settlement(
+            delivered=tuple(r for r in settlement.delivered if in_memory(r)),
+            rescheduled=tuple(r for r in settlement.rescheduled if in_memory(r[0])),
+            dead=tuple(d for d in settlement.dead if in_memory(d[0].row_id)),
+        )
+        on_file = Settlement(
+            delivered=tuple(r for r in settlement.delivered if not in_memory(r)),
+            rescheduled=tuple(r for r in settlement.rescheduled if not in_memory(r[0])),
+            dead=tuple(d for d in settlement.dead if not in_memory(d[0].row_id)),
+        )
+        self._memory.settle(memory, now)
+        self._leased_from_memory.difference_update(memory.delivered)
+        self._leased_from_memory.difference_update(r for r, _ in memory.rescheduled)
+        self._leased_from_memory.difference_update(d[0].row_id for d in memory.dead)
+        if on_file and self._file is not None:
+            try:
+                self._file.settle(on_file, now)
+            except SpoolError as exc:
+                # The outcomes are lost, not the events: delivered ones may be sent again
+                # (the Idempotency-Key lets the server drop them), others keep their schedule.
+                self._degrade(exc)
+
+    def expire(self, now: float) -> int:
+        """Drop events over the age bound, in both stores."""
+        expired = self._memory.expire(now)
+        file = self._usable_file()
+        if file is not None:
+            try:
+                expired += file.expire(now)
+            except SpoolError as exc:
+                self._degrade(exc)
+        return expired
+
+    def pending_count(self) -> int:
+        """Events waiting, in both stores (the file's as last readable)."""
+        count = self._memory.pending_count()
+        if self._file is not None:
+            with contextlib.suppress(SpoolError):
+                count += self._file.pending_count()
+        return count
+
+    def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
+        """Dead-lettered events, from the file and from memory."""
+        dead = self._memory.dead_letters(limit)
+        if self._file is not None:
+            with contextlib.suppress(SpoolError):
+                dead = self._file.dead_letters(limit) + dead
+        return dead[:limit]
+
+    def release(self) -> None:
+        """Give up this process's claims on the file's events."""
+        if self._file is not None:
+            with contextlib.suppress(SpoolError):
+                self._file.release()
+
+    def close(self) -> None:
+        """Close the file's connection; safe to call twice."""
+        if self._file is not None:
+            self._file.close()
+
+    def prepare_fork(self) -> None:
+        """Before ``os.fork()``: hold both stores' locks."""
+        self._memory.prepare_fork()
+        if self._file is not None:
+            self._file.prepare_fork()
+
+    def after_fork_parent(self) -> None:
+        """In the parent: carry on."""
+        if self._file is not None:
+            self._file.after_fork_parent()
+        self._memory.after_fork_parent()
+
+    def after_fork_child(self) -> None:
+        """In the child: a connection of its own; the parent's memory backlog is the parent's."""
+        self._memory.after_fork_child()
+        self._leased_from_memory = set()
+        if self._file is not None:
+            try:
+                self._file.after_fork_child()
+            except SpoolError as exc:
+                self._file = None
+                self._degrade(exc)
+

@@ -1,0 +1,40 @@
+"""How one delivery attempt ended: the value the transport returns and the engine settles.
+
+Pure data with no HTTP in it, so the delivery engine, its decision core and
+the fleet simulation can use outcomes without importing the HTTP stack's
+behaviour (the transport is the only module that makes them from responses).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+class OutcomeKind(enum.Enum):
+    """How one delivery attempt ended."""
+
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one POST: its kind, the status, and what the server said."""
+
+    kind: OutcomeKind
+    status: Optional[int] = None
+    #: Seconds the server asked us to wait (``Retry-After``), if any.
+    retry_after: Optional[float] = None
+    #: A short, key-free reason: the server's error code and message, or the network error.
+    reason: str = ""
+    #: The parsed JSON response body, when the server sent one.
+    response: Optional[Any] = None
+
+    @property
+    def delivered(self) -> bool:
+        """True when the server accepted the event."""
+        return self.kind is OutcomeKind.DELIVERED

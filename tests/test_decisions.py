@@ -1,0 +1,168 @@
+"""The pure decision core: outcomes in, the event's fate and the next state out."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from massugc_logging.decisions import (
+    EventAction,
+    Mode,
+    SendState,
+    on_new_key,
+    on_outcome,
+)
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.retry import RetryPolicy
+
+OK = Outcome(OutcomeKind.DELIVERED, 200)
+FAIL = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
+REFUSED = Outcome(OutcomeKind.AUTH, 401)
+REJECTED = Outcome(OutcomeKind.PERMANENT, 422)
+POLICY = RetryPolicy()
+
+
+def run(outcomes: list[Outcome], *, step: float = 0.01, max_in_flight: int = 4,
+        policy: RetryPolicy = POLICY) -> list[tuple[float, SendState, EventAction, float]]:
+    """Feed outcomes one after another; return (now, state, action, retry_at) after each."""
+    state = SendState.initial(max_in_flight)
+    now = 1000.0
+    seen = []
+    for outcome in outcomes:
+        now = max(now + step, state.resume_at)
+        decision, state = on_outcome(policy, state, outcome, attempts=1, sent_at=now - step / 2,
+                                     now=now, rng=lambda: 0.5)
+        seen.append((now, state, decision.action, decision.retry_at))
+    return seen
+
+
+def test_sending_starts_with_one_request_and_grows_by_one_per_round() -> None:
+    """Slow start: 1 in flight, then 2 after a success, and up to max_in_flight."""
+    slots = [s.slots(now) for now, s, _, _ in run([OK] * 10)]
+    assert SendState.initial(4).slots(0) == 1
+    assert slots[0] == 2 and slots[-1] == 4 and slots == sorted(slots)
+
+
+def test_a_transient_failure_reschedules_only_that_event() -> None:
+    """One 503 keeps the API open: the event is due again soon, sending goes on."""
+    (now, state, action, retry_at), = run([FAIL])
+    assert action is EventAction.RETRY
+    assert state.mode is Mode.SENDING and state.slots(now) >= 1
+    assert now <= retry_at <= now + POLICY.backoff_base
+
+
+def test_failures_halve_the_requests_in_flight_at_most_once_per_round() -> None:
+    """Multiplicative decrease: 4 -> 2 on a failure; failures of requests sent before that
+    decrease are the same signal and do not halve it again."""
+    state = SendState.initial(4)
+    for _ in range(10):
+        _, state = on_outcome(POLICY, state, OK, attempts=1, sent_at=0.0, now=1.0,
+                              rng=lambda: 0.5)
+    assert state.slots(2.0) == 4
+    _, state = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=1.5, now=2.0,
+                          rng=lambda: 0.5)
+    assert state.slots(2.0) == 2
+    _, state = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=1.6, now=2.1,
+                          rng=lambda: 0.5)
+    assert state.slots(2.1) == 2  # sent before the decrease: no second halving
+    _, state = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=2.2, now=2.3,
+                          rng=lambda: 0.5)
+    assert state.slots(2.3) == 1
+
+
+def test_every_third_failing_never_opens_the_circuit() -> None:
+    """Partial failure is not an outage, however long it lasts."""
+    seen = run([OK, OK, FAIL] * 400)
+    assert all(s.mode is Mode.SENDING for _, s, _, _ in seen)
+
+
+def test_an_outage_opens_the_circuit_after_the_threshold() -> None:
+    """Consecutive failures with most recent outcomes failing open the circuit."""
+    seen = run([FAIL] * POLICY.circuit_threshold)
+    assert [s.mode for _, s, _, _ in seen[:-1]] == [Mode.SENDING] * (POLICY.circuit_threshold - 1)
+    now, state, _, _ = seen[-1]
+    assert state.mode is Mode.CIRCUIT_OPEN
+    assert state.slots(now) == 0 and state.slots(state.resume_at) == 1
+    assert 0.5 <= state.resume_at - now <= 1.0  # the first probe about a second later
+
+
+def test_a_streak_after_a_long_healthy_spell_needs_the_failure_share_too() -> None:
+    """Five failures after many successes in the window do not open it; more do."""
+    seen = run([OK] * 10 + [FAIL] * POLICY.circuit_threshold, step=0.1)
+    assert seen[-1][1].mode is Mode.SENDING
+    seen = run([OK] * 10 + [FAIL] * 12, step=0.1)
+    assert seen[-1][1].mode is Mode.CIRCUIT_OPEN
+
+
+def test_probes_are_spaced_further_apart_up_to_the_cap_and_one_success_closes() -> None:
+    """While open: one probe at a time, spacing growing to probe_interval_cap; the first
+    success closes the circuit and sending restarts from one request."""
+    seen = run([FAIL] * 40 + [OK])
+    gaps = [round(b[0] - a[0], 6) for a, b in zip(seen[5:-1], seen[6:-1])]
+    assert gaps == sorted(gaps) and max(gaps) <= POLICY.probe_interval_cap
+    assert gaps[-1] == POLICY.probe_interval_cap * 0.75  # rng 0.5: the middle of the upper half
+    assert all(s.slots(s.resume_at) == 1 for _, s, _, _ in seen[5:-1])
+    now, state, action, _ = seen[-1]
+    assert action is EventAction.DELIVERED and state.mode is Mode.SENDING
+    assert state.slots(now) == 1
+
+
+def test_retry_after_pauses_everything_for_that_long() -> None:
+    """429 with Retry-After: 2 pauses all sending for two seconds, then one probe."""
+    limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=2.0)
+    decision, state = on_outcome(POLICY, SendState.initial(4), limited, attempts=1,
+                                 sent_at=10.0, now=10.0, rng=lambda: 0.5)
+    assert state.mode is Mode.RATE_LIMITED
+    assert state.slots(11.9) == 0 and state.slots(12.0) == 1
+    assert decision.action is EventAction.RETRY and decision.retry_at == 10.0
+
+
+def test_a_refused_key_pauses_until_a_new_key() -> None:
+    """401 pauses for auth_pause; a new key ends the pause at once."""
+    _, state = on_outcome(POLICY, SendState.initial(4), REFUSED, attempts=1, sent_at=0.0,
+                          now=0.0, rng=lambda: 0.5)
+    assert state.mode is Mode.AUTH_PAUSED and state.slots(POLICY.auth_pause - 1) == 0
+    assert on_new_key(state).slots(1.0) == 1
+
+
+def test_a_permanent_rejection_dead_letters_and_counts_as_an_answer() -> None:
+    """422: the event is dead-lettered; the API answered, so a streak ends."""
+    seen = run([FAIL, FAIL, REJECTED])
+    assert seen[-1][2] is EventAction.DEAD_LETTER and seen[-1][1].streak == 0
+
+
+outcomes = st.lists(st.sampled_from([OK, FAIL, REFUSED, REJECTED,
+                                     Outcome(OutcomeKind.TRANSIENT, 503, retry_after=5.0)]),
+                    max_size=200)
+
+
+@settings(max_examples=300)
+@given(outcomes, st.integers(min_value=1, max_value=8),
+       st.floats(min_value=0.0, max_value=30.0))
+def test_invariants_hold_for_any_sequence(sequence: list[Outcome], max_in_flight: int,
+                                          step: float) -> None:
+    """Whatever happens: slots stay within [0, max_in_flight], at most one while paused,
+    an event is never due in the past nor past backoff_cap, and a success always reopens."""
+    for now, state, action, retry_at in run(sequence, step=step, max_in_flight=max_in_flight):
+        assert 0 <= state.slots(now) <= max_in_flight
+        if state.mode is not Mode.SENDING:
+            assert state.slots(now) <= 1
+            assert state.resume_at - now <= max(POLICY.probe_interval_cap,
+                                                POLICY.auth_pause, 5.0) + 1e-6
+        if action is EventAction.RETRY:
+            assert now <= retry_at <= now + POLICY.backoff_cap
+        if action is EventAction.DELIVERED:
+            assert state.mode is Mode.SENDING
+
+
+@given(st.lists(st.booleans(), max_size=300))
+def test_no_streak_shorter_than_the_threshold_opens_the_circuit(pattern: list[bool]) -> None:
+    """The circuit needs a run of circuit_threshold failures: anything less never opens it."""
+    runs, longest = 0, 0
+    for ok in pattern:
+        runs = 0 if ok else runs + 1
+        longest = max(longest, runs)
+    seen = run([OK if ok else FAIL for ok in pattern])
+    opened = any(s.mode is Mode.CIRCUIT_OPEN for _, s, _, _ in seen)
+    if longest < POLICY.circuit_threshold:
+        assert not opened

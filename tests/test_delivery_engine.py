@@ -1,0 +1,228 @@
+"""The delivery engine driven deterministically: a memory outbox, a scripted send and a
+fake clock; no socket, no thread, no sleep."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable, Optional
+
+from massugc_logging.decisions import Mode
+from massugc_logging.delivery import DeliveryEngine, Hold
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.retry import RetryPolicy
+from massugc_logging.spool import MemorySpool, SpooledEvent
+
+OK = Outcome(OutcomeKind.DELIVERED, 200)
+UNAVAILABLE = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
+REFUSED = Outcome(OutcomeKind.AUTH, 401, reason="invalid_api_key")
+
+
+class Clock:
+    """Virtual wall-clock seconds, moved only by the test."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedApi:
+    """A ``send`` whose answer is a function of the request number and the time."""
+
+    def __init__(self, clock: Clock, answer: Callable[[int, float], Outcome]) -> None:
+        self.clock = clock
+        self.answer = answer
+        self.requests: list[tuple[float, str, Outcome]] = []
+
+    def __call__(self, event: SpooledEvent) -> Outcome:
+        outcome = self.answer(len(self.requests), self.clock.now)
+        self.requests.append((self.clock.now, event.event_id, outcome))
+        return outcome
+
+    def delivered(self) -> Counter[str]:
+        return Counter(eid for _, eid, o in self.requests if o.delivered)
+
+
+def make(n: int, answer: Callable[[int, float], Outcome], *, max_in_flight: int = 4,
+         policy: Optional[RetryPolicy] = None) -> tuple[DeliveryEngine, ScriptedApi, Clock,
+                                                          MemorySpool]:
+    clock = Clock()
+    outbox = MemorySpool(max_events=100_000)
+    outbox.add([(f"e{i}", b"{}", clock.now + i * 1e-3) for i in range(n)], clock.now)
+    api = ScriptedApi(clock, answer)
+    engine = DeliveryEngine(outbox, api, policy=policy, max_in_flight=max_in_flight,
+                            clock=clock, rng=random.Random(7).random)
+    return engine, api, clock, outbox
+
+
+def drive(engine: DeliveryEngine, clock: Clock, *, until: float = 3600.0) -> None:
+    """Send what may go now, then jump the clock to the next wake, until nothing is left."""
+    end = clock.now + until
+    while clock.now < end:
+        engine.pump()
+        wake = engine.next_wake()
+        if wake is None:
+            return
+        clock.now = max(clock.now, wake)
+
+
+def test_every_third_request_failing_delays_only_those_events() -> None:
+    """A flaky API: every event delivered exactly once, quickly, and never a pause of all."""
+    engine, api, clock, outbox = make(300, lambda n, t: UNAVAILABLE if n % 3 == 2 else OK)
+    start = clock.now
+    modes = []
+    engine._on_settled = lambda e, o, a: modes.append(engine.state.mode)
+    drive(engine, clock)
+    assert api.delivered() == Counter({f"e{i}": 1 for i in range(300)})
+    assert outbox.pending_count() == 0
+    assert set(modes) == {Mode.SENDING}
+    assert clock.now - start < 5.0  # the slowest event waited a few short backoffs
+
+
+def test_an_outage_opens_the_circuit_and_probes_one_at_a_time_then_recovers_fast() -> None:
+    """Down for ten minutes, then up: a few requests open the circuit, probes come one at a
+    time at growing spacing (never over the cap), the first success reopens sending and
+    the backlog drains; nothing lost, nothing twice."""
+    recovery = Clock().now + 600.0
+    engine, api, clock, _ = make(
+        100, lambda n, t: OK if t >= recovery else
+        Outcome(OutcomeKind.TRANSIENT, reason="connection refused"))
+    drive(engine, clock)
+    failures = [t for t, _, o in api.requests if not o.delivered]
+    first_success = min(t for t, _, o in api.requests if o.delivered)
+    assert len(failures) < 40  # about 1 probe per 45 s once at the cap
+    gaps = [b - a for a, b in zip(failures[5:], failures[6:])]
+    assert max(gaps) <= RetryPolicy().probe_interval_cap
+    assert first_success - recovery <= RetryPolicy().probe_interval_cap
+    assert api.delivered() == Counter({f"e{i}": 1 for i in range(100)})
+
+
+def test_a_short_outage_is_found_within_seconds_of_recovery() -> None:
+    """Down for 10 s: the first event after recovery goes within 10 s of it."""
+    recovery = Clock().now + 10.0
+    engine, api, clock, _ = make(
+        20, lambda n, t: OK if t >= recovery else UNAVAILABLE)
+    drive(engine, clock)
+    first_success = min(t for t, _, o in api.requests if o.delivered)
+    assert first_success - recovery <= 10.0
+
+
+def test_requests_in_flight_start_at_one_grow_to_max_and_halve_on_failure() -> None:
+    """Slow start, additive increase, multiplicative decrease, observed through take()."""
+    engine, _, clock, _ = make(200, lambda n, t: OK)
+
+    def take_all() -> list[SpooledEvent]:
+        taken = []
+        while (event := engine.take()) is not None:
+            taken.append(event)
+        return taken
+
+    widths = []
+    for _ in range(8):
+        batch = take_all()
+        widths.append(len(batch))
+        for event in batch:
+            engine.settle(event, OK)
+        clock.now += 0.01
+    assert widths[0] == 1 and max(widths) == 4 and widths == sorted(widths)
+    batch = take_all()
+    assert len(batch) == 4
+    for event in batch[1:]:
+        engine.settle(event, OK)
+    engine.settle(batch[0], UNAVAILABLE)
+    clock.now += 1.0
+    assert len(take_all()) == 2
+
+
+def test_retry_after_stops_every_request_for_that_long() -> None:
+    """429 with Retry-After: 2: nothing is sent for two seconds, then all is delivered."""
+    limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=2.0, reason="rate_limited")
+    engine, api, clock, _ = make(10, lambda n, t: limited if n == 0 else OK)
+    drive(engine, clock)
+    times = [t for t, _, _ in api.requests]
+    assert times[1] - times[0] >= 2.0
+    assert api.delivered() == Counter({f"e{i}": 1 for i in range(10)})
+
+
+def test_a_refused_key_holds_everything_until_a_new_key() -> None:
+    """401: one request, then nothing; after key_changed() everything goes."""
+    key_ok = {"value": False}
+    engine, api, clock, _ = make(10, lambda n, t: OK if key_ok["value"] else REFUSED)
+    engine.pump()
+    assert len(api.requests) == 1 and engine.status() == "auth_paused"
+    clock.now += 60
+    engine.pump()
+    assert len(api.requests) == 1
+    key_ok["value"] = True
+    engine.key_changed()
+    drive(engine, clock)
+    assert api.delivered() == Counter({f"e{i}": 1 for i in range(10)})
+
+
+def test_a_poison_event_backs_off_alone() -> None:
+    """One event always failing does not hold the others back, and its own attempts
+    come further and further apart."""
+    engine, api, clock, outbox = make(
+        50, lambda n, t: OK, policy=RetryPolicy(backoff_base=1.0))
+    engine.send = lambda e: UNAVAILABLE if e.event_id == "e0" else OK  # type: ignore[assignment]
+    sent: list[tuple[float, str]] = []
+    inner = engine.send
+
+    def recording(event: SpooledEvent) -> Outcome:
+        sent.append((clock.now, event.event_id))
+        return inner(event)
+
+    engine.send = recording
+    drive(engine, clock, until=120)
+    others = [t for t, eid in sent if eid != "e0"]
+    poison = [t for t, eid in sent if eid == "e0"]
+    assert len(others) == 49 and max(others) - clock.now < 120
+    assert max(others) < poison[2]  # the others were all through before its third attempt
+    assert outbox.pending_count() == 1
+
+
+def test_a_permanent_rejection_is_dead_lettered_and_never_sent_again() -> None:
+    """422 on one event: dead-lettered, the others delivered, no second attempt."""
+    rejected = Outcome(OutcomeKind.PERMANENT, 422, reason="validation_error")
+    engine, api, clock, outbox = make(5, lambda n, t: rejected if n == 0 else OK)
+    drive(engine, clock)
+    assert [eid for _, eid, _ in api.requests].count("e0") == 1
+    assert [d.event_id for d in outbox.dead_letters()] == ["e0"]
+    assert engine.counters.snapshot()["dead_lettered"] == 1
+
+
+def test_a_request_past_its_deadline_is_cut_off_and_retried() -> None:
+    """abort_overdue names the worker of a request that took too long; its outcome becomes
+    a transient failure and the event is sent again."""
+    engine, _, clock, outbox = make(1, lambda n, t: OK)
+    event = engine.take(worker=42)
+    assert event is not None
+    clock.now += 5
+    assert engine.abort_overdue(10.0) == []
+    clock.now += 6
+    assert engine.abort_overdue(10.0) == [42]
+    engine.settle(event, Outcome(OutcomeKind.TRANSIENT, reason="connection closed"))
+    assert engine.counters.snapshot()["last_error"] == (
+        "no complete answer within the request deadline")
+    assert outbox.pending_count() == 1
+
+
+def test_a_hold_sends_nothing() -> None:
+    """With no key configured the engine hands nothing out and reports held."""
+    engine, api, _, _ = make(3, lambda n, t: OK)
+    engine.set_hold(Hold.NO_KEY)
+    assert engine.pump() == 0 and engine.status() == "held"
+    engine.key_changed()
+    assert engine.pump() == 3
+
+
+def test_after_stop_late_outcomes_leave_the_event_for_the_next_run() -> None:
+    """An answer arriving after stop() is not recorded: the event stays in the outbox."""
+    engine, _, _, outbox = make(1, lambda n, t: OK)
+    event = engine.take()
+    assert event is not None
+    engine.stop()
+    engine.settle(event, OK)
+    assert outbox.pending_count() == 1 and engine.take() is None
