@@ -1,14 +1,40 @@
 """The numbers ``stats()`` reports, kept in one small thread-safe unit.
 
-The lock is re-entrant on purpose: ``emit`` counts a drop on the app thread,
-and a signal handler (or a ``__del__``) that logs can interrupt that thread
-while it holds the lock; a plain lock would deadlock there.
+``emit`` counts on the app thread, where a signal handler (or a ``__del__``)
+that logs can interrupt it between any two bytecodes. Two things follow: no
+lock there may be a plain one (it would deadlock when re-entered), and no count
+there may be a Python ``x += 1`` (the handler's increment, made between the
+read and the write, would be lost). :class:`AtomicCounter` increments in one
+C call; the other counters are bumped by the handler's own threads only.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any, Optional
+
+
+class AtomicCounter:
+    """A counter whose increment is a single C call (``next`` on :func:`itertools.count`).
+
+    Safe to bump from any thread and from a signal handler re-entering the
+    thread that is bumping it.
+    """
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+
+    def increment(self) -> None:
+        """Add one."""
+        next(self._count)
+
+    @property
+    def value(self) -> int:
+        """The count so far (read from the iterator's ``count(N)`` repr: no increment)."""
+        return int(repr(self._count)[6:-1])
 
 _COUNTED = ("sent", "retried", "spooled", "dead_lettered")
 
@@ -20,6 +46,7 @@ class Counters:
         self._lock = threading.RLock()
         self._counts = dict.fromkeys(_COUNTED, 0)
         self._dropped: dict[str, int] = {}
+        self._dropped_on_app_thread: dict[str, AtomicCounter] = {}
         self._last_error: Optional[str] = None
         self._last_status: Optional[int] = None
 
@@ -46,15 +73,30 @@ class Counters:
         with self._lock:
             self._last_error = None
 
+    def drop_on_app_thread(self, reason: str) -> None:
+        """Count one event lost in ``emit`` (queue full, internal error): re-entrant."""
+        counter = self._dropped_on_app_thread.get(reason)
+        if counter is None:
+            counter = self._dropped_on_app_thread.setdefault(reason, AtomicCounter())
+        counter.increment()
+
+    def dropped(self) -> dict[str, int]:
+        """Events lost, by reason."""
+        with self._lock:
+            merged = dict(self._dropped)
+        for reason, counter in list(self._dropped_on_app_thread.items()):
+            merged[reason] = merged.get(reason, 0) + counter.value
+        return {reason: n for reason, n in merged.items() if n}
+
     def lost(self) -> int:
         """Events that will never be delivered: dropped or dead-lettered."""
-        with self._lock:
-            return sum(self._dropped.values()) + self._counts["dead_lettered"]
+        return sum(self.dropped().values()) + self._counts["dead_lettered"]
 
     def snapshot(self) -> dict[str, Any]:
         """A copy: the counts, ``dropped`` by reason, ``last_error``, ``last_status``."""
+        dropped = self.dropped()
         with self._lock:
-            return {**self._counts, "dropped": dict(self._dropped),
+            return {**self._counts, "dropped": dropped,
                     "last_error": self._last_error, "last_status": self._last_status}
 
     def after_fork_in_child(self) -> None:

@@ -353,14 +353,14 @@ class CloudHandler(UnlockedHandler):
                 return
             exc = capture_exception(record.exc_info) if record.exc_info else None
             if not self._intake.accept((record, exc)):
-                self.counters.drop("queue_full")
+                self.counters.drop_on_app_thread("queue_full")
                 self.diagnostics.say_once(
                     "drop:queue_full", logging.WARNING,
                     "CloudHandler's queue is full (%d events): new events are dropped until it "
                     "drains. The count is in stats()['dropped'].", self._queue_size,
                 )
         except Exception:
-            self.counters.drop("internal_error")
+            self.counters.drop_on_app_thread("internal_error")
 
     def _emit_without_threads(self, record: logging.LogRecord) -> None:
         """After close (or when created during interpreter shutdown) there is no thread:

@@ -3,8 +3,9 @@
 ``emit`` hands each accepted record to :meth:`Intake.accept`, which only
 counts it and puts it on a :class:`queue.SimpleQueue`. That queue's ``put`` is
 re-entrant (CPython documents it as safe to call from ``__del__`` and signal
-handlers), and the counting lock is re-entrant too, so a signal handler that
-logs while the app thread is inside ``emit`` cannot deadlock it.
+handlers) and the count is an :class:`~massugc_logging.counters.AtomicCounter`,
+so a signal handler that logs while the app thread is inside ``emit`` can
+neither deadlock it nor lose a count. No lock is taken on the app thread.
 
 The intake thread takes batches off the queue, builds each event (payload and
 redaction, off the app thread) and writes the batch ahead to the outbox in one
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from massugc_logging.counters import Counters
+from massugc_logging.counters import AtomicCounter, Counters
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.spool import Outbox
 
@@ -69,9 +70,9 @@ class Intake:
 
     def _init_runtime(self) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._count_lock = threading.RLock()
         self._progress = threading.Condition(threading.Lock())
-        self._accepted = 0
+        self._accepted = AtomicCounter()
+        #: Items written or dropped; changed by the intake thread (and stop) only.
         self._finished = 0
         self._abandon = False
         self._close_outbox_on_exit = False
@@ -80,23 +81,27 @@ class Intake:
     # -- the app thread ---------------------------------------------------------
 
     def accept(self, item: Any) -> bool:
-        """Queue ``item`` unless the queue is full; never blocks, safe to re-enter."""
-        with self._count_lock:
-            if self._accepted - self._finished >= self.capacity:
-                return False
-            self._accepted += 1
+        """Queue ``item`` unless the queue is full; never blocks, safe to re-enter.
+
+        The bound is checked before counting, without a lock: threads racing at the
+        very edge may overshoot it by a few items, never by more.
+        """
+        accepted = self._accepted
+        if accepted.value - self._finished >= self.capacity:
+            return False
+        accepted.increment()
         self._queue.put(item)
         return True
 
     @property
     def accepted(self) -> int:
         """Items accepted so far."""
-        return self._accepted
+        return self._accepted.value
 
     @property
     def waiting(self) -> int:
         """Items accepted and not yet written or dropped (queued or in the thread's hands)."""
-        return max(0, self._accepted - self._finished)
+        return max(0, self._accepted.value - self._finished)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -226,6 +231,5 @@ class Intake:
 
     def _finish(self, n: int) -> None:
         with self._progress:
-            with self._count_lock:
-                self._finished += n
+            self._finished += n
             self._progress.notify_all()

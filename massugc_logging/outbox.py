@@ -11,12 +11,14 @@ not given up for the rest of the run:
   after a growing pause (1 s, doubling to a minute), reopened if need be.
 
 Row ids of the memory spool lie far above SQLite's, so outcomes find their way
-back to the store that holds the event.
+back to the store that holds the event; an event moved to the file while the
+engine held it keeps its memory id there until its outcome is in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -75,6 +77,8 @@ class FallbackOutbox:
         self._retry_at = 0.0
         self._pause = _BROKEN_RETRY_FIRST
         self._leased_from_memory: set[int] = set()
+        #: Memory row id -> file row id, for events moved while the engine held them.
+        self._moved: dict[int, int] = {}
         try:
             self._file = open_file()
         except SpoolError as exc:
@@ -129,24 +133,29 @@ class FallbackOutbox:
         return self._file
 
     def _recovered(self, file: Spool, now: float) -> None:
-        """The file took a write: move the memory backlog back and restore the busy wait.
-
-        Events the engine holds from memory stay there until their outcome is in.
-        """
+        """The file took a write: move the memory backlog to it and restore the busy wait."""
         if not self._degraded:
             return
-        movable = self._memory.take_all(exclude=self._leased_from_memory)
+        movable = self._memory.take_all()
         if movable:
             try:
-                file.adopt(movable, now)
+                added = file.adopt(movable, now)
             except SpoolError:
                 self._memory.put_back(movable)
                 raise
+            for (event, _), new_id in zip(movable, added.row_ids):
+                if event.row_id in self._leased_from_memory:
+                    self._moved[event.row_id] = new_id
+            self._leased_from_memory.clear()
         self._degraded = False
         self._busy = False
         self._pause = _BROKEN_RETRY_FIRST
         file.set_busy_timeout(DEFAULT_BUSY_TIMEOUT)
         self._on_recovered(len(movable))
+
+    def _on_file(self, row_ids: Collection[int]) -> set[int]:
+        """``row_ids`` with the file ids of events moved there added."""
+        return set(row_ids) | {self._moved[r] for r in row_ids if r in self._moved}
 
     # -- the Outbox protocol ----------------------------------------------------
 
@@ -173,7 +182,7 @@ class FallbackOutbox:
         file = self._usable_file()
         if file is not None:
             try:
-                rows = rows + file.lease(limit, now, exclude)
+                rows = rows + file.lease(limit, now, self._on_file(exclude))
             except SpoolError as exc:
                 self._degrade(exc)
         rows.sort(key=lambda e: (e.created, e.row_id))
@@ -187,7 +196,7 @@ class FallbackOutbox:
         file = self._usable_file()
         if file is not None:
             try:
-                times.append(file.next_due(now, exclude))
+                times.append(file.next_due(now, self._on_file(exclude)))
             except SpoolError as exc:
                 self._degrade(exc)
         known = [t for t in times if t is not None]
@@ -195,6 +204,9 @@ class FallbackOutbox:
 
     def settle(self, settlement: Settlement, now: float) -> None:
         """Send each outcome to the store that holds the event."""
+        if self._moved:
+            settlement = self._redirect(settlement)
+
         def in_memory(row_id: int) -> bool:
             return row_id >= _MEMORY_ID_BASE
 
@@ -219,6 +231,20 @@ class FallbackOutbox:
                 # The outcomes are lost, not the events: delivered ones may be sent again
                 # (the Idempotency-Key lets the server drop them), others keep their schedule.
                 self._degrade(exc)
+
+    def _redirect(self, settlement: Settlement) -> Settlement:
+        """Outcomes of events moved to the file, addressed to their file rows."""
+        moved = self._moved
+
+        def where(row_id: int) -> int:
+            return moved.pop(row_id, row_id)
+
+        return Settlement(
+            delivered=tuple(where(r) for r in settlement.delivered),
+            rescheduled=tuple((where(r), due) for r, due in settlement.rescheduled),
+            dead=tuple((dataclasses.replace(e, row_id=where(e.row_id)), status, reason)
+                       for e, status, reason in settlement.dead),
+        )
 
     def expire(self, now: float) -> int:
         """Drop events over the age bound, in both stores."""
@@ -274,6 +300,7 @@ class FallbackOutbox:
         """In the child: a connection of its own; the parent's memory backlog is the parent's."""
         self._memory.after_fork_child()
         self._leased_from_memory = set()
+        self._moved = {}
         if self._file is not None:
             try:
                 self._file.after_fork_child()

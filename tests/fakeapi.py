@@ -51,6 +51,8 @@ class FakeApi:
         self.captured: list[Captured] = []
         self.mode = "ok"
         self.delay = 0.0
+        #: When set, every n-th request is answered 503 (a flaky API behind a balancer).
+        self.fail_every: Optional[int] = None
         self.default = Scripted(200, {"code": 0, "message": "success", "data": {}})
         self._script: deque[Scripted] = deque()
         self._lock = threading.Condition()
@@ -80,6 +82,8 @@ class FakeApi:
                                         concurrency=fake._in_flight)
                     fake.captured.append(captured)
                     reply = fake._script.popleft() if fake._script else fake.default
+                    if fake.fail_every and len(fake.captured) % fake.fail_every == 0:
+                        reply = Scripted(503, {"error": "unavailable", "message": "flaky"})
                     fake._lock.notify_all()
                 self._answer(captured, reply)
 

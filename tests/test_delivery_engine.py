@@ -31,13 +31,13 @@ class Clock:
 class ScriptedApi:
     """A ``send`` whose answer is a function of the request number and the time."""
 
-    def __init__(self, clock: Clock, answer: Callable[[int, float], Outcome]) -> None:
+    def __init__(self, clock: Clock, answer: Callable[[int, float, str], Outcome]) -> None:
         self.clock = clock
         self.answer = answer
         self.requests: list[tuple[float, str, Outcome]] = []
 
     def __call__(self, event: SpooledEvent) -> Outcome:
-        outcome = self.answer(len(self.requests), self.clock.now)
+        outcome = self.answer(len(self.requests), self.clock.now, event.event_id)
         self.requests.append((self.clock.now, event.event_id, outcome))
         return outcome
 
@@ -45,7 +45,7 @@ class ScriptedApi:
         return Counter(eid for _, eid, o in self.requests if o.delivered)
 
 
-def make(n: int, answer: Callable[[int, float], Outcome], *, max_in_flight: int = 4,
+def make(n: int, answer: Callable[[int, float, str], Outcome], *, max_in_flight: int = 4,
          policy: Optional[RetryPolicy] = None) -> tuple[DeliveryEngine, ScriptedApi, Clock,
                                                           MemorySpool]:
     clock = Clock()
@@ -70,7 +70,7 @@ def drive(engine: DeliveryEngine, clock: Clock, *, until: float = 3600.0) -> Non
 
 def test_every_third_request_failing_delays_only_those_events() -> None:
     """A flaky API: every event delivered exactly once, quickly, and never a pause of all."""
-    engine, api, clock, outbox = make(300, lambda n, t: UNAVAILABLE if n % 3 == 2 else OK)
+    engine, api, clock, outbox = make(300, lambda n, t, e: UNAVAILABLE if n % 3 == 2 else OK)
     start = clock.now
     modes = []
     engine._on_settled = lambda e, o, a: modes.append(engine.state.mode)
@@ -87,7 +87,7 @@ def test_an_outage_opens_the_circuit_and_probes_one_at_a_time_then_recovers_fast
     the backlog drains; nothing lost, nothing twice."""
     recovery = Clock().now + 600.0
     engine, api, clock, _ = make(
-        100, lambda n, t: OK if t >= recovery else
+        100, lambda n, t, e: OK if t >= recovery else
         Outcome(OutcomeKind.TRANSIENT, reason="connection refused"))
     drive(engine, clock)
     failures = [t for t, _, o in api.requests if not o.delivered]
@@ -103,7 +103,7 @@ def test_a_short_outage_is_found_within_seconds_of_recovery() -> None:
     """Down for 10 s: the first event after recovery goes within 10 s of it."""
     recovery = Clock().now + 10.0
     engine, api, clock, _ = make(
-        20, lambda n, t: OK if t >= recovery else UNAVAILABLE)
+        20, lambda n, t, e: OK if t >= recovery else UNAVAILABLE)
     drive(engine, clock)
     first_success = min(t for t, _, o in api.requests if o.delivered)
     assert first_success - recovery <= 10.0
@@ -111,7 +111,7 @@ def test_a_short_outage_is_found_within_seconds_of_recovery() -> None:
 
 def test_requests_in_flight_start_at_one_grow_to_max_and_halve_on_failure() -> None:
     """Slow start, additive increase, multiplicative decrease, observed through take()."""
-    engine, _, clock, _ = make(200, lambda n, t: OK)
+    engine, _, clock, _ = make(200, lambda n, t, e: OK)
 
     def take_all() -> list[SpooledEvent]:
         taken = []
@@ -139,7 +139,7 @@ def test_requests_in_flight_start_at_one_grow_to_max_and_halve_on_failure() -> N
 def test_retry_after_stops_every_request_for_that_long() -> None:
     """429 with Retry-After: 2: nothing is sent for two seconds, then all is delivered."""
     limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=2.0, reason="rate_limited")
-    engine, api, clock, _ = make(10, lambda n, t: limited if n == 0 else OK)
+    engine, api, clock, _ = make(10, lambda n, t, e: limited if n == 0 else OK)
     drive(engine, clock)
     times = [t for t, _, _ in api.requests]
     assert times[1] - times[0] >= 2.0
@@ -149,7 +149,7 @@ def test_retry_after_stops_every_request_for_that_long() -> None:
 def test_a_refused_key_holds_everything_until_a_new_key() -> None:
     """401: one request, then nothing; after key_changed() everything goes."""
     key_ok = {"value": False}
-    engine, api, clock, _ = make(10, lambda n, t: OK if key_ok["value"] else REFUSED)
+    engine, api, clock, _ = make(10, lambda n, t, e: OK if key_ok["value"] else REFUSED)
     engine.pump()
     assert len(api.requests) == 1 and engine.status() == "auth_paused"
     clock.now += 60
@@ -165,19 +165,11 @@ def test_a_poison_event_backs_off_alone() -> None:
     """One event always failing does not hold the others back, and its own attempts
     come further and further apart."""
     engine, api, clock, outbox = make(
-        50, lambda n, t: OK, policy=RetryPolicy(backoff_base=1.0))
-    engine.send = lambda e: UNAVAILABLE if e.event_id == "e0" else OK  # type: ignore[assignment]
-    sent: list[tuple[float, str]] = []
-    inner = engine.send
-
-    def recording(event: SpooledEvent) -> Outcome:
-        sent.append((clock.now, event.event_id))
-        return inner(event)
-
-    engine.send = recording
+        50, lambda n, t, e: UNAVAILABLE if e == "e0" else OK,
+        policy=RetryPolicy(backoff_base=1.0))
     drive(engine, clock, until=120)
-    others = [t for t, eid in sent if eid != "e0"]
-    poison = [t for t, eid in sent if eid == "e0"]
+    others = [t for t, eid, _ in api.requests if eid != "e0"]
+    poison = [t for t, eid, _ in api.requests if eid == "e0"]
     assert len(others) == 49 and max(others) - clock.now < 120
     assert max(others) < poison[2]  # the others were all through before its third attempt
     assert outbox.pending_count() == 1
@@ -186,7 +178,7 @@ def test_a_poison_event_backs_off_alone() -> None:
 def test_a_permanent_rejection_is_dead_lettered_and_never_sent_again() -> None:
     """422 on one event: dead-lettered, the others delivered, no second attempt."""
     rejected = Outcome(OutcomeKind.PERMANENT, 422, reason="validation_error")
-    engine, api, clock, outbox = make(5, lambda n, t: rejected if n == 0 else OK)
+    engine, api, clock, outbox = make(5, lambda n, t, e: rejected if n == 0 else OK)
     drive(engine, clock)
     assert [eid for _, eid, _ in api.requests].count("e0") == 1
     assert [d.event_id for d in outbox.dead_letters()] == ["e0"]
@@ -196,7 +188,7 @@ def test_a_permanent_rejection_is_dead_lettered_and_never_sent_again() -> None:
 def test_a_request_past_its_deadline_is_cut_off_and_retried() -> None:
     """abort_overdue names the worker of a request that took too long; its outcome becomes
     a transient failure and the event is sent again."""
-    engine, _, clock, outbox = make(1, lambda n, t: OK)
+    engine, _, clock, outbox = make(1, lambda n, t, e: OK)
     event = engine.take(worker=42)
     assert event is not None
     clock.now += 5
@@ -211,8 +203,9 @@ def test_a_request_past_its_deadline_is_cut_off_and_retried() -> None:
 
 def test_a_hold_sends_nothing() -> None:
     """With no key configured the engine hands nothing out and reports held."""
-    engine, api, _, _ = make(3, lambda n, t: OK)
+    engine, api, _, _ = make(3, lambda n, t, e: OK)
     engine.set_hold(Hold.NO_KEY)
+    assert api.requests == []
     assert engine.pump() == 0 and engine.status() == "held"
     engine.key_changed()
     assert engine.pump() == 3
@@ -220,7 +213,7 @@ def test_a_hold_sends_nothing() -> None:
 
 def test_after_stop_late_outcomes_leave_the_event_for_the_next_run() -> None:
     """An answer arriving after stop() is not recorded: the event stays in the outbox."""
-    engine, _, _, outbox = make(1, lambda n, t: OK)
+    engine, _, _, outbox = make(1, lambda n, t, e: OK)
     event = engine.take()
     assert event is not None
     engine.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeapi import FakeApi
+from fakeapi import FakeApi, wait_until
 
 from massugc_logging import CloudHandler
 
@@ -180,3 +180,42 @@ def test_max_in_flight_one_sends_strictly_one_at_a_time(api: FakeApi, handler_fo
     emit(20)
     assert handler.flush(10)
     assert max(c.concurrency for c in api.captured) == 1
+
+
+def test_a_flaky_api_delivers_everything_once_without_pausing(api: FakeApi, tmp_path: Path,
+                                                              key: str, caplog: Any) -> None:
+    """Every third request 503: all 300 events arrive exactly once, within seconds, and
+    sending never pauses as if the API were down."""
+    caplog.set_level(logging.WARNING, logger="massugc_logging")
+    api.fail_every = 3
+    handler = CloudHandler(api_url=api.url, api_key=key, spool_path=tmp_path / "s.sqlite3")
+    logging.getLogger("massugc.jobs").addHandler(handler)
+    start = time.monotonic()
+    emit(300)
+    assert handler.flush(30), handler.stats()
+    took = time.monotonic() - start
+    delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
+    assert sorted(delivered) == sorted(f"r-{i}" for i in range(300))
+    assert took < 10.0
+    assert "cannot deliver" not in caplog.text
+    handler.close()
+
+
+def test_after_a_short_outage_delivery_resumes_within_seconds(api: FakeApi, tmp_path: Path,
+                                                              key: str) -> None:
+    """503 for every request for 3 s, then healthy: the circuit opens, and the first event
+    after recovery arrives within a few seconds, not after a two-minute cool-down."""
+    api.default.status = 503
+    handler = CloudHandler(api_url=api.url, api_key=key, spool_path=tmp_path / "s.sqlite3")
+    logging.getLogger("massugc.jobs").addHandler(handler)
+    emit(20)
+    assert api.wait_for(lambda c: len(c) >= 5, 5)
+    assert wait_until(lambda: handler.stats()["state"] == "circuit_open", 5)
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - api.captured[0].at)))  # the outage lasts 3 s
+    recovered = time.monotonic()
+    api.default.status = 200
+    assert handler.flush(20), handler.stats()
+    first_ok = min(c.at for c in api.captured if c.status == 200)
+    assert first_ok - recovered < 6.0
+    assert all(c.concurrency == 1 for c in api.captured if c.at < recovered)
+    handler.close()
