@@ -1,17 +1,31 @@
 """A counting HTTP sink for the benchmarks: run it in its own process.
 
-    python benchmarks/sink.py --port 0 --mode ok|slow [--delay 0.2]
+    python benchmarks/sink.py --port 0 --mode ok|slow|flaky|error503|ratelimit [--delay 0.2]
+                              [--listen-after SECONDS]
 
 It prints its port on the first line of stdout, then serves on 127.0.0.1
-until terminated. Every ``POST`` (other than ``/reset``) is answered ``200``
-with a small JSON body, after ``--delay`` seconds in ``slow`` mode, and is
-counted: connections, requests, distinct ``Idempotency-Key`` headers and distinct
-``run_id`` values, read from a JSON body (``{"job_data": {"run_id": ...}}``,
-as ``CloudHandler`` sends) or from a urlencoded form (``run_id=...``, as the
-stdlib ``HTTPHandler`` sends a record's ``__dict__``).
+until terminated. Every ``POST`` (other than ``/reset``) is answered, by mode:
+
+* ``ok``: ``200`` with a small JSON body; ``slow``: the same after ``--delay`` seconds;
+* ``flaky``: every third request ``503``, the others ``200`` (a deploy, or one bad
+  instance behind a load balancer);
+* ``error503``: always ``503``;
+* ``ratelimit``: ``429`` with ``Retry-After: 1`` for the first 2 s after the first
+  request, then ``200``.
+
+``--listen-after`` binds the port only after that many seconds (an outage:
+connections are refused until then); ``--port`` must then name a port.
+
+Each request is counted: connections, requests, requests in flight at once,
+distinct ``Idempotency-Key`` headers, and the ``run_id`` values answered 200
+(distinct, and how many were answered 200 more than once), read from a JSON body
+(``{"job_data": {"run_id": ...}}``, as ``CloudHandler`` sends) or from a
+urlencoded form (``run_id=...``, as the stdlib ``HTTPHandler`` sends a record's
+``__dict__``).
 
 ``GET /count`` returns the counts as JSON, with the wall-clock times of the
-first and the latest new ``run_id``; ``POST /reset`` clears them.
+first and the latest new ``run_id``, of the server's start of listening, and of
+the first requests (up to 10,000); ``POST /reset`` clears them.
 
 HTTP/1.1 keep-alive, always a ``Content-Length``, and ``TCP_NODELAY`` on
 every accepted socket: without it Nagle's algorithm and delayed ACKs add
@@ -45,26 +59,45 @@ class Counts:
             self.connections = 0
             self.keys: set[str] = set()
             self.run_ids: set[str] = set()
+            self.duplicates = 0
             self.first_at: Optional[float] = None
             self.last_at: Optional[float] = None
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self.post_times: list[float] = []
 
     def connected(self) -> None:
         """Count one accepted connection."""
         with self._lock:
             self.connections += 1
 
-    def add(self, key: Optional[str], run_id: Optional[str]) -> None:
-        """Count one request with its idempotency key and run id (either may be absent)."""
+    def arrived(self) -> float:
+        """Count one request arriving; return the time."""
         now = time.time()
         with self._lock:
             self.posts += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if len(self.post_times) < 10_000:
+                self.post_times.append(now)
+        return now
+
+    def answered(self, key: Optional[str], run_id: Optional[str], status: int) -> None:
+        """Count one answer, with the request's idempotency key and run id (may be absent)."""
+        now = time.time()
+        with self._lock:
+            self.in_flight -= 1
             if key:
                 self.keys.add(key)
-            if run_id and run_id not in self.run_ids:
-                self.run_ids.add(run_id)
-                if self.first_at is None:
-                    self.first_at = now
-                self.last_at = now
+            if status != 200 or not run_id:
+                return
+            if run_id in self.run_ids:
+                self.duplicates += 1
+                return
+            self.run_ids.add(run_id)
+            if self.first_at is None:
+                self.first_at = now
+            self.last_at = now
 
     def snapshot(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict."""
@@ -74,8 +107,11 @@ class Counts:
                 "connections": self.connections,
                 "keys": len(self.keys),
                 "run_ids": len(self.run_ids),
+                "duplicates": self.duplicates,
                 "first_at": self.first_at,
                 "last_at": self.last_at,
+                "max_in_flight": self.max_in_flight,
+                "post_times": list(self.post_times),
             }
 
 
@@ -109,9 +145,12 @@ class SinkHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the sink logs nothing."""
 
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+    def _reply(self, status: int, payload: dict[str, Any],
+               headers: Optional[dict[str, str]] = None) -> None:
         data = json.dumps(payload).encode("utf-8")
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -120,7 +159,8 @@ class SinkHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """``/count``: the counts; anything else: 404."""
         if self.path.startswith("/count"):
-            self._reply(200, self.server.counts.snapshot())
+            self._reply(200, dict(self.server.counts.snapshot(),
+                                  listening_at=self.server.listening_at))
         else:
             self._reply(404, {"error": "not_found", "message": "no such path"})
 
@@ -132,13 +172,19 @@ class SinkHandler(BaseHTTPRequestHandler):
             self.server.counts.reset()
             self._reply(200, {"code": 0, "message": "reset"})
             return
-        self.server.counts.add(
-            self.headers.get("Idempotency-Key"),
-            run_id_of(body, self.headers.get("Content-Type", "")),
-        )
+        counts = self.server.counts
+        now = counts.arrived()
+        status, headers = self.server.answer(now)
         if self.server.delay > 0:
             time.sleep(self.server.delay)
-        self._reply(200, {"code": 0, "message": "success", "data": {}})
+        counts.answered(self.headers.get("Idempotency-Key"),
+                        run_id_of(body, self.headers.get("Content-Type", "")), status)
+        if status == 200:
+            self._reply(200, {"code": 0, "message": "success", "data": {}})
+        elif status == 429:
+            self._reply(429, {"error": "rate_limited", "message": "slow down"}, headers)
+        else:
+            self._reply(status, {"error": "unavailable", "message": "try again"}, headers)
 
 
 class SinkServer(ThreadingHTTPServer):
@@ -147,10 +193,31 @@ class SinkServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, port: int, delay: float) -> None:
+    def __init__(self, port: int, delay: float, mode: str = "ok") -> None:
         super().__init__(("127.0.0.1", port), SinkHandler)
         self.counts = Counts()
         self.delay = delay
+        self.mode = mode
+        self.listening_at = time.time()
+        self._answers = 0
+        self._first_request: Optional[float] = None
+        self._answer_lock = threading.Lock()
+
+    def answer(self, now: float) -> tuple[int, dict[str, str]]:
+        """The status (and headers) for the next request, by mode."""
+        with self._answer_lock:
+            self._answers += 1
+            n = self._answers
+            if self._first_request is None:
+                self._first_request = now
+            since_first = now - self._first_request
+        if self.mode == "flaky" and n % 3 == 0:
+            return 503, {}
+        if self.mode == "error503":
+            return 503, {}
+        if self.mode == "ratelimit" and since_first < 2.0:
+            return 429, {"Retry-After": "1"}
+        return 200, {}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet when a client hangs up (the stdlib HTTPHandler resets its
@@ -165,11 +232,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Serve until terminated; print the port first."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--mode", choices=("ok", "slow"), default="ok")
+    parser.add_argument("--mode", choices=("ok", "slow", "flaky", "error503", "ratelimit"),
+                        default="ok")
     parser.add_argument("--delay", type=float, default=0.2, help="seconds, slow mode only")
+    parser.add_argument("--listen-after", type=float, default=0.0,
+                        help="refuse connections (nothing listening) for this many seconds")
     args = parser.parse_args(argv)
-    server = SinkServer(args.port, args.delay if args.mode == "slow" else 0.0)
-    print(server.server_address[1], flush=True)
+    if args.listen_after > 0:
+        if not args.port:
+            parser.error("--listen-after needs --port")
+        print(args.port, flush=True)
+        time.sleep(args.listen_after)
+    server = SinkServer(args.port, args.delay if args.mode == "slow" else 0.0, args.mode)
+    if not args.listen_after:
+        print(server.server_address[1], flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

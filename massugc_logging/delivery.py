@@ -160,7 +160,7 @@ class DeliveryEngine:
                 now=now, rng=self.rng)
             self._record(event, outcome, decision.action, decision.retry_at)
             self._report(before, self.state, outcome)
-            if self._unrecorded() >= SETTLE_BATCH or not self._in_flight:
+            if self._unrecorded() >= SETTLE_BATCH:
                 self._record_settled(now)
         if self._on_settled is not None:
             self._on_settled(event, outcome, decision.action)
@@ -294,21 +294,20 @@ class DeliveryEngine:
             if self._stopped or self.hold is not None:
                 return None
             now = self.clock()
-            if not self._ready:
-                self._record_settled(now)
-                try:
-                    due = self.outbox.next_due(now, set(self._in_flight))
-                except SpoolError as exc:
-                    self._outbox_problem(exc)
-                    due = now + 1.0
-            else:
-                due = now
+            if len(self._in_flight) >= self.state.slots(max(now, self.state.resume_at)):
+                return None  # every slot is busy: an outcome will wake the caller
+            if self._ready:
+                return max(now, self.state.resume_at)
+            self._record_settled(now)
+            try:
+                due = self.outbox.next_due(now, set(self._in_flight))
+            except SpoolError as exc:
+                self._outbox_problem(exc)
+                due = now + 1.0
             self._backing_off = due is not None and due > now and not self._in_flight
             if due is None:
                 if not self._in_flight:
                     self.counters.clear_error()  # nothing left to deliver: all is well
-                return None
-            if len(self._in_flight) >= max(1, self.state.slots(max(now, due))):
                 return None
             return max(due, self.state.resume_at)
 
@@ -386,6 +385,7 @@ class DeliveryWorkers:
 
     def _init_runtime(self) -> None:
         self._wake = threading.Condition(threading.Lock())
+        self._settled = threading.Condition(threading.Lock())
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -425,7 +425,7 @@ class DeliveryWorkers:
         """Wait until the engine is quiet; False at ``deadline`` (monotonic) or as soon as
         nothing can happen before it (a pause, a backoff, a hold)."""
         engine = self.engine
-        with self._wake:
+        with self._settled:
             while True:
                 if engine.quiet():
                     return True
@@ -438,7 +438,7 @@ class DeliveryWorkers:
                 if wake is not None and engine.in_flight() == 0 and \
                         wake - engine.clock() > deadline - now:
                     return False
-                self._wake.wait(min(deadline - now, 0.25))
+                self._settled.wait(min(deadline - now, 0.25))
 
     def _work(self) -> None:
         ident = threading.get_ident()
@@ -463,7 +463,9 @@ class DeliveryWorkers:
                                             "CloudHandler's delivery hit %s; it carries on.",
                                             type(exc).__name__)
             with self._wake:
-                self._wake.notify_all()
+                self._wake.notify()  # a slot is free: one idle worker may take it
+            with self._settled:
+                self._settled.notify_all()
 
     def _idle_timeout(self) -> Optional[float]:
         """How long an idle worker sleeps: until the next due time or request deadline."""

@@ -161,6 +161,8 @@ class CloudHandler(UnlockedHandler):
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
         self._thread_idents: frozenset[int] = frozenset()
+        #: Logger name -> whether its records are this package's own (never sent).
+        self._internal_loggers: dict[str, bool] = {}
         self._last_flush: Optional[float] = None
         self._lost_at_last_flush = 0
 
@@ -342,7 +344,11 @@ class CloudHandler(UnlockedHandler):
         try:
             if getattr(record, "event_type", None) != self._event_type:
                 return
-            if is_internal_logger(record.name):
+            name = record.name
+            internal = self._internal_loggers.get(name)
+            if internal is None:
+                internal = self._internal_loggers[name] = is_internal_logger(name)
+            if internal:
                 return
             if threading.get_ident() in self._thread_idents:
                 return

@@ -83,13 +83,12 @@ class Intake:
     def accept(self, item: Any) -> bool:
         """Queue ``item`` unless the queue is full; never blocks, safe to re-enter.
 
-        The bound is checked before counting, without a lock: threads racing at the
-        very edge may overshoot it by a few items, never by more.
+        The bound is on items queued and not yet taken by the intake thread, read
+        without a lock: threads racing at the very edge may overshoot it by a few.
         """
-        accepted = self._accepted
-        if accepted.value - self._finished >= self.capacity:
+        if self._queue.qsize() >= self.capacity:
             return False
-        accepted.increment()
+        self._accepted.increment()
         self._queue.put(item)
         return True
 

@@ -53,7 +53,7 @@ class RetryPolicy:
             before trying one event again.
     """
 
-    backoff_base: float = 0.1
+    backoff_base: float = 0.01
     backoff_cap: float = 60.0
     circuit_threshold: int = 5
     circuit_failure_share: float = 0.5

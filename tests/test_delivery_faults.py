@@ -88,7 +88,9 @@ def test_exit_while_four_threads_log_into_a_down_api_accounts_for_every_event(
     dropped = sum(report["dropped"].values())
     assert report["emitted"] > 1000
     assert report["emitted"] == report["spooled"] + dropped, report
-    kept = Spool(spool).pending_count()
+    store = Spool(spool)
+    kept = store.pending_count()
+    store.close()
     assert kept == report["spooled"] - report["sent"], report
     assert len(deliver_next_run(api, spool)) == kept
 
@@ -227,9 +229,9 @@ def test_a_signal_handler_that_logs_while_the_app_thread_is_in_emit_does_not_dea
         log.addHandler(handler)
         log.propagate = False
         job = {{"event_type": "video_generation", "error_message": "x"}}
-        caught = [0]
+        caught = []  # list.append: a nested signal handler cannot lose a count, as += can
         def on_signal(signum, frame):
-            caught[0] += 1
+            caught.append(1)
             log.error("from a signal handler", extra=job)
         signal.signal(signal.SIGUSR1, on_signal)
         stop = threading.Event()
@@ -245,7 +247,7 @@ def test_a_signal_handler_that_logs_while_the_app_thread_is_in_emit_does_not_dea
             n += 1
         stop.set()
         stats = handler.stats()
-        print(caught[0], n, stats["enqueued"] + sum(stats["dropped"].values()))
+        print(len(caught), n, stats["enqueued"] + sum(stats["dropped"].values()))
     """, timeout=30)
     assert result.returncode == 0, result.stderr
     caught, emitted, accounted = map(int, result.stdout.split())
