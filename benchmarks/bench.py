@@ -671,11 +671,16 @@ def failure_run(env: Env, plan: Plan, name: str, mode: str) -> dict[str, Any]:
         started = json.loads(rest) if tag == "RESULT" else {"t0": time.time()}
         deadline = time.monotonic() + window
         counts: dict[str, Any] = {}
+        posts, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 counts = sink.count()
                 if mode != "error503" and counts["run_ids"] >= n:
                     break
+                if counts["posts"] != posts:
+                    posts, quiet_since = counts["posts"], time.monotonic()
+                elif name == "recipe" and time.monotonic() - quiet_since > 2.0:
+                    break  # the recipe never retries: once it has gone quiet, it is over
             time.sleep(0.1)
         with contextlib.suppress(OSError):
             counts = sink.count()

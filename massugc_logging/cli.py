@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, TextIO
 
-import requests
-
 from massugc_logging._version import __version__
 from massugc_logging.collector import Collector, serve_forever
 from massugc_logging.config import (
@@ -40,8 +38,9 @@ from massugc_logging.config import (
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.decisions import EventAction
 from massugc_logging.delivery import DeliveryEngine
-from massugc_logging.handler import CloudHandler, default_spool_path
+from massugc_logging.handler import CloudHandler
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
+from massugc_logging.outbox import default_spool_path
 from massugc_logging.outcome import Outcome
 from massugc_logging.payload import PayloadSettings, build_event, format_utc
 from massugc_logging.spool import Spool, SpoolError
@@ -52,6 +51,7 @@ from massugc_logging.transport import (
     TransportError,
     check_api_url,
 )
+from massugc_logging.trust import FIX as TLS_FIX
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -137,7 +137,8 @@ def _transport(args: argparse.Namespace, out: _Output) -> Any:
         return Transport(_api_url(args), key,
                          endpoint=getattr(args, "endpoint", None) or DEFAULT_ENDPOINT,
                          timeout=(3.05, 10.0),
-                         allow_insecure_http=getattr(args, "allow_insecure_http", False))
+                         allow_insecure_http=getattr(args, "allow_insecure_http", False),
+                         ca_bundle=getattr(args, "ca_bundle", None))
     except (TransportError, ValueError) as exc:
         out.problem(_url_problem(exc))
         return None
@@ -397,6 +398,7 @@ _OUTCOME_HINTS = {
                            "the API URL (--api-url or MASSUGC_API_URL), then try again",
     OutcomeKind.PERMANENT: "the server rejected the event: check the endpoint (--endpoint; "
                            "older servers use /api/desktop/usage)",
+    OutcomeKind.UNTRUSTED: "the API's certificate is not trusted here: " + TLS_FIX,
 }
 
 
@@ -412,7 +414,8 @@ def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
                             "output_path": "send-test", "workflow_type": "test"})
     built = build_event(record, PayloadSettings(), exception=None,
                         fallback_id=str(uuid.uuid4()), now=time.time())
-    out.say(f"Sending a test event to {transport.url} ...")
+    out.say(f"Sending a test event to {transport.url} (trusting: "
+            f"{transport.trust.description}) ...")
     outcome = transport.send(built.body(), built.event_id)
     transport.close()
     out.say(f"Outcome: {_describe(outcome)}")
@@ -432,7 +435,8 @@ def _cloud_specs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: bool,
-                         problems: list[str], notes: list[str]) -> None:
+                         problems: list[str], notes: list[str],
+                         ca_bundle: Optional[str] = None) -> None:
     """Check one cloud handler's arguments, URL, key and (if ``probe``) the API.
 
     ``written`` is the handler's mapping as written in the file, before expansion.
@@ -467,14 +471,25 @@ def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: b
         problems.append(f"handler {name!r}: no API key; {_KEY_HINT}")
     elif key is not None:
         notes.append(f"handler {name!r}: API key {key.masked} from {source}")
+    try:
+        transport = Transport(url, None, timeout=(3.05, 10.0),
+                              allow_insecure_http=bool(kwargs.get("allow_insecure_http")),
+                              ca_bundle=ca_bundle or kwargs.get("ca_bundle"))
+    except TransportError as exc:
+        problems.append(f"handler {name!r}: {exc}")
+        return
+    notes.append(f"handler {name!r}: trusting {transport.trust.description}")
     if probe:
-        try:
-            requests.head(url, timeout=3, allow_redirects=False).close()
-            notes.append(f"handler {name!r}: API reachable")
-        except requests.RequestException as exc:
+        outcome = transport.probe()
+        if outcome.kind is OutcomeKind.UNTRUSTED:
+            problems.append(f"handler {name!r}: {outcome.reason}")
+        elif not outcome.delivered:
             problems.append(f"handler {name!r}: the API at {url} is unreachable "
-                            f"({type(exc).__name__}); check the network and api_url, or pass "
+                            f"({outcome.reason}); check the network and api_url, or pass "
                             "--no-network to skip this probe")
+        else:
+            notes.append(f"handler {name!r}: API reachable")
+    transport.close()
 
 
 def _dry_run(config: dict[str, Any]) -> Optional[str]:
@@ -520,7 +535,7 @@ def cmd_check(args: argparse.Namespace, out: _Output) -> int:
         written_handlers = {}
     for name, spec in _cloud_specs(config):
         _check_cloud_handler(name, spec, written_handlers.get(name), not args.no_network,
-                             problems, notes)
+                             problems, notes, args.ca_bundle)
     rejected = _dry_run(config)
     if rejected:
         problems.append(rejected)
@@ -750,6 +765,8 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
                    help=f"usage-log path (default {DEFAULT_ENDPOINT})")
     p.add_argument("--allow-insecure-http", action="store_true",
                    help="allow plain http:// to a host that is not loopback")
+    p.add_argument("--ca-bundle", help="trust the CA certificates in this PEM file or directory "
+                   "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system trust store)")
 
 
 def _positive_int(text: str) -> int:
@@ -816,6 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--env", help=f"environment to check (default: ${ENV_VARIABLE} or the "
                                      "file's default_environment)")
     check.add_argument("--no-network", action="store_true", help="skip the reachability probe")
+    check.add_argument("--ca-bundle", help="trust the CA certificates in this PEM file or "
+                       "directory (as the handler's ca_bundle)")
     check.set_defaults(func=cmd_check)
 
     spool = sub.add_parser("spool", help="inspect, replay, export or purge the spool")

@@ -38,6 +38,7 @@ class UsageClient:
         timeout: Timeout = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         redactor: Optional[Redactor] = None,
+        ca_bundle: Optional[str] = None,
     ) -> None:
         key: Optional[ApiKey]
         if isinstance(api_key, ApiKey):
@@ -47,6 +48,7 @@ class UsageClient:
         self._transport = Transport(
             api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL,
             key, endpoint=endpoint, timeout=timeout, allow_insecure_http=allow_insecure_http,
+            ca_bundle=ca_bundle,
         )
         self._redactor = redactor or system_redactor()
 

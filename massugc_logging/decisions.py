@@ -12,8 +12,10 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   keep flowing, and the number of requests in flight is halved (at most once
   per round of requests) so a struggling server is eased off, not abandoned.
 - Signals about the whole API pause everything: ``Retry-After``, a refused key
-  (401/403), and the circuit. The event that brought the signal stays due: the
-  pause, not its own schedule, holds it back, so it goes first when sending resumes.
+  (401/403), a certificate that does not verify (the circuit opens at once:
+  retrying fast cannot help, probing slowly finds the fix), and the circuit.
+  The event that brought the signal stays due: the pause, not its own schedule,
+  holds it back, so it goes first when sending resumes.
 - The circuit opens on evidence, not on one unlucky streak: a run of
   ``circuit_threshold`` consecutive failures *and* at least
   ``circuit_failure_share`` of the outcomes over the last ``circuit_window``
@@ -159,6 +161,8 @@ def on_outcome(
     """
     if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT):
         return _answered(policy, state, outcome, now)
+    if outcome.kind is OutcomeKind.UNTRUSTED:
+        return _untrusted(policy, state, sent_at=sent_at, now=now, rng=rng)
     if outcome.kind is OutcomeKind.AUTH:
         resume = now + policy.auth_pause
         paused = replace(state, mode=Mode.AUTH_PAUSED, resume_at=max(state.resume_at, resume),
@@ -214,6 +218,22 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
         return EventDecision(EventAction.RETRY, now), opened
 
     return EventDecision(EventAction.RETRY, now + event_retry_delay(policy, attempts, rng)), after
+
+
+def _untrusted(policy: RetryPolicy, state: SendState, *, sent_at: float, now: float,
+               rng: Random) -> tuple[EventDecision, SendState]:
+    """The certificate did not verify: no amount of fast retrying helps; open the
+    circuit at once and probe at its pace until the trust is fixed."""
+    window = _counted(state, now, policy.circuit_window, ok=False)
+    if state.mode is Mode.CIRCUIT_OPEN:
+        probes = state.failed_probes + (1 if sent_at >= state.opened_at else 0)
+        opened_at = state.opened_at
+    else:
+        probes, opened_at = 0, now
+    after = replace(state, mode=Mode.CIRCUIT_OPEN, window=window, streak=state.streak + 1,
+                    failed_probes=probes, opened_at=opened_at, limit=1.0,
+                    resume_at=now + probe_delay(policy, probes, rng))
+    return EventDecision(EventAction.RETRY, now), after
 
 
 def on_new_key(state: SendState) -> SendState:

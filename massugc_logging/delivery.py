@@ -216,11 +216,18 @@ class DeliveryEngine:
                 self.diagnostics.forget("send:transient")
                 self.diagnostics.forget("send:auth")
                 self.diagnostics.forget("send:circuit")
+                self.diagnostics.forget("send:untrusted")
                 self.diagnostics.say_once("send:resumed", logging.INFO,
                                           "CloudHandler: delivery to the API resumed.")
             return
         self.diagnostics.forget("send:resumed")
-        if after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
+        if outcome.kind is OutcomeKind.UNTRUSTED:
+            self.diagnostics.say_once(
+                "send:untrusted", logging.ERROR,
+                "CloudHandler cannot deliver: %s. Retrying cannot help until this is fixed; "
+                "every event is kept in the spool and the API is tried again at most %.0f s "
+                "apart.", outcome.reason, self.policy.probe_interval_cap)
+        elif after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
             self.diagnostics.say_once(
                 "send:auth", logging.ERROR,
                 "The MassUGC Cloud API refused the API key (%s). Sending is paused for %.0f s "
@@ -434,10 +441,10 @@ class DeliveryWorkers:
                 now = time.monotonic()
                 if now >= deadline:
                     return False
-                wake = engine.next_wake()
-                if wake is not None and engine.in_flight() == 0 and \
-                        wake - engine.clock() > deadline - now:
-                    return False
+                if engine.in_flight() == 0:
+                    wake = engine.next_wake()
+                    if wake is not None and wake - engine.clock() > deadline - now:
+                        return False
                 self._settled.wait(min(deadline - now, 0.25))
 
     def _work(self) -> None:

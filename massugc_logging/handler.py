@@ -31,7 +31,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from massugc_logging._unlocked import UnlockedHandler
@@ -47,26 +46,19 @@ from massugc_logging.delivery import DeliveryEngine, DeliveryWorkers, Hold
 from massugc_logging.diagnostics import Diagnostics, is_internal_logger
 from massugc_logging.intake import Entry, Intake
 from massugc_logging.keystore import ApiKey, KeyStore, KeyStoreError
-from massugc_logging.outbox import FallbackOutbox
-from massugc_logging.outcome import Outcome
+from massugc_logging.outbox import open_outbox, spool_problem
+from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import ExceptionSummary, build_event, capture_exception
 from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.spool import MemorySpool, Spool, SpooledEvent, SpoolError
 from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport
 
-_DEFAULT = object()
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 4
 _REASON_CHARS = 300
-
-
-def default_spool_path() -> Path:
-    """The per-user data directory of the platform, e.g. ``~/.local/share/massugc-logging``."""
-    import platformdirs  # noqa: PLC0415 - only needed when no spool_path is given
-
-    return Path(platformdirs.user_data_dir("massugc-logging", appauthor=False)) / "spool.sqlite3"
+_ADVICE_CHARS = 1000
 
 
 def _register_fork_hooks(handler: CloudHandler) -> None:
@@ -114,6 +106,8 @@ class CloudHandler(UnlockedHandler):
         retry: a :class:`RetryPolicy` or a mapping of its settings.
         spool_max_events, spool_max_age: the spool's bounds (count, seconds).
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
+        ca_bundle: trust the CA certificates in this PEM file or directory (default:
+            ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, else the system trust store).
         redact_patterns: extra regular expressions scrubbed from every string.
         error_message_limit, field_limit: caps in characters.
         classification_rules: extra failure-category rules, used for the opt-in
@@ -126,7 +120,7 @@ class CloudHandler(UnlockedHandler):
         api_key: Optional[Union[str, ApiKey]] = None,
         endpoint: str = DEFAULT_ENDPOINT,
         event_type: str = DEFAULT_EVENT_TYPE,
-        spool_path: Any = _DEFAULT,
+        spool_path: Any = "default",
         timeout: Timeout = DEFAULT_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         level: Union[int, str] = logging.NOTSET,
@@ -140,6 +134,7 @@ class CloudHandler(UnlockedHandler):
         spool_max_events: Optional[int] = None,
         spool_max_age: Optional[float] = None,
         allow_insecure_http: bool = False,
+        ca_bundle: Optional[str] = None,
         redact_patterns: Sequence[str] = (),
         error_message_limit: int = 4096,
         field_limit: int = 256,
@@ -181,7 +176,7 @@ class CloudHandler(UnlockedHandler):
             self._transport = Transport(
                 url, key, endpoint=endpoint, timeout=timeout,
                 allow_insecure_http=bool(allow_insecure_http),
-                max_connections=self._max_in_flight,
+                max_connections=self._max_in_flight, ca_bundle=ca_bundle,
             )
         except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
@@ -205,7 +200,7 @@ class CloudHandler(UnlockedHandler):
         if spool_max_age is not None:
             limits["max_age"] = float(spool_max_age)
         self._spool_limits = limits
-        self._outbox = self._open_outbox(spool_path)
+        self._outbox = open_outbox(spool_path, limits, self.diagnostics)
         self._build_pipeline()
         _register_fork_hooks(self)
         self._start()
@@ -255,38 +250,6 @@ class CloudHandler(UnlockedHandler):
             )
         return None
 
-    def _open_outbox(self, spool_path: Any) -> Union[FallbackOutbox, MemorySpool]:
-        """The SQLite spool at ``spool_path`` behind its memory stand-in; memory alone for None."""
-        if spool_path is None:
-            return MemorySpool(**self._spool_limits)
-        use_default = spool_path is _DEFAULT or spool_path in ("default", "")
-        path = default_spool_path() if use_default else Path(str(spool_path)).expanduser()
-        limits = self._spool_limits
-        return FallbackOutbox(lambda: Spool(path, **limits), MemorySpool(**limits), path=path,
-                              on_problem=self._spool_problem,
-                              on_recovered=self._spool_recovered)
-
-    def _spool_problem(self, exc: SpoolError) -> None:
-        self.diagnostics.count("spool_errors")
-        if exc.busy:
-            self.diagnostics.say_once(
-                "spool:unusable", logging.WARNING,
-                "CloudHandler's spool file is locked by another program (%s). Events wait in "
-                "memory meanwhile and go back to the file as soon as it is free.", exc)
-        else:
-            self.diagnostics.say_once(
-                "spool:unusable", logging.ERROR,
-                "CloudHandler cannot use its spool (%s). It carries on in memory and tries the "
-                "file again now and then: events not yet delivered will not survive a "
-                "restart meanwhile.", exc)
-
-    def _spool_recovered(self, moved: int) -> None:
-        self.diagnostics.forget("spool:unusable")
-        self.diagnostics.say_once("spool:recovered", logging.INFO,
-                                  "CloudHandler's spool file is usable again; %d event(s) kept "
-                                  "in memory meanwhile were moved back to it.", moved)
-        self.diagnostics.forget("spool:recovered")
-
     def _start(self) -> None:
         """Start the intake and delivery threads (never during interpreter shutdown)."""
         if sys.is_finalizing():
@@ -321,7 +284,7 @@ class CloudHandler(UnlockedHandler):
         try:
             self._outbox.after_fork_child()
         except SpoolError as exc:
-            self._spool_problem(exc)
+            spool_problem(self.diagnostics, exc)
             self._outbox = MemorySpool(**self._spool_limits)
         if self._transport is not None:
             self._transport.renew_session()
@@ -407,8 +370,11 @@ class CloudHandler(UnlockedHandler):
         assert transport is not None  # the engine holds while there is none
         outcome = transport.send(row.body, row.event_id)
         if outcome.reason:
-            outcome = dataclasses.replace(
-                outcome, reason=self.settings.scrub(outcome.reason, _REASON_CHARS))
+            # A server's words are capped short; the transport's own diagnosis of a
+            # certificate carries the fix, and is kept whole.
+            limit = _ADVICE_CHARS if outcome.kind is OutcomeKind.UNTRUSTED else _REASON_CHARS
+            outcome = dataclasses.replace(outcome, reason=self.settings.scrub(outcome.reason,
+                                                                              limit))
         return outcome
 
     # -- flush, close, stats --------------------------------------------------
@@ -514,6 +480,7 @@ class CloudHandler(UnlockedHandler):
             "in_flight": self._engine.in_flight(),
             "spool": str(path) if path else None,
             "spool_in_memory": bool(getattr(self._outbox, "using_memory", path is None)),
+            "trust": self._transport.trust.description if self._transport else None,
             "problems": self.diagnostics.snapshot(),
         }
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
+from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.spool import (
     _MEMORY_ID_BASE,
     DEFAULT_BUSY_TIMEOUT,
@@ -308,3 +310,48 @@ class FallbackOutbox:
                 self._file = None
                 self._degrade(exc)
 
+
+
+def default_spool_path() -> Path:
+    """The per-user data directory of the platform, e.g. ``~/.local/share/massugc-logging``."""
+    import platformdirs  # noqa: PLC0415 - only needed when no spool_path is given
+
+    return Path(platformdirs.user_data_dir("massugc-logging", appauthor=False)) / "spool.sqlite3"
+
+
+def open_outbox(spool_path: Any, limits: Mapping[str, Any],
+                diagnostics: Diagnostics) -> Union[FallbackOutbox, MemorySpool]:
+    """The outbox for a handler's ``spool_path``: the SQLite file (``"default"`` or empty:
+    the platform's user data directory) behind its memory stand-in; memory alone for None.
+    """
+    if spool_path is None:
+        return MemorySpool(**limits)
+    use_default = spool_path in ("default", "")
+    path = default_spool_path() if use_default else Path(str(spool_path)).expanduser()
+    return FallbackOutbox(lambda: Spool(path, **limits), MemorySpool(**limits), path=path,
+                          on_problem=lambda exc: spool_problem(diagnostics, exc),
+                          on_recovered=lambda moved: _spool_recovered(diagnostics, moved))
+
+
+def spool_problem(diagnostics: Diagnostics, exc: SpoolError) -> None:
+    """Say once that events wait in memory, and why."""
+    diagnostics.count("spool_errors")
+    if exc.busy:
+        diagnostics.say_once(
+            "spool:unusable", logging.WARNING,
+            "CloudHandler's spool file is locked by another program (%s). Events wait in "
+            "memory meanwhile and go back to the file as soon as it is free.", exc)
+    else:
+        diagnostics.say_once(
+            "spool:unusable", logging.ERROR,
+            "CloudHandler cannot use its spool (%s). It carries on in memory and tries the "
+            "file again now and then: events not yet delivered will not survive a "
+            "restart meanwhile.", exc)
+
+
+def _spool_recovered(diagnostics: Diagnostics, moved: int) -> None:
+    diagnostics.forget("spool:unusable")
+    diagnostics.say_once("spool:recovered", logging.INFO,
+                         "CloudHandler's spool file is usable again; %d event(s) kept in "
+                         "memory meanwhile were moved back to it.", moved)
+    diagnostics.forget("spool:recovered")

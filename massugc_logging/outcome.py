@@ -19,6 +19,9 @@ class OutcomeKind(enum.Enum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     AUTH = "auth"
+    #: The server's TLS certificate did not verify: retrying cannot help until the
+    #: trust is fixed (a CA bundle, or the CA in the system's store).
+    UNTRUSTED = "untrusted_certificate"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ this boundary, as requests does for urllib3::
     TransportError            configuration the transport refuses to use
     └── InsecureURLError      plain http:// to a host that is not loopback
 
+Which certificates are trusted is chosen once, by :mod:`massugc_logging.trust`.
+A loopback API URL never goes through a proxy: the key must not leave the machine.
+
 Every response is classified once, here (a 2xx whose body cannot be read in
 time is still DELIVERED: the server has accepted the event):
 
@@ -17,6 +20,7 @@ response                       outcome      what the sender does
 408, 429, 5xx, timeout,        TRANSIENT    keep, back off, honour Retry-After
 connection error, redirect
 401, 403, no key configured    AUTH         keep every event, pause sending
+certificate does not verify    UNTRUSTED    keep every event, probe slowly
 any other 4xx                  PERMANENT    dead-letter, never retry
 =============================  ===========  ===================================
 """
@@ -50,6 +54,14 @@ from massugc_logging._version import __version__
 from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.retry import parse_retry_after
+from massugc_logging.trust import (
+    FIX,
+    Trust,
+    TrustError,
+    certificate_reason,
+    is_certificate_failure,
+    resolve_trust,
+)
 
 Timeout = Union[float, tuple[float, float]]
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
@@ -113,11 +125,19 @@ class _AbortableAdapter(HTTPAdapter):
     the connection the request is using (see :meth:`Transport.abort`).
     """
 
+    def __init__(self, *args: Any, ssl_context: Any = None, **kwargs: Any) -> None:
+        self._ssl_context = ssl_context  # set before the base class builds its pool manager
+        super().__init__(*args, **kwargs)
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._ssl_context is not None:
+            kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(*args, **kwargs)
         _track(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
+        if self._ssl_context is not None:
+            kwargs["ssl_context"] = self._ssl_context
         manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
         if isinstance(manager, ProxyManager):  # SOCKS managers keep their own pools
             _track(manager)
@@ -141,23 +161,39 @@ def is_loopback(host: str) -> bool:
 def check_api_url(api_url: str, *, allow_insecure_http: bool = False) -> str:
     """Validate the API base URL and return it without a trailing slash.
 
+    Error messages name what is wrong (the scheme, a missing host, credentials or a
+    query present) and never quote the URL: a mistyped one may carry a password or
+    a key.
+
     Raises:
         TransportError: not an http(s) URL, or it carries credentials or a query.
         InsecureURLError: plain http to a non-loopback host without explicit consent.
     """
-    parts = urlsplit(api_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(api_url.strip())
+        hostname = parts.hostname
+        has_credentials = bool(parts.username or parts.password or "@" in parts.netloc)
+    except ValueError:
+        raise TransportError("api_url is not a URL; use one such as "
+                             "https://api.example.com") from None
+    if parts.scheme not in ("http", "https"):
+        scheme = API_KEY_PATTERN.sub("[REDACTED]", parts.scheme[:20]) or "none"
+        raise TransportError(f"api_url must start with https:// (or http:// for loopback); "
+                             f"its scheme is {scheme!r}")
+    if not hostname:
+        raise TransportError("api_url has no host name; use one such as "
+                             "https://api.example.com (two slashes after the scheme)")
+    if has_credentials or parts.query or parts.fragment:
+        present = ", ".join(what for what, there in (
+            ("user name or password", has_credentials), ("a query string", parts.query),
+            ("a fragment", parts.fragment)) if there)
         raise TransportError(
-            f"api_url must be an http(s) URL such as https://api.example.com, got {api_url!r}"
+            f"api_url must not carry {present}; give the bare base URL. The key travels "
+            "only in the X-API-Key header"
         )
-    if parts.username or parts.password or parts.query:
-        raise TransportError(
-            "api_url must not carry credentials or a query string; the key travels only in "
-            "the X-API-Key header"
-        )
-    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure_http:
+    if parts.scheme == "http" and not is_loopback(hostname) and not allow_insecure_http:
         raise InsecureURLError(
-            f"refusing plain http:// to {parts.hostname}: the API key would travel unencrypted. "
+            f"refusing plain http:// to {hostname}: the API key would travel unencrypted. "
             "Use https://, or set allow_insecure_http: true if you really mean it"
         )
     return api_url.strip().rstrip("/")
@@ -193,8 +229,14 @@ class Transport:
         allow_insecure_http: bool = False,
         session: Optional[requests.Session] = None,
         max_connections: int = 1,
+        ca_bundle: Optional[str] = None,
     ) -> None:
         self.api_url = check_api_url(api_url, allow_insecure_http=allow_insecure_http)
+        try:
+            self.trust: Trust = resolve_trust(ca_bundle)
+        except TrustError as exc:
+            raise TransportError(str(exc)) from None
+        self.host = urlsplit(self.api_url).hostname or ""
         if not endpoint.startswith("/"):
             endpoint = "/" + endpoint
         self.url = self.api_url + endpoint
@@ -207,7 +249,10 @@ class Transport:
         # The environment is read once, here, not on every request: proxies follow
         # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as requests would, and ~/.netrc (which
         # could add an Authorization header to our requests) is never consulted.
-        self._proxies = requests.utils.get_environ_proxies(self.url)
+        # Loopback traffic is allowed in plain http because it stays on this
+        # machine: a proxy would carry the key off it, so loopback never uses one.
+        self._proxies: dict[str, str] = (
+            {} if is_loopback(self.host) else requests.utils.get_environ_proxies(self.url))
 
     def __repr__(self) -> str:
         key = "set" if self._key is not None else "missing"
@@ -219,10 +264,10 @@ class Transport:
         session = requests.Session()
         session.trust_env = False
         adapter = _AbortableAdapter(pool_connections=1, pool_maxsize=self._max_connections,
-                                    max_retries=0)
+                                    max_retries=0, ssl_context=self.trust.ssl_context)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.verify = True
+        session.verify = self.trust.verify
         return session
 
     def renew_session(self) -> None:
@@ -292,9 +337,11 @@ class Transport:
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
-                verify=True,
+                verify=self.trust.verify,
                 proxies=self._proxies,
             )
+        except requests.exceptions.SSLError as exc:
+            return self._tls_failure(exc)
         except requests.Timeout:
             return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
         except requests.ConnectionError as exc:
@@ -311,6 +358,35 @@ class Transport:
         if outcome.reason:
             outcome = dataclasses.replace(outcome, reason=self._without_key(outcome.reason))
         return outcome
+
+    def _tls_failure(self, exc: BaseException) -> Outcome:
+        """An SSL error: an untrusted certificate (said with its reason and the fix), or
+        another handshake failure (transient)."""
+        text = str(exc)
+        if not is_certificate_failure(text):
+            return Outcome(OutcomeKind.TRANSIENT, reason="TLS handshake failed")
+        return Outcome(OutcomeKind.UNTRUSTED, reason=(
+            f"the TLS certificate of {self.host} did not verify: {certificate_reason(text)} "
+            f"(trusting: {self.trust.description}); {FIX}"))
+
+    def probe(self) -> Outcome:
+        """One ``HEAD`` of the API's base URL, through the same trust and proxies as the
+        events, without the key: whether the API can be reached and its certificate
+        verifies. Any HTTP answer counts as reached."""
+        try:
+            response = self._session.head(self.api_url, timeout=self.timeout,
+                                          allow_redirects=False, verify=self.trust.verify,
+                                          proxies=self._proxies)
+            response.close()
+            return Outcome(OutcomeKind.DELIVERED, status=response.status_code)
+        except requests.exceptions.SSLError as exc:
+            return self._tls_failure(exc)
+        except requests.Timeout:
+            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
+        except requests.ConnectionError as exc:
+            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
+        except Exception as exc:
+            return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
 
     def _without_key(self, text: str) -> str:
         """Remove the key (and anything shaped like one) from text the server sent back."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -47,7 +48,9 @@ class Scripted:
 class FakeApi:
     """A threaded HTTP/1.1 server recording every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: Optional[ssl.SSLContext] = None,
+                 host_name: str = "127.0.0.1") -> None:
+        self.host_name = host_name
         self.captured: list[Captured] = []
         self.mode = "ok"
         self.delay = 0.0
@@ -114,12 +117,19 @@ class FakeApi:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if ssl_context is not None:  # a TLS server: the handshake happens at accept
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{self.host_name}:{self.port}"
 
     def start(self) -> FakeApi:
         self._thread.start()
