@@ -326,9 +326,12 @@ class DeliveryEngine:
             now = self.clock()
             self._record_settled(now)
             try:
-                return self.outbox.next_due(now) is None
+                empty = self.outbox.next_due(now) is None
             except SpoolError:
                 return False
+            if empty:
+                self.counters.clear_error()  # nothing left to deliver: all is well
+            return empty
 
     def status(self) -> str:
         """A word for ``stats()``: held, idle, sending, backing_off, or the pause's mode."""

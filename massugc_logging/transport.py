@@ -36,6 +36,7 @@ import json
 # fork at that moment leaves the child with that module's import lock held forever
 # and its sender deadlocked; importing it here, once, closes that window.
 import netrc  # noqa: F401
+import os
 import platform
 import socket
 import threading
@@ -44,11 +45,14 @@ from collections.abc import Mapping
 from typing import Any, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
+import certifi
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager, ProxyManager
+from urllib3.response import BaseHTTPResponse
+from urllib3.util import make_headers, parse_url
 
 from massugc_logging._version import __version__
 from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
@@ -69,8 +73,8 @@ _MAX_RESPONSE_BYTES = 64 * 1024
 _MAX_REASON_CHARS = 300
 
 
-#: Sessions inherited across fork, kept so their finalizers never touch the parent's sockets.
-_INHERITED_SESSIONS: list[requests.Session] = []
+#: Pools inherited across fork, kept so their finalizers never touch the parent's sockets.
+_INHERITED_POOLS: list[PoolManager] = []
 
 
 class TransportError(Exception):
@@ -116,32 +120,35 @@ class _TrackedHTTPSPool(HTTPSConnectionPool):
 _TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
 
 
-class _AbortableAdapter(HTTPAdapter):
-    """An adapter whose connections can be cut off from another thread.
+def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str]) -> PoolManager:
+    """A urllib3 pool manager for one API: verifying by ``trust``, ``maxsize`` keep-alive
+    connections, through ``proxy`` if one is set (a CONNECT tunnel for https).
 
-    ``requests``' timeouts bound each socket operation, not the request: a server
-    that trickles its answer a byte at a time can hold a request for ever. The
-    delivery engine enforces an overall deadline by shutting down the socket of
-    the connection the request is using (see :meth:`Transport.abort`).
+    Its connections are tracked, so that another thread can cut a request off at its
+    deadline: ``requests``' and urllib3's timeouts bound each socket operation, not the
+    request, and a server that trickles its answer a byte at a time could hold one for
+    ever (see :meth:`Transport.abort`).
     """
+    tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    if trust.ssl_context is not None:
+        tls["ssl_context"] = trust.ssl_context
+    elif isinstance(trust.verify, str):
+        tls["ca_cert_dir" if os.path.isdir(trust.verify) else "ca_certs"] = trust.verify
+    else:
+        tls["ca_certs"] = certifi.where()
+    options: dict[str, Any] = {"num_pools": 2, "maxsize": maxsize, "block": False, **tls}
+    if proxy is None:
+        manager = PoolManager(**options)
+    elif proxy.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415 - needs PySocks
 
-    def __init__(self, *args: Any, ssl_context: Any = None, **kwargs: Any) -> None:
-        self._ssl_context = ssl_context  # set before the base class builds its pool manager
-        super().__init__(*args, **kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._ssl_context is not None:
-            kwargs["ssl_context"] = self._ssl_context
-        super().init_poolmanager(*args, **kwargs)
-        _track(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
-        if self._ssl_context is not None:
-            kwargs["ssl_context"] = self._ssl_context
-        manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
-        if isinstance(manager, ProxyManager):  # SOCKS managers keep their own pools
-            _track(manager)
-        return manager
+        return SOCKSProxyManager(proxy, **options)
+    else:
+        auth = parse_url(proxy).auth
+        headers = make_headers(proxy_basic_auth=auth) if auth else None
+        manager = ProxyManager(proxy, proxy_headers=headers, **options)
+    _track(manager)
+    return manager
 
 
 def _track(manager: PoolManager) -> None:
@@ -217,7 +224,13 @@ def _reason_from_body(body: Any, fallback: str) -> str:
 
 
 class Transport:
-    """Posts events to ``{api_url}{endpoint}`` over one keep-alive session."""
+    """Posts events to ``{api_url}{endpoint}`` over keep-alive connections.
+
+    It speaks urllib3 directly: for one small POST at a time the layers of a
+    ``requests`` session (cookies, hooks, redirects, per-request settings) cost
+    more CPU than the request itself on a fast network. ``requests`` is used
+    for what it does best here: reading the proxy variables as everyone expects.
+    """
 
     def __init__(
         self,
@@ -227,7 +240,6 @@ class Transport:
         endpoint: str = DEFAULT_ENDPOINT,
         timeout: Timeout = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
-        session: Optional[requests.Session] = None,
         max_connections: int = 1,
         ca_bundle: Optional[str] = None,
     ) -> None:
@@ -241,41 +253,40 @@ class Transport:
             endpoint = "/" + endpoint
         self.url = self.api_url + endpoint
         self.timeout = _coerce_timeout(timeout)
+        self._timeouts = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._key = api_key
         self._user_agent = user_agent()
         self._max_connections = max(1, int(max_connections))
         self._sending: set[int] = set()
-        self._session = session or self._new_session()
         # The environment is read once, here, not on every request: proxies follow
         # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as requests would, and ~/.netrc (which
         # could add an Authorization header to our requests) is never consulted.
         # Loopback traffic is allowed in plain http because it stays on this
         # machine: a proxy would carry the key off it, so loopback never uses one.
-        self._proxies: dict[str, str] = (
-            {} if is_loopback(self.host) else requests.utils.get_environ_proxies(self.url))
+        self._proxy: Optional[str] = None if is_loopback(self.host) else \
+            requests.utils.select_proxy(self.url, requests.utils.get_environ_proxies(self.url))
+        self._path = urlsplit(self.url).path or "/"
+        self._pool = self._new_pool()
 
     def __repr__(self) -> str:
         key = "set" if self._key is not None else "missing"
         return f"<Transport url={self.url!r} key={key}>"
 
-    def _new_session(self) -> requests.Session:
-        """A session with retries off (the sender owns retrying) and one keep-alive
-        connection per request that may be in flight at once."""
-        session = requests.Session()
-        session.trust_env = False
-        adapter = _AbortableAdapter(pool_connections=1, pool_maxsize=self._max_connections,
-                                    max_retries=0, ssl_context=self.trust.ssl_context)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        session.verify = self.trust.verify
-        return session
+    def _new_pool(self) -> PoolManager:
+        manager = _pool_manager(self.trust, self._max_connections, self._proxy)
+        # One host: its connection pool is looked up once, not parsed from the URL on
+        # every request. Plain http through a proxy needs the manager (absolute URLs).
+        self._host_pool: Optional[HTTPConnectionPool] = (
+            manager.connection_from_url(self.url)
+            if self._proxy is None or self.url.startswith("https:") else None)
+        return manager
 
     def renew_session(self) -> None:
-        """Start a new session in a forked child; the parent's pooled sockets are
+        """Start new connections in a forked child; the parent's pooled sockets are
         left alone (closing a shared socket here would not disturb the parent, but
         using one would interleave two processes' requests)."""
-        _INHERITED_SESSIONS.append(self._session)
-        self._session = self._new_session()
+        _INHERITED_POOLS.append(self._pool)
+        self._pool = self._new_pool()
 
     def set_key(self, api_key: Optional[SecretKey]) -> None:
         """Use a new API key from the next request on."""
@@ -328,36 +339,41 @@ class Transport:
             "Idempotency-Key": event_id,
         }
         try:
-            # A prepared request sent directly skips the per-request merging of session
-            # and environment settings, which dominates the cost on a fast network.
-            request = requests.PreparedRequest()
-            request.prepare(method="POST", url=self.url, headers=headers, data=body)
-            response = self._session.send(
-                request,
-                timeout=self.timeout,
-                allow_redirects=False,
-                stream=True,
-                verify=self.trust.verify,
-                proxies=self._proxies,
-            )
-        except requests.exceptions.SSLError as exc:
-            return self._tls_failure(exc)
-        except requests.Timeout:
-            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
-        except requests.ConnectionError as exc:
-            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
-        except requests.RequestException as exc:
-            return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
+            if self._host_pool is not None:
+                response = self._host_pool.urlopen(
+                    "POST", self._path, body=body, headers=headers, retries=False,
+                    redirect=False, timeout=self._timeouts, preload_content=False)
+            else:
+                response = self._pool.urlopen(
+                    "POST", self.url, body=body, headers=headers, retries=False,
+                    redirect=False, timeout=self._timeouts, preload_content=False,
+                    assert_same_host=False)
+        except Exception as exc:
+            return self._failure(exc)
         try:
             raw = _read_bounded(response)
         except Exception:
             raw = b""  # for a 2xx the event is in: the server said so before the body stalled
-        finally:
             response.close()
-        outcome = classify_response(response.status_code, response.headers, raw, now=time.time())
+        outcome = classify_response(response.status, response.headers, raw, now=time.time())
         if outcome.reason:
             outcome = dataclasses.replace(outcome, reason=self._without_key(outcome.reason))
         return outcome
+
+    def _failure(self, exc: BaseException) -> Outcome:
+        """A request that got no answer, as an outcome (urllib3's errors end here)."""
+        if isinstance(exc, urllib3.exceptions.SSLError):
+            return self._tls_failure(exc)
+        if isinstance(exc, urllib3.exceptions.ProxyError):
+            return Outcome(OutcomeKind.TRANSIENT, reason="the proxy refused or failed the "
+                           "connection; check HTTPS_PROXY and NO_PROXY")
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):
+            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
+        if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
+        if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
+        return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
 
     def _tls_failure(self, exc: BaseException) -> Outcome:
         """An SSL error: an untrusted certificate (said with its reason and the fix), or
@@ -374,19 +390,14 @@ class Transport:
         events, without the key: whether the API can be reached and its certificate
         verifies. Any HTTP answer counts as reached."""
         try:
-            response = self._session.head(self.api_url, timeout=self.timeout,
-                                          allow_redirects=False, verify=self.trust.verify,
-                                          proxies=self._proxies)
-            response.close()
-            return Outcome(OutcomeKind.DELIVERED, status=response.status_code)
-        except requests.exceptions.SSLError as exc:
-            return self._tls_failure(exc)
-        except requests.Timeout:
-            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
-        except requests.ConnectionError as exc:
-            return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
+            response = self._pool.urlopen(
+                "HEAD", self.api_url + "/", retries=False, redirect=False,
+                timeout=self._timeouts, preload_content=False, assert_same_host=False,
+                headers={"User-Agent": self._user_agent})
         except Exception as exc:
-            return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
+            return self._failure(exc)
+        response.close()
+        return Outcome(OutcomeKind.DELIVERED, status=response.status)
 
     def _without_key(self, text: str) -> str:
         """Remove the key (and anything shaped like one) from text the server sent back."""
@@ -397,20 +408,19 @@ class Transport:
     def close(self) -> None:
         """Close pooled connections."""
         with contextlib.suppress(Exception):
-            self._session.close()
+            self._pool.clear()
 
 
-def _read_bounded(response: requests.Response) -> bytes:
+def _read_bounded(response: BaseHTTPResponse) -> bytes:
     """The response body, at most ``_MAX_RESPONSE_BYTES`` of it (a hostile server cannot
-    make the sender buffer megabytes)."""
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=8192):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= _MAX_RESPONSE_BYTES:
-            break
-    return b"".join(chunks)[:_MAX_RESPONSE_BYTES]
+    make the sender buffer megabytes); the connection goes back to the pool only when
+    the whole body was read."""
+    raw = response.read(_MAX_RESPONSE_BYTES)
+    if response.length_remaining != 0 and response.read(1):
+        response.close()  # more than we take: this connection is not reused
+    else:
+        response.release_conn()
+    return raw
 
 
 def _coerce_timeout(timeout: Any) -> tuple[float, float]:

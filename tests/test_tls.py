@@ -72,7 +72,7 @@ def test_default_trust_rejects_a_private_ca_and_says_what_to_do(
     assert not handler.flush(3)
     stats = handler.stats()
     assert stats["state"] == "circuit_open" and stats["pending"] == 5 and stats["sent"] == 0
-    assert stats["retried"] <= 3  # probed slowly, not hammered
+    assert stats["retried"] <= 5  # probed about a second apart and slower, not hammered
     assert secure_api.captured == []
     lines = [r.getMessage() for r in caplog.records
              if r.levelno >= logging.WARNING and r.name.startswith("massugc_logging")]
