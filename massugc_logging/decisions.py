@@ -46,6 +46,9 @@ from massugc_logging.retry import (
     probe_delay,
 )
 
+#: No pause is longer than this (``max_retry_after`` is an hour by default).
+PAUSE_HORIZON = 2 * 3600.0
+
 
 class Mode(enum.Enum):
     """Whether sending is open, and if not, why."""
@@ -106,8 +109,12 @@ class SendState:
         return cls(max_in_flight=max(1, int(max_in_flight)))
 
     def slots(self, now: float) -> int:
-        """How many requests may be in flight at ``now`` (0 while paused)."""
-        if now < self.resume_at:
+        """How many requests may be in flight at ``now`` (0 while paused).
+
+        A pause ending further ahead than any pause is ever set can only come from a
+        wall clock set back: it is over.
+        """
+        if now < self.resume_at <= now + PAUSE_HORIZON:
             return 0
         if self.mode is not Mode.SENDING:
             return 1  # one probe at a time
@@ -195,14 +202,20 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
         limit, reduced_at = max(1.0, state.limit / 2.0), now
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
 
+    probing = state.mode is not Mode.SENDING and sent_at >= state.opened_at
     if outcome.retry_after is not None:
-        resume = max(state.resume_at, now + capped_retry_after(policy, outcome.retry_after))
-        paused = replace(after, mode=Mode.RATE_LIMITED, resume_at=resume,
+        # The server's pause, but never shorter than the probe spacing: a Retry-After
+        # of 0 (or a date in the past) on every answer must not become a tight loop.
+        probes = state.failed_probes + 1 if probing else 0
+        pause = max(capped_retry_after(policy, outcome.retry_after),
+                    probe_delay(policy, probes, rng))
+        resume = max(state.resume_at, now + pause)
+        paused = replace(after, mode=Mode.RATE_LIMITED, resume_at=resume, failed_probes=probes,
                          opened_at=now if state.mode is Mode.SENDING else state.opened_at)
         return EventDecision(EventAction.RETRY, now), paused
 
-    if state.mode is Mode.AUTH_PAUSED:
-        return EventDecision(EventAction.RETRY, now), after
+    if state.mode is Mode.AUTH_PAUSED and not probing:
+        return EventDecision(EventAction.RETRY, now), after  # sent before the pause began
 
     if state.mode is not Mode.SENDING:
         if sent_at >= state.opened_at:  # this was the probe: space the next one further out

@@ -113,7 +113,7 @@ class DeliveryEngine:
 
     def take(self, worker: Optional[int] = None) -> Optional[SpooledEvent]:
         """The next event to send now, marked in flight; None when none may go now."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             if self._stopped or self.hold is not None:
                 return None
             now = self.clock()
@@ -143,7 +143,7 @@ class DeliveryEngine:
 
     def settle(self, event: SpooledEvent, outcome: Outcome) -> EventAction:
         """Act on one outcome: what becomes of the event, and of sending as a whole."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             now = self.clock()
             flight = self._in_flight.pop(event.row_id, None)
             sent_at = flight.sent_at if flight else now
@@ -251,7 +251,7 @@ class DeliveryEngine:
 
     def key_changed(self) -> None:
         """A new key: lift a hold for a missing or bad key, and end a pause for a refused one."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             if self.hold in (Hold.NO_KEY, Hold.BAD_KEY):
                 self.hold = None
             self.state = on_new_key(self.state)
@@ -259,12 +259,12 @@ class DeliveryEngine:
 
     def set_hold(self, hold: Optional[Hold]) -> None:
         """Hold all sending for a configuration problem (None lifts it)."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             self.hold = hold
 
     def stop(self) -> None:
         """Hand out nothing more and ignore late outcomes (the next run settles them)."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             now = self.clock()
             self._record_settled(now)
             self._stopped = True
@@ -272,7 +272,7 @@ class DeliveryEngine:
 
     def abort_overdue(self, deadline_seconds: float) -> list[int]:
         """Mark requests in flight longer than ``deadline_seconds``; return their workers."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             now = self.clock()
             overdue = [f for rid, f in self._in_flight.items()
                        if now - f.sent_at >= deadline_seconds and rid not in self._aborted]
@@ -286,9 +286,9 @@ class DeliveryEngine:
         return len(self._in_flight)
 
     def earliest_sent_at(self) -> Optional[float]:
-        """When the oldest request in flight started."""
-        with self._lock:
-            times = [f.sent_at for f in self._in_flight.values()]
+        """When the oldest request in flight started that has not been cut off yet."""
+        with self.diagnostics.deferred(), self._lock:
+            times = [f.sent_at for rid, f in self._in_flight.items() if rid not in self._aborted]
         return min(times) if times else None
 
     def next_wake(self) -> Optional[float]:
@@ -297,7 +297,7 @@ class DeliveryEngine:
         With requests in flight and no free slot, the answer is None too: their
         outcomes wake the caller.
         """
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             if self._stopped or self.hold is not None:
                 return None
             now = self.clock()
@@ -320,7 +320,7 @@ class DeliveryEngine:
 
     def quiet(self) -> bool:
         """True when nothing is in flight and the outbox holds nothing for this engine."""
-        with self._lock:
+        with self.diagnostics.deferred(), self._lock:
             if self._in_flight or self._ready:
                 return False
             now = self.clock()
@@ -395,6 +395,9 @@ class DeliveryWorkers:
 
     def _init_runtime(self) -> None:
         self._wake = threading.Condition(threading.Lock())
+        #: Bumped (under ``_wake``) whenever there may be new work: a worker that saw
+        #: no work waits only if nothing changed since it last looked.
+        self._generation = 0
         self._settled = threading.Condition(threading.Lock())
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -419,6 +422,7 @@ class DeliveryWorkers:
     def wake(self) -> None:
         """Something changed (new events, a new key): look again."""
         with self._wake:
+            self._generation += 1
             self._wake.notify_all()
 
     def stop(self, deadline: float) -> bool:
@@ -426,6 +430,7 @@ class DeliveryWorkers:
         self.engine.stop()
         with self._wake:
             self._stopping = True
+            self._generation += 1
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -453,15 +458,23 @@ class DeliveryWorkers:
     def _work(self) -> None:
         ident = threading.get_ident()
         engine = self.engine
-        while True:
-            with self._wake:
-                if self._stopping:
-                    return
+        while not self._stopping:
+            try:
+                with self._wake:
+                    generation = self._generation
+                # No lock of the workers' is held here: the engine may say something
+                # (which logs), and closing may be waiting for the logging module's lock.
                 event = engine.take(worker=ident)
                 if event is None:
-                    self._wake.wait(self._idle_timeout())
-                    self._cut_off_overdue()
+                    self._idle(generation)
                     continue
+            except Exception as exc:  # a bug must not kill a worker: pause, then carry on
+                engine.diagnostics.say_once("delivery:error", logging.ERROR,
+                                            "CloudHandler's delivery hit %s; it carries on.",
+                                            type(exc).__name__)
+                with self._wake:
+                    self._wake.wait(1.0)
+                continue
             try:
                 outcome = engine.send(event)
             except Exception as exc:  # send never raises; a bug in it must not kill a worker
@@ -473,9 +486,19 @@ class DeliveryWorkers:
                                             "CloudHandler's delivery hit %s; it carries on.",
                                             type(exc).__name__)
             with self._wake:
+                self._generation += 1
                 self._wake.notify()  # a slot is free: one idle worker may take it
             with self._settled:
                 self._settled.notify_all()
+
+    def _idle(self, generation: int) -> None:
+        """Sleep until the next due time or request deadline, unless something changed
+        since ``generation``; then cut off requests past their deadline."""
+        timeout = self._idle_timeout()
+        with self._wake:
+            if self._generation == generation and not self._stopping:
+                self._wake.wait(timeout)
+        self._cut_off_overdue()
 
     def _idle_timeout(self) -> Optional[float]:
         """How long an idle worker sleeps: until the next due time or request deadline."""

@@ -200,7 +200,7 @@ class CloudHandler(UnlockedHandler):
         if spool_max_age is not None:
             limits["max_age"] = float(spool_max_age)
         self._spool_limits = limits
-        self._outbox = open_outbox(spool_path, limits, self.diagnostics)
+        self._outbox = open_outbox(spool_path, limits, self.diagnostics, self.counters.drop)
         self._build_pipeline()
         _register_fork_hooks(self)
         self._start()

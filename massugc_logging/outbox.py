@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.spool import (
@@ -41,7 +43,22 @@ from massugc_logging.spool import (
 #: While the file is busy, each write waits this long for the lock before using memory.
 BUSY_RETRY_WAIT = 0.2
 _BROKEN_RETRY_FIRST = 1.0
+#: At close, how long moving the memory backlog to a busy file may wait for its lock.
+_CLOSE_WAIT = 1.0
 _BROKEN_RETRY_CAP = 60.0
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run a method under the outbox's lock: the intake, the delivery workers and
+    ``stats()`` use one outbox from three threads."""
+    @functools.wraps(method)
+    def run(self: FallbackOutbox, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 class FallbackOutbox:
@@ -52,6 +69,7 @@ class FallbackOutbox:
         memory: where events wait while the file cannot be used.
         on_problem: told of each switch to memory (to say so once, locally).
         on_recovered: told when the file is in use again, with how many events moved back.
+        on_dropped: told of events lost, by reason (the file's bound; memory at close).
         clock: monotonic seconds, for the retry pauses.
     """
 
@@ -65,6 +83,7 @@ class FallbackOutbox:
         path: Path,
         on_problem: Callable[[SpoolError], None],
         on_recovered: Callable[[int], None],
+        on_dropped: Callable[[str, int], None] = lambda reason, n: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path: Optional[Path] = path
@@ -72,7 +91,11 @@ class FallbackOutbox:
         self._memory = memory
         self._on_problem = on_problem
         self._on_recovered = on_recovered
+        self._on_dropped = on_dropped
         self._clock = clock
+        self._lock = threading.RLock()
+        #: Outcomes the file could not record yet; written with the next ones.
+        self._unsettled = Settlement()
         self._file: Optional[Spool] = None
         self._degraded = False
         self._busy = False
@@ -145,6 +168,8 @@ class FallbackOutbox:
             except SpoolError:
                 self._memory.put_back(movable)
                 raise
+            if added.dropped_full:
+                self._on_dropped("spool_full", added.dropped_full)
             for (event, _), new_id in zip(movable, added.row_ids):
                 if event.row_id in self._leased_from_memory:
                     self._moved[event.row_id] = new_id
@@ -155,12 +180,25 @@ class FallbackOutbox:
         file.set_busy_timeout(DEFAULT_BUSY_TIMEOUT)
         self._on_recovered(len(movable))
 
+    def _try_the_file_again(self, now: float) -> None:
+        """While degraded, with events in memory: move them to the file if it is usable
+        again (without waiting for the next write to find out)."""
+        if not self._degraded or not self._memory.pending_count():
+            return
+        file = self._usable_file()
+        if file is not None:
+            try:
+                self._recovered(file, now)
+            except SpoolError as exc:
+                self._degrade(exc)
+
     def _on_file(self, row_ids: Collection[int]) -> set[int]:
         """``row_ids`` with the file ids of events moved there added."""
         return set(row_ids) | {self._moved[r] for r in row_ids if r in self._moved}
 
     # -- the Outbox protocol ----------------------------------------------------
 
+    @_locked
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write ahead to the file; to memory while it cannot be used."""
         file = self._usable_file()
@@ -177,9 +215,11 @@ class FallbackOutbox:
                 return result
         return self._memory.add(events, now)
 
+    @_locked
     def lease(self, limit: int, now: float,
               exclude: Collection[int] = ()) -> list[SpooledEvent]:
         """Due events from memory and file together, oldest first."""
+        self._try_the_file_again(now)
         rows = self._memory.lease(limit, now, exclude)
         file = self._usable_file()
         if file is not None:
@@ -192,6 +232,7 @@ class FallbackOutbox:
         self._leased_from_memory.update(e.row_id for e in rows if e.row_id >= _MEMORY_ID_BASE)
         return rows
 
+    @_locked
     def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
         """The earliest due time across memory and file."""
         times = [self._memory.next_due(now, exclude)]
@@ -204,6 +245,7 @@ class FallbackOutbox:
         known = [t for t in times if t is not None]
         return min(known) if known else None
 
+    @_locked
     def settle(self, settlement: Settlement, now: float) -> None:
         """Send each outcome to the store that holds the event."""
         if self._moved:
@@ -226,12 +268,13 @@ class FallbackOutbox:
         self._leased_from_memory.difference_update(memory.delivered)
         self._leased_from_memory.difference_update(r for r, _ in memory.rescheduled)
         self._leased_from_memory.difference_update(d[0].row_id for d in memory.dead)
+        on_file = _joined(self._unsettled, on_file)
+        self._unsettled = Settlement()
         if on_file and self._file is not None:
             try:
                 self._file.settle(on_file, now)
             except SpoolError as exc:
-                # The outcomes are lost, not the events: delivered ones may be sent again
-                # (the Idempotency-Key lets the server drop them), others keep their schedule.
+                self._unsettled = on_file  # kept, and written with the next outcomes
                 self._degrade(exc)
 
     def _redirect(self, settlement: Settlement) -> Settlement:
@@ -248,6 +291,7 @@ class FallbackOutbox:
                        for e, status, reason in settlement.dead),
         )
 
+    @_locked
     def expire(self, now: float) -> int:
         """Drop events over the age bound, in both stores."""
         expired = self._memory.expire(now)
@@ -259,6 +303,7 @@ class FallbackOutbox:
                 self._degrade(exc)
         return expired
 
+    @_locked
     def pending_count(self) -> int:
         """Events waiting, in both stores (the file's as last readable)."""
         count = self._memory.pending_count()
@@ -267,6 +312,7 @@ class FallbackOutbox:
                 count += self._file.pending_count()
         return count
 
+    @_locked
     def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
         """Dead-lettered events, from the file and from memory."""
         dead = self._memory.dead_letters(limit)
@@ -275,19 +321,34 @@ class FallbackOutbox:
                 dead = self._file.dead_letters(limit) + dead
         return dead[:limit]
 
+    @_locked
     def release(self) -> None:
         """Give up this process's claims on the file's events."""
         if self._file is not None:
             with contextlib.suppress(SpoolError):
                 self._file.release()
 
+    @_locked
     def close(self) -> None:
-        """Close the file's connection; safe to call twice."""
+        """Move what waits in memory to the file if it can be written now, count the rest
+        as dropped, and close the file's connection; safe to call twice."""
+        left = self._memory.pending_count()
+        if left and self._degraded:
+            file = self._usable_file() or self._file
+            if file is not None:
+                with contextlib.suppress(SpoolError):
+                    file.set_busy_timeout(_CLOSE_WAIT)
+                    self._recovered(file, time.time())
+            left = self._memory.pending_count()
+        if left:
+            self._memory.take_all()
+            self._on_dropped("closed_in_memory", left)
         if self._file is not None:
             self._file.close()
 
     def prepare_fork(self) -> None:
-        """Before ``os.fork()``: hold both stores' locks."""
+        """Before ``os.fork()``: hold the outbox's and both stores' locks."""
+        self._lock.acquire()
         self._memory.prepare_fork()
         if self._file is not None:
             self._file.prepare_fork()
@@ -297,9 +358,11 @@ class FallbackOutbox:
         if self._file is not None:
             self._file.after_fork_parent()
         self._memory.after_fork_parent()
+        self._lock.release()
 
     def after_fork_child(self) -> None:
         """In the child: a connection of its own; the parent's memory backlog is the parent's."""
+        self._lock = threading.RLock()
         self._memory.after_fork_child()
         self._leased_from_memory = set()
         self._moved = {}
@@ -312,6 +375,13 @@ class FallbackOutbox:
 
 
 
+def _joined(first: Settlement, second: Settlement) -> Settlement:
+    if not first:
+        return second
+    return Settlement(first.delivered + second.delivered,
+                      first.rescheduled + second.rescheduled, first.dead + second.dead)
+
+
 def default_spool_path() -> Path:
     """The per-user data directory of the platform, e.g. ``~/.local/share/massugc-logging``."""
     import platformdirs  # noqa: PLC0415 - only needed when no spool_path is given
@@ -319,8 +389,8 @@ def default_spool_path() -> Path:
     return Path(platformdirs.user_data_dir("massugc-logging", appauthor=False)) / "spool.sqlite3"
 
 
-def open_outbox(spool_path: Any, limits: Mapping[str, Any],
-                diagnostics: Diagnostics) -> Union[FallbackOutbox, MemorySpool]:
+def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnostics,
+                on_dropped: Callable[[str, int], None]) -> Union[FallbackOutbox, MemorySpool]:
     """The outbox for a handler's ``spool_path``: the SQLite file (``"default"`` or empty:
     the platform's user data directory) behind its memory stand-in; memory alone for None.
     """
@@ -330,7 +400,8 @@ def open_outbox(spool_path: Any, limits: Mapping[str, Any],
     path = default_spool_path() if use_default else Path(str(spool_path)).expanduser()
     return FallbackOutbox(lambda: Spool(path, **limits), MemorySpool(**limits), path=path,
                           on_problem=lambda exc: spool_problem(diagnostics, exc),
-                          on_recovered=lambda moved: _spool_recovered(diagnostics, moved))
+                          on_recovered=lambda moved: _spool_recovered(diagnostics, moved),
+                          on_dropped=on_dropped)
 
 
 def spool_problem(diagnostics: Diagnostics, exc: SpoolError) -> None:

@@ -39,10 +39,11 @@ import netrc  # noqa: F401
 import os
 import platform
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import certifi
@@ -51,8 +52,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager, ProxyManager
-from urllib3.response import BaseHTTPResponse
-from urllib3.util import make_headers, parse_url
+from urllib3.util import make_headers
 
 from massugc_logging._version import __version__
 from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
@@ -66,6 +66,9 @@ from massugc_logging.trust import (
     is_certificate_failure,
     resolve_trust,
 )
+
+if TYPE_CHECKING:  # urllib3 2.x names its response base class; 1.26 has HTTPResponse only
+    from urllib3.response import BaseHTTPResponse
 
 Timeout = Union[float, tuple[float, float]]
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
@@ -144,8 +147,8 @@ def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str]) -> PoolManag
 
         return SOCKSProxyManager(proxy, **options)
     else:
-        auth = parse_url(proxy).auth
-        headers = make_headers(proxy_basic_auth=auth) if auth else None
+        user, password = requests.utils.get_auth_from_url(proxy)  # percent-decoded, as requests
+        headers = make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
         manager = ProxyManager(proxy, proxy_headers=headers, **options)
     _track(manager)
     return manager
@@ -284,8 +287,10 @@ class Transport:
     def renew_session(self) -> None:
         """Start new connections in a forked child; the parent's pooled sockets are
         left alone (closing a shared socket here would not disturb the parent, but
-        using one would interleave two processes' requests)."""
+        using one, or shutting one down, would cut into the parent's requests)."""
         _INHERITED_POOLS.append(self._pool)
+        self._sending = set()
+        _CONNECTION_OF_THREAD.clear()
         self._pool = self._new_pool()
 
     def set_key(self, api_key: Optional[SecretKey]) -> None:
@@ -364,6 +369,10 @@ class Transport:
         """A request that got no answer, as an outcome (urllib3's errors end here)."""
         if isinstance(exc, urllib3.exceptions.SSLError):
             return self._tls_failure(exc)
+        cause = getattr(exc, "original_error", None) or exc.__cause__
+        if isinstance(exc, urllib3.exceptions.ProxyError) and isinstance(
+                cause, (urllib3.exceptions.SSLError, ssl.SSLError)):
+            return self._tls_failure(cause)
         if isinstance(exc, urllib3.exceptions.ProxyError):
             return Outcome(OutcomeKind.TRANSIENT, reason="the proxy refused or failed the "
                            "connection; check HTTPS_PROXY and NO_PROXY")
@@ -465,6 +474,10 @@ def classify_response(
     if 200 <= status < 300:
         return Outcome(OutcomeKind.DELIVERED, status=status, response=body)
     fallback = f"HTTP {status}"
+    if status == 407:
+        return Outcome(OutcomeKind.TRANSIENT, status=status, reason=(
+            "the proxy asks for credentials (HTTP 407): check the user and password in "
+            "HTTPS_PROXY or HTTP_PROXY"))
     if status in (401, 403):
         return Outcome(OutcomeKind.AUTH, status=status,
                        reason=_reason_from_body(body, fallback), response=body)

@@ -166,3 +166,37 @@ def test_no_streak_shorter_than_the_threshold_opens_the_circuit(pattern: list[bo
     opened = any(s.mode is Mode.CIRCUIT_OPEN for _, s, _, _ in seen)
     if longest < POLICY.circuit_threshold:
         assert not opened
+
+
+def test_a_failed_probe_after_an_auth_pause_waits_before_the_next_one() -> None:
+    """403, the pause ends, the probe then meets a dead network: the next probe is spaced
+    out, not sent at once in a tight loop."""
+    _, state = on_outcome(POLICY, SendState.initial(4), REFUSED, attempts=1, sent_at=0.0,
+                          now=0.0, rng=lambda: 0.5)
+    probe_at = state.resume_at
+    _, state = on_outcome(POLICY, state, FAIL, attempts=2, sent_at=probe_at,
+                          now=probe_at + 0.01, rng=lambda: 0.5)
+    assert state.slots(probe_at + 0.02) == 0
+    assert state.resume_at >= probe_at + 0.5
+
+
+def test_retry_after_zero_on_every_answer_is_not_a_tight_loop() -> None:
+    """A server answering 503 with Retry-After: 0 every time is probed at a growing
+    spacing, like an open circuit."""
+    zero = Outcome(OutcomeKind.TRANSIENT, 503, retry_after=0.0)
+    state, now, gaps = SendState.initial(4), 0.0, []
+    for _ in range(12):
+        sent = max(now, state.resume_at)
+        _, state = on_outcome(POLICY, state, zero, attempts=1, sent_at=sent, now=sent,
+                              rng=lambda: 0.5)
+        gaps.append(state.resume_at - sent)
+        now = sent
+    assert min(gaps) >= 0.5 and gaps == sorted(gaps) and gaps[-1] > 5
+
+
+def test_a_pause_beyond_any_horizon_is_a_clock_set_back_and_is_over() -> None:
+    """A wall clock set back by a day must not stop sending for a day."""
+    _, state = on_outcome(POLICY, SendState.initial(4), REFUSED, attempts=1, sent_at=0.0,
+                          now=86_400.0, rng=lambda: 0.5)
+    assert state.slots(86_401.0) == 0
+    assert state.slots(1.0) == 1  # the clock went back a day: the pause is void

@@ -219,3 +219,14 @@ def test_after_stop_late_outcomes_leave_the_event_for_the_next_run() -> None:
     engine.stop()
     engine.settle(event, OK)
     assert outbox.pending_count() == 1 and engine.take() is None
+
+
+def test_a_request_already_cut_off_does_not_keep_idle_workers_awake() -> None:
+    """Once a request is cut off, its start no longer sets the idle workers' timeout (an
+    abort that cannot end it, such as during a DNS lookup, must not become polling)."""
+    engine, _, clock, _ = make(1, lambda n, t, e: OK)
+    assert engine.take(worker=1) is not None
+    assert engine.earliest_sent_at() == clock.now
+    clock.now += 20
+    assert engine.abort_overdue(10.0) == [1]
+    assert engine.earliest_sent_at() is None

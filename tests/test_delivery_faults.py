@@ -388,3 +388,51 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 """
 
+
+
+def test_close_under_the_logging_module_lock_does_not_deadlock_a_worker_that_logs(
+        api: FakeApi, tmp_path: Path) -> None:
+    """dictConfig closes handlers holding logging's module lock; a delivery worker saying
+    something for the first time (here: a 422) waits for that lock. It must not hold the
+    engine's lock meanwhile, or close() and the worker wait for each other for ever."""
+    handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=tmp_path / "s.db",
+                           shutdown_timeout=1)
+    log = logging.getLogger("massugc.jobs")
+    log.addHandler(handler)
+    log.error("job failed", extra={**JOB, "run_id": "warm-up"})  # a first request warms
+    assert api.wait_for_count(1, 5)                              # up the HTTP stack's loggers
+    api.respond_with(422, {"error": "validation_error", "message": "bad"})
+    # The worker's first say_once (for the 422) misses this cache and takes the module lock.
+    logging.getLogger("massugc_logging")._cache.clear()
+    with logging._lock:  # type: ignore[attr-defined] - what dictConfig holds while closing
+        log.error("job failed", extra=JOB)
+        assert api.wait_for_count(2, 5)
+        time.sleep(0.2)  # the worker is now settling the 422 and waits to log it
+        start = time.monotonic()
+        handler.close()  # as dictConfig does, on the thread that holds the lock
+        assert time.monotonic() - start < 5
+    log.removeHandler(handler)
+
+
+def test_the_memory_backlog_goes_to_the_file_at_close(tmp_path: Path) -> None:
+    """Events kept in memory while the spool was locked are written to the file at close
+    once it is free, not thrown away; what cannot be written is counted."""
+    from massugc_logging.outbox import FallbackOutbox
+    from massugc_logging.spool import MemorySpool
+
+    path = tmp_path / "s.db"
+    dropped: list[tuple[str, int]] = []
+    outbox = FallbackOutbox(lambda: Spool(path, busy_timeout=0.2), MemorySpool(), path=path,
+                            on_problem=lambda exc: None, on_recovered=lambda n: None,
+                            on_dropped=lambda reason, n: dropped.append((reason, n)))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    outbox.add([("e1", b"{}", time.time()), ("e2", b"{}", time.time())], time.time())
+    assert outbox.using_memory
+    locker.execute("ROLLBACK")
+    locker.close()
+    outbox.close()
+    kept = Spool(path)
+    assert [e.event_id for e in kept.pending()] == ["e1", "e2"]
+    kept.close()
+    assert dropped == []

@@ -94,3 +94,11 @@ def test_keep_alive_reuses_one_connection(api: FakeApi, key: str) -> None:
     assert len(api.captured) == 5
     assert api.connections() == 1
     transport.close()
+
+
+def test_a_proxy_asking_for_credentials_is_transient_not_a_rejected_event() -> None:
+    """407 comes from the proxy, not the API: the event is kept, and the reason says so."""
+    from massugc_logging.transport import OutcomeKind, classify_response
+
+    outcome = classify_response(407, {}, b"", now=0.0)
+    assert outcome.kind is OutcomeKind.TRANSIENT and "proxy" in outcome.reason
