@@ -2,14 +2,16 @@
 import logging
 import uuid
 
-from massugc_logging import configure
+from massugc_logging import configure, report_job
 
 configure("logging.yaml")  # environment from MASSUGC_ENV; development by default
 log = logging.getLogger("massugc.jobs")
-job = {"event_type": "video_generation", "job_name": "Spring Launch", "product": "Glow Serum",
-       "persona": "Tech Reviewer", "run_id": str(uuid.uuid4()), "workflow_type": "avatar"}
-log.info("job succeeded", extra={**job, "output_path": "renders/spring-launch.mp4"})
+job = {"job_name": "Spring Launch", "product": "Glow Serum", "persona": "Tech Reviewer",
+       "workflow_type": "avatar"}
+with report_job(log, {**job, "run_id": str(uuid.uuid4())}) as outcome:
+    outcome.succeeded("renders/spring-launch.mp4")
 try:
-    raise RuntimeError("ffmpeg exited with code 1: moov atom not found")
+    with report_job(log, {**job, "run_id": str(uuid.uuid4())}):  # a failure by exception
+        raise RuntimeError("ffmpeg exited with code 1: moov atom not found")
 except RuntimeError:
-    log.exception("job failed", extra={**job, "run_id": str(uuid.uuid4())})
+    pass  # reported once, with the exception's text; the app carries on

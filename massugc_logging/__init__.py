@@ -9,6 +9,7 @@ from massugc_logging._version import __version__
 from massugc_logging.client import UsageClient
 from massugc_logging.config import ConfigError, configure
 from massugc_logging.handler import CloudHandler
+from massugc_logging.jobs import JobReport, report_job
 from massugc_logging.keystore import ApiKey, InvalidApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import PayloadSettings, build_event
@@ -19,6 +20,7 @@ __all__ = [
     "CloudHandler",
     "ConfigError",
     "InvalidApiKey",
+    "JobReport",
     "KeyStore",
     "Outcome",
     "OutcomeKind",
@@ -28,4 +30,5 @@ __all__ = [
     "__version__",
     "build_event",
     "configure",
+    "report_job",
 ]

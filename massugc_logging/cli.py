@@ -34,6 +34,7 @@ from massugc_logging.config import (
     configure,
     describe_dictconfig_error,
     load_environment,
+    packaged_config_path,
 )
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.decisions import EventAction
@@ -93,12 +94,30 @@ def _spool_path(args: argparse.Namespace) -> Path:
 
 
 def _reference_config() -> Optional[Path]:
-    """``./logging.yaml``, else the repository's copy next to an editable install."""
-    for candidate in (Path("logging.yaml"),
-                      Path(__file__).resolve().parent.parent / "logging.yaml"):
+    """``./logging.yaml``, else the reference configuration shipped in the package."""
+    for candidate in (Path("logging.yaml"), packaged_config_path()):
         if candidate.is_file():
             return candidate
     return None
+
+
+def cmd_init(args: argparse.Namespace, out: _Output) -> int:
+    """Write the reference logging.yaml (development, test and production) to start from."""
+    target = Path(args.path)
+    if target.is_dir():
+        target = target / "logging.yaml"
+    if target.exists() and not args.force:
+        out.problem(f"{target} exists; nothing written. Pass --force to replace it")
+        return EXIT_PROBLEM
+    try:
+        target.write_bytes(packaged_config_path().read_bytes())
+    except OSError as exc:
+        out.problem(f"cannot write {target} ({exc.strerror or type(exc).__name__}); choose "
+                    "another path")
+        return EXIT_PROBLEM
+    out.say(f"wrote {target}: environments development, test and production; pick one with "
+            "MASSUGC_ENV, check it with 'massugc-logging check'")
+    return EXIT_OK
 
 
 _KEY_HINT = f"set {ENV_VAR} or run 'massugc-logging key set'"
@@ -282,8 +301,8 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     """Run simulated jobs through logging.yaml into a local collector; verify delivery."""
     config = Path(args.config) if args.config else _reference_config()
     if config is None:
-        out.problem("no logging.yaml found here; run from the repository root or pass "
-                    "--config PATH")
+        out.problem("no logging.yaml here and none shipped in the package; pass --config "
+                    "PATH, or write one with 'massugc-logging init'")
         return EXIT_PROBLEM
     workdir = Path(tempfile.mkdtemp(prefix="massugc-demo-"))
     try:
@@ -809,10 +828,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    init = sub.add_parser("init", help="write a starter logging.yaml",
+                          description="Write the reference logging.yaml (development, test "
+                          "and production environments) to PATH; an existing file is kept "
+                          "unless --force is given.")
+    init.add_argument("path", nargs="?", default="logging.yaml",
+                      help="where to write it (default: ./logging.yaml)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.set_defaults(func=cmd_init)
+
     demo = sub.add_parser("demo", help="run simulated jobs into a local collector and verify")
     demo.add_argument("--jobs", type=_positive_int, default=48,
                       help="how many jobs (default 48)")
-    demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml)")
+    demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml, else the "
+                      "reference configuration shipped in the package)")
     demo.add_argument("--keep-serving", action="store_true",
                       help="keep the collector running afterwards to browse its page")
     demo.set_defaults(func=cmd_demo)

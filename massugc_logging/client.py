@@ -23,7 +23,7 @@ from massugc_logging.redaction import (
     Redactor,
     system_redactor,
 )
-from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport
+from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport, app_headers
 
 
 class UsageClient:
@@ -39,6 +39,8 @@ class UsageClient:
         allow_insecure_http: bool = False,
         redactor: Optional[Redactor] = None,
         ca_bundle: Optional[str] = None,
+        user_agent: Optional[str] = None,
+        headers: Optional[Mapping[str, Any]] = None,
     ) -> None:
         key: Optional[ApiKey]
         if isinstance(api_key, ApiKey):
@@ -48,7 +50,7 @@ class UsageClient:
         self._transport = Transport(
             api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL,
             key, endpoint=endpoint, timeout=timeout, allow_insecure_http=allow_insecure_http,
-            ca_bundle=ca_bundle,
+            ca_bundle=ca_bundle, user_agent=user_agent, headers=app_headers(headers),
         )
         self._redactor = redactor or system_redactor()
 

@@ -19,6 +19,7 @@ import logging.config
 import logging.handlers
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -44,6 +45,27 @@ class _UnsetVariable(ConfigError):
 def default_config_path() -> Path:
     """``MASSUGC_LOGGING_CONFIG`` if set, else ``logging.yaml`` in the working directory."""
     return Path(os.environ.get("MASSUGC_LOGGING_CONFIG") or "logging.yaml")
+
+
+def packaged_config_path() -> Path:
+    """The reference ``logging.yaml`` shipped in the package (a copy of the repository's)."""
+    return Path(__file__).resolve().parent / "data" / "logging.yaml"
+
+
+def bundled_beside_frozen_app(path: Path) -> Path:
+    """For a relative ``path`` that is not in the working directory of a frozen app
+    (PyInstaller): the copy beside the executable, else the one bundled inside it
+    (``--add-data logging.yaml:.``); otherwise ``path`` unchanged."""
+    if path.is_absolute() or path.exists() or not getattr(sys, "frozen", False):
+        return path
+    places = [Path(sys.executable).resolve().parent]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        places.append(Path(bundle))
+    for place in places:
+        if (place / path).is_file():
+            return place / path
+    return path
 
 
 def _read_yaml(path: Path) -> Any:
@@ -200,7 +222,8 @@ def load_environment(
 
     With ``expand_variables=False`` the mapping is returned as written, unchecked.
     """
-    config_path = Path(path) if path is not None else default_config_path()
+    config_path = bundled_beside_frozen_app(
+        Path(path) if path is not None else default_config_path())
     merged_env = dict(os.environ)
     if environ is not None:
         merged_env.update(environ)

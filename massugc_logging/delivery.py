@@ -49,7 +49,7 @@ class Hold(enum.Enum):
 
     NO_KEY = "no API key is configured"
     BAD_KEY = "the API key is not valid"
-    BAD_URL = "the API URL or timeout is not usable"
+    BAD_URL = "the API URL, timeout, CA bundle or headers are not usable"
 
 
 @dataclass(frozen=True)

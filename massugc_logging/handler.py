@@ -51,8 +51,9 @@ from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import ExceptionSummary, build_event, capture_exception
 from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
+from massugc_logging.sigterm import install_sigterm_flush
 from massugc_logging.spool import MemorySpool, Spool, SpooledEvent, SpoolError
-from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport
+from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport, app_headers
 
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
@@ -108,6 +109,17 @@ class CloudHandler(UnlockedHandler):
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         ca_bundle: trust the CA certificates in this PEM file or directory (default:
             ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, else the system trust store).
+        flush_on_sigterm: on SIGTERM, write out what is queued and deliver what can be
+            delivered within ``shutdown_timeout`` (``logging.shutdown()``), then end the
+            process as SIGTERM would have. Only when SIGTERM still has its default
+            disposition and the handler is made on the main thread: an app's own
+            SIGTERM handler is never replaced.
+        user_agent: the ``User-Agent`` to send, e.g. the app's own
+            ``MassUGC-Desktop/<version> (<platform>)`` (default: this package's).
+        headers: extra static headers, e.g. ``{"X-Device-Fingerprint": ...}`` (default:
+            ``X-Device-Fingerprint`` from ``$MASSUGC_DEVICE_FINGERPRINT`` when set). They
+            can never replace ``X-API-Key``, ``Content-Type`` or ``Idempotency-Key``, and
+            their values are never logged.
         redact_patterns: extra regular expressions scrubbed from every string.
         error_message_limit, field_limit: caps in characters.
         classification_rules: extra failure-category rules, used for the opt-in
@@ -135,6 +147,9 @@ class CloudHandler(UnlockedHandler):
         spool_max_age: Optional[float] = None,
         allow_insecure_http: bool = False,
         ca_bundle: Optional[str] = None,
+        user_agent: Optional[str] = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        flush_on_sigterm: bool = False,
         redact_patterns: Sequence[str] = (),
         error_message_limit: int = 4096,
         field_limit: int = 256,
@@ -177,6 +192,7 @@ class CloudHandler(UnlockedHandler):
                 url, key, endpoint=endpoint, timeout=timeout,
                 allow_insecure_http=bool(allow_insecure_http),
                 max_connections=self._max_in_flight, ca_bundle=ca_bundle,
+                user_agent=user_agent, headers=app_headers(headers),
             )
         except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
@@ -204,6 +220,8 @@ class CloudHandler(UnlockedHandler):
         self._build_pipeline()
         _register_fork_hooks(self)
         self._start()
+        if flush_on_sigterm:
+            install_sigterm_flush(self.diagnostics)
 
     # -- set-up ---------------------------------------------------------------
 

@@ -38,6 +38,7 @@ import json
 import netrc  # noqa: F401
 import os
 import platform
+import re
 import socket
 import ssl
 import threading
@@ -209,7 +210,60 @@ def check_api_url(api_url: str, *, allow_insecure_http: bool = False) -> str:
     return api_url.strip().rstrip("/")
 
 
-def user_agent() -> str:
+#: Headers the transport owns: extra headers may never replace them.
+RESERVED_HEADERS = frozenset({"x-api-key", "content-type", "idempotency-key", "content-length",
+                              "host", "transfer-encoding"})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def check_headers(headers: Optional[Mapping[str, Any]],
+                  agent: Optional[str] = None) -> tuple[dict[str, str], Optional[str]]:
+    """Validate the app's extra static headers and User-Agent; return them as strings.
+
+    Error messages name the header, never its value (a device fingerprint is an
+    identifier the app may not want in a log).
+
+    Raises:
+        TransportError: a name that is not a header name, a reserved one
+            (``X-API-Key``, ``Content-Type``, ``Idempotency-Key``...), or a value with
+            a line break or another control character.
+    """
+    checked: dict[str, str] = {}
+    for raw_name, value in (headers or {}).items():
+        name = str(raw_name).strip()
+        if not _HEADER_NAME.match(name):
+            raise TransportError(f"headers: {name[:40]!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS or name.lower() == "user-agent":
+            hint = "; use user_agent" if name.lower() == "user-agent" else ""
+            raise TransportError(f"headers: {name} is set by the handler itself and cannot "
+                                 f"be replaced{hint}")
+        checked[name] = _header_value(name, value)
+    return checked, (None if agent is None else _header_value("user_agent", agent))
+
+
+#: Where the app may put its device fingerprint instead of the configuration.
+FINGERPRINT_VARIABLE = "MASSUGC_DEVICE_FINGERPRINT"
+
+
+def app_headers(headers: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The headers given, plus ``X-Device-Fingerprint`` from the environment when set
+    there and not given."""
+    merged = dict(headers or {})
+    fingerprint = os.environ.get(FINGERPRINT_VARIABLE, "").strip()
+    if fingerprint and not any(k.lower() == "x-device-fingerprint" for k in merged):
+        merged["X-Device-Fingerprint"] = fingerprint
+    return merged
+
+
+def _header_value(name: str, value: Any) -> str:
+    text = str(value)
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+        raise TransportError(f"headers: the value of {name} contains a line break or another "
+                             "control character; it would let it forge other headers")
+    return text.strip()
+
+
+def default_user_agent() -> str:
     """``massugc-logging/<version> (<platform>)``."""
     system = f"{platform.system() or 'unknown'} {platform.release()}".strip()
     return f"massugc-logging/{__version__} ({system}; Python {platform.python_version()})"
@@ -245,8 +299,11 @@ class Transport:
         allow_insecure_http: bool = False,
         max_connections: int = 1,
         ca_bundle: Optional[str] = None,
+        user_agent: Optional[str] = None,
+        headers: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.api_url = check_api_url(api_url, allow_insecure_http=allow_insecure_http)
+        self._extra_headers, agent = check_headers(headers, user_agent)
         try:
             self.trust: Trust = resolve_trust(ca_bundle)
         except TrustError as exc:
@@ -258,7 +315,7 @@ class Transport:
         self.timeout = _coerce_timeout(timeout)
         self._timeouts = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._key = api_key
-        self._user_agent = user_agent()
+        self._user_agent = agent or default_user_agent()
         self._max_connections = max(1, int(max_connections))
         self._sending: set[int] = set()
         # The environment is read once, here, not on every request: proxies follow
@@ -337,6 +394,7 @@ class Transport:
         if self._key is None:
             return Outcome(OutcomeKind.AUTH, reason="no API key configured")
         headers = {
+            **self._extra_headers,
             "X-API-Key": self._key.reveal(),
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -509,8 +567,10 @@ __all__ = [
     "Timeout",
     "Transport",
     "TransportError",
+    "app_headers",
     "check_api_url",
+    "check_headers",
     "classify_response",
+    "default_user_agent",
     "is_loopback",
-    "user_agent",
 ]

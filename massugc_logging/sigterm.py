@@ -1,0 +1,57 @@
+"""Flush on SIGTERM: the desktop shell stops the backend with SIGTERM.
+
+With Python's default disposition a SIGTERM ends the process at once, without
+``atexit`` and without ``logging.shutdown()``, so events still in the in-memory
+queue are lost. :func:`install_sigterm_flush` puts a Python handler in its place
+that runs ``logging.shutdown()`` (every handler flushes and closes: the cloud
+handler writes what is queued to the spool and delivers what it can within its
+``shutdown_timeout``) and then ends the process as the default disposition
+would, so the parent still sees a death by SIGTERM.
+
+It is installed only where that is safe and expected: on the main thread (the
+only one that may set signal handlers) and only while SIGTERM has its default
+disposition, so a handler the app installed is never replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Optional
+
+from massugc_logging.diagnostics import Diagnostics
+
+
+def install_sigterm_flush(diagnostics: Diagnostics) -> bool:
+    """Install the flushing SIGTERM handler if SIGTERM is at its default; True if it is
+    (now or already) ours."""
+    sigterm = getattr(signal, "SIGTERM", None)
+    if sigterm is None:
+        return False
+    current = signal.getsignal(sigterm)
+    if current is _flush_then_die:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        diagnostics.say_once("sigterm:thread", logging.WARNING,
+                             "CloudHandler: flush_on_sigterm needs the handler to be made on "
+                             "the main thread; SIGTERM keeps its current behaviour.")
+        return False
+    if current is not signal.SIG_DFL:
+        diagnostics.say_once("sigterm:taken", logging.INFO,
+                             "CloudHandler: the app has its own SIGTERM handler; "
+                             "flush_on_sigterm leaves it alone (call logging.shutdown() in it).")
+        return False
+    signal.signal(sigterm, _flush_then_die)
+    return True
+
+
+def _flush_then_die(signum: int, frame: Optional[FrameType]) -> None:
+    """Flush and close every logging handler, then die of the same signal."""
+    try:
+        logging.shutdown()
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

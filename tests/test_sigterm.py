@@ -1,0 +1,75 @@
+"""flush_on_sigterm: the desktop shell stops the backend with SIGTERM; nothing is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from fakeapi import FakeApi
+
+from massugc_logging import CloudHandler
+
+KEY = "massugc_" + "Ab3_dEf-9" * 3 + "Zq1x9"
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+
+
+def start_app(api_url: str, spool: Path, *, app_handler: bool = False) -> subprocess.Popen[str]:
+    code = f"""
+        import logging, signal, sys, time
+        if {app_handler!r}:
+            def mine(signum, frame):
+                print("app handler ran", flush=True)
+                sys.exit(7)
+            signal.signal(signal.SIGTERM, mine)
+        from massugc_logging import CloudHandler
+        handler = CloudHandler(api_url={api_url!r}, api_key={KEY!r}, spool_path={str(spool)!r},
+                               flush_on_sigterm=True, shutdown_timeout=3)
+        log = logging.getLogger("massugc.jobs")
+        log.addHandler(handler)
+        log.propagate = False
+        for i in range(300):
+            log.error("job failed", extra={{"event_type": "video_generation",
+                                           "run_id": f"r{{i}}", "error_message": "x"}})
+        print("emitted", flush=True)
+        time.sleep(60)
+    """
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+
+
+def test_events_logged_just_before_sigterm_are_delivered_in_that_run_or_the_next(
+        api: FakeApi, tmp_path: Path) -> None:
+    """SIGTERM a moment after a burst of 300 events: the process dies of SIGTERM as usual,
+    and every one of them arrives, in that run or from the spool in the next."""
+    spool = tmp_path / "spool.sqlite3"
+    proc = start_app(api.url, spool)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "emitted"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGTERM
+    handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=spool)
+    assert handler.flush(20)
+    handler.close()
+    runs = {c.json["job_data"]["run_id"] for c in api.captured}
+    assert runs == {f"r{i}" for i in range(300)}
+
+
+def test_an_apps_own_sigterm_handler_is_never_replaced(api: FakeApi, tmp_path: Path) -> None:
+    """With a SIGTERM handler of the app's, flush_on_sigterm leaves it in place."""
+    proc = start_app(api.url, tmp_path / "spool.sqlite3", app_handler=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "emitted"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert "app handler ran" in out
+    assert proc.returncode == 7
