@@ -32,6 +32,7 @@ from massugc_logging.config import (
     ENV_VARIABLE,
     ConfigError,
     configure,
+    default_config_path,
     describe_dictconfig_error,
     load_environment,
     packaged_config_path,
@@ -540,6 +541,8 @@ def _dry_run(config: dict[str, Any]) -> Optional[str]:
 
 def cmd_check(args: argparse.Namespace, out: _Output) -> int:
     """Validate a logging.yaml without sending anything."""
+    if args.path is None:
+        args.path = str(default_config_path())
     try:
         config, env_name = load_environment(args.path, args.env)
     except ConfigError as exc:
@@ -577,7 +580,6 @@ def _open_spool(args: argparse.Namespace, out: _Output) -> Any:
 
     path = _spool_path(args)
     if not path.exists():
-        out.problem(f"no spool at {path}; pass --spool PATH (or set MASSUGC_SPOOL_PATH)")
         return None
     try:
         return Spool(path)
@@ -596,6 +598,12 @@ def _iso(ts: float) -> str:
 
 def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
     """Inspect, replay, export or purge the spool."""
+    path = _spool_path(args)
+    if not path.exists():
+        # The normal state of a fresh install: nothing was ever kept for later.
+        out.say(f"nothing is kept yet: no spool at {path} (another one: --spool PATH or "
+                "MASSUGC_SPOOL_PATH)")
+        return EXIT_OK
     spool = _open_spool(args, out)
     if spool is None:
         return EXIT_PROBLEM
@@ -847,7 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="run the local collector (development and demos)")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=8765,
                        help="port to listen on (default 8765; 0 picks a free one)")
     serve.add_argument("--db", help="SQLite file to keep events in (default: memory)")
@@ -858,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send_test)
 
     check = sub.add_parser("check", help="validate a logging.yaml; no event is sent")
-    check.add_argument("path", help="the logging.yaml to check")
+    check.add_argument("path", nargs="?", default=None,
+                       help="the logging.yaml to check (default: $MASSUGC_LOGGING_CONFIG, "
+                       "else ./logging.yaml)")
     check.add_argument("--env", help=f"environment to check (default: ${ENV_VARIABLE} or the "
                                      "file's default_environment)")
     check.add_argument("--no-network", action="store_true", help="skip the reachability probe")
@@ -866,8 +877,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "directory (as the handler's ca_bundle)")
     check.set_defaults(func=cmd_check)
 
-    spool = sub.add_parser("spool", help="inspect, replay, export or purge the spool")
-    spool.add_argument("action", choices=sorted(_SPOOL_ACTIONS))
+    spool = sub.add_parser(
+        "spool", help="inspect, replay, export or purge the spool",
+        description="The spool keeps events not yet delivered. Actions: status (what is "
+        "kept, oldest and newest, dead letters); replay (deliver what is kept now, with the "
+        "handler's own delivery engine); export (JSON lines, --dead or --all for dead "
+        "letters); purge (delete, asks first; --dead-only, --yes).")
+    spool.add_argument("action", choices=sorted(_SPOOL_ACTIONS),
+                       help="status, replay, export or purge")
     spool.add_argument("--spool", help="spool file (default: $MASSUGC_SPOOL_PATH, else the "
                                        "platform's data directory)")
     _add_api_options(spool)
@@ -878,8 +895,13 @@ def build_parser() -> argparse.ArgumentParser:
     spool.add_argument("--yes", "-y", action="store_true", help="purge: do not ask")
     spool.set_defaults(func=cmd_spool)
 
-    key = sub.add_parser("key", help="set, show (masked), remove or migrate the API key")
-    key.add_argument("action", choices=["set", "show", "remove", "migrate"])
+    key = sub.add_parser(
+        "key", help="set, show (masked), remove or migrate the API key",
+        description="Actions: set (read the key from a hidden prompt or one line of standard "
+        "input, and store it); show (masked, with where it comes from); remove; migrate "
+        "(move the app's old base64 key file into the key store).")
+    key.add_argument("action", choices=["set", "show", "remove", "migrate"],
+                     help="set, show, remove or migrate")
     key.add_argument("--legacy-path", help="the app's old base64 key file")
     key.add_argument("--legacy", action="store_true", help="remove: the legacy file too")
     key.add_argument("--remove-legacy", action="store_true",
@@ -902,6 +924,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         out.problem("interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly. Python would otherwise
+        # report the pipe again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PROBLEM
 
 
 if __name__ == "__main__":

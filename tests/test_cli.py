@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from fakeapi import FakeApi, free_port
 
 from massugc_logging import __version__
 from massugc_logging.collector import Collector
+from massugc_logging.spool import Spool
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +151,7 @@ def test_no_command_prints_usage_and_exits_2(env: dict[str, str]) -> None:
     ["frobnicate"],
     ["spool", "frob"],
     ["key"],
-    ["check"],
+    ["check", "a.yaml", "b.yaml"],
     ["demo", "--jobs", "0"],
     ["demo", "--jobs", "many"],
     ["serve", "--port", "70000"],
@@ -496,14 +498,61 @@ def test_spool_status_uses_massugc_spool_path(env: dict[str, str], spool: Path) 
     assert f"pending events: {SPOOLED}" in result.stdout
 
 
-def test_spool_without_a_spool_file_says_how_to_point_at_one(env: dict[str, str],
-                                                             tmp_path: Path) -> None:
-    """spool status on a missing file: exit 1, names --spool, creates nothing."""
+@pytest.mark.parametrize("action", ["status", "export", "replay"])
+def test_no_spool_yet_is_the_normal_state_of_a_fresh_install(env: dict[str, str],
+                                                             tmp_path: Path,
+                                                             action: str) -> None:
+    """spool ACTION with no spool file: exit 0, nothing is kept yet, --spool named for
+    another file, and nothing is created."""
     missing = tmp_path / "none.sqlite3"
-    result = spool_cli(missing, "status", env=env)
-    assert result.returncode == 1
-    assert "--spool" in result.stderr
+    result = spool_cli(missing, action, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "nothing is kept yet" in result.stdout and "--spool" in result.stdout
     assert not missing.exists()
+
+
+def test_check_without_a_path_uses_the_configured_file_then_the_local_one(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """check with no PATH: $MASSUGC_LOGGING_CONFIG, else ./logging.yaml."""
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text((REPO / "logging.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    named = cli("check", "--no-network", "--env", "test",
+                env={**env, "MASSUGC_LOGGING_CONFIG": str(chosen)}, cwd=tmp_path)
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert f"checking {chosen}" in named.stdout
+    local = cli("check", "--no-network", "--env", "test", env=env, cwd=REPO)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "checking logging.yaml" in local.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly(env: dict[str, str], tmp_path: Path) -> None:
+    """massugc-logging spool status | head: no BrokenPipeError traceback."""
+    path = tmp_path / "spool.sqlite3"
+    store = Spool(path)
+    store.add([(f"e{i}", b"{}", 1000.0 + i) for i in range(3)], 1000.0)
+    store.close()
+    proc = subprocess.Popen([*CLI, "spool", "status", "--spool", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    proc.wait(30)
+    proc.stderr.close()
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize("command", ["spool", "key", "serve"])
+def test_every_subcommands_help_describes_its_actions_and_options(
+        env: dict[str, str], command: str) -> None:
+    """--help of spool, key and serve explains each action and option."""
+    result = cli(command, "--help", env=env)
+    assert result.returncode == 0
+    words = {"spool": ["status", "replay", "export", "purge"],
+             "key": ["set", "show", "remove", "migrate"],
+             "serve": ["--host", "address", "--port"]}[command]
+    assert all(w in result.stdout for w in words)
+    assert "(" in result.stdout  # explained, not just listed
 
 
 def test_spool_replay_delivers_everything_and_empties_the_spool(
@@ -798,3 +847,25 @@ def test_send_test_uses_the_key_stored_with_key_set(env: dict[str, str],
     result = cli("send-test", "--api-url", collector.url, env=env)
     assert result.returncode == 0, result.stderr
     assert len(collector.events()) == 1
+
+
+def test_serve_exits_within_half_a_second_of_sigterm(env: dict[str, str]) -> None:
+    """The collector stops promptly on SIGTERM, even with a keep-alive client connected."""
+    import http.client
+
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    url = proc.stdout.readline().split(" on ")[1].split()[0]
+    host, port = url.split("//")[1].split(":")
+    client = http.client.HTTPConnection(host, int(port), timeout=5)
+    client.request("GET", "/api/stats")
+    client.getresponse().read()  # the connection stays open (keep-alive)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    took = time.monotonic() - start
+    client.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.returncode == 0 and took < 0.5
