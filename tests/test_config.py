@@ -314,3 +314,19 @@ def test_expand_leaves_bare_dollar_words_alone() -> None:
 def test_expand_replaces_several_references_in_one_string() -> None:
     """Several references in one string are each replaced."""
     assert expand("${A}:${B:-2}", {"A": "1"}) == "1:2"
+
+
+def test_the_configuration_check_is_a_library_function(tmp_path: Path) -> None:
+    """check_configuration gives the CLI's verdict as values: notes and problems."""
+    from massugc_logging.checks import check_configuration
+
+    repo = Path(__file__).resolve().parent.parent
+    good = check_configuration(repo / "logging.yaml", "test", probe=False)
+    assert good.ok and good.environment == "test"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nhandlers:\n  cloud:\n    class: massugc_logging.CloudHandler\n"
+                   "    api_url: http://api.example.com\n    spool_path: null\n"
+                   "root:\n  handlers: [cloud]\n", encoding="utf-8")
+    verdict = check_configuration(bad, probe=False)
+    assert not verdict.ok
+    assert any("insecure" in p and "https" in p for p in verdict.problems)

@@ -1,0 +1,7 @@
+"""``python -m massugc_logging.cli``."""
+
+import sys
+
+from massugc_logging.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""What every command shares: output and exit codes, the API URL, key and transport
+from the options, and option parsers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from massugc_logging.checks import KEY_HINT, key_problem
+from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
+from massugc_logging.keystore import KeyStore, KeyStoreError
+from massugc_logging.outbox import default_spool_path
+from massugc_logging.transport import (
+    InsecureURLError,
+    Transport,
+    TransportError,
+)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+_KEY_HINT = KEY_HINT
+_key_problem = key_problem
+
+
+class _Output:
+    """Plain-text output: results on stdout, progress and problems on stderr."""
+
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.out, self.err = out, err
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def problem(self, text: str) -> None:
+        print(f"massugc-logging: {text}", file=self.err, flush=True)
+
+    def progress(self, done: int, total: int, label: str) -> None:
+        """A one-line progress bar on stderr (redrawn in place on a terminal)."""
+        width = 30
+        filled = width if total == 0 else int(width * done / total)
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if done >= total or not self.err.isatty() else "\r"
+        if self.err.isatty() or done >= total or done % max(1, total // 10) == 0:
+            print(f"{label} [{bar}] {done}/{total}", end=end, file=self.err, flush=True)
+
+
+# -- shared helpers -----------------------------------------------------------------
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "api_url", None) or os.environ.get("MASSUGC_API_URL")
+               or PRODUCTION_API_URL)
+
+
+def _spool_path(args: argparse.Namespace) -> Path:
+
+    given = getattr(args, "spool", None) or os.environ.get("MASSUGC_SPOOL_PATH")
+    return Path(given).expanduser() if given else default_spool_path()
+
+
+def _url_problem(exc: Exception) -> str:
+    """A refused API URL with the command line's way out."""
+    if isinstance(exc, InsecureURLError):
+        return (f"{exc} (on the command line: --allow-insecure-http; better, use "
+                "https:// with --api-url or MASSUGC_API_URL)")
+    return f"{exc}; fix --api-url or MASSUGC_API_URL"
+
+
+def _transport(args: argparse.Namespace, out: _Output) -> Any:
+    """A transport for the configured API and key, or None after saying why."""
+
+    try:
+        key, _source = KeyStore().resolve(getattr(args, "api_key", None))
+    except KeyStoreError as exc:
+        out.problem(_key_problem(exc))
+        return None
+    if key is None:
+        out.problem(f"no API key: {_KEY_HINT}")
+        return None
+    try:
+        return Transport(_api_url(args), key,
+                         endpoint=getattr(args, "endpoint", None) or DEFAULT_ENDPOINT,
+                         timeout=(3.05, 10.0),
+                         allow_insecure_http=getattr(args, "allow_insecure_http", False),
+                         ca_bundle=getattr(args, "ca_bundle", None))
+    except (TransportError, ValueError) as exc:
+        out.problem(_url_problem(exc))
+        return None
+
+
+def _describe(outcome: Any) -> str:
+    status = f"HTTP {outcome.status}" if outcome.status is not None else "no response"
+    reason = f": {outcome.reason}" if outcome.reason else ""
+    return f"{outcome.kind.value} ({status}{reason})"
+
+
+# -- serve --------------------------------------------------------------------------
+
+
+def _add_api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-url", help="API base URL (default: $MASSUGC_API_URL, else production)")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
+                   help=f"usage-log path (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--allow-insecure-http", action="store_true",
+                   help="allow plain http:// to a host that is not loopback")
+    p.add_argument("--ca-bundle", help="trust the CA certificates in this PEM file or directory "
+                   "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system trust store)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too small; give 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (0 to 65535; "
+                                         "0 picks a free one)")
+    return value

@@ -1,0 +1,43 @@
+"""``init``: write the reference logging.yaml to start from."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from massugc_logging.cli._common import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    _Output,
+)
+from massugc_logging.config import (
+    packaged_config_path,
+)
+
+
+def _reference_config() -> Optional[Path]:
+    """``./logging.yaml``, else the reference configuration shipped in the package."""
+    for candidate in (Path("logging.yaml"), packaged_config_path()):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cmd_init(args: argparse.Namespace, out: _Output) -> int:
+    """Write the reference logging.yaml (development, test and production) to start from."""
+    target = Path(args.path)
+    if target.is_dir():
+        target = target / "logging.yaml"
+    if target.exists() and not args.force:
+        out.problem(f"{target} exists; nothing written. Pass --force to replace it")
+        return EXIT_PROBLEM
+    try:
+        target.write_bytes(packaged_config_path().read_bytes())
+    except OSError as exc:
+        out.problem(f"cannot write {target} ({exc.strerror or type(exc).__name__}); choose "
+                    "another path")
+        return EXIT_PROBLEM
+    out.say(f"wrote {target}: environments development, test and production; pick one with "
+            "MASSUGC_ENV, check it with 'massugc-logging check'")
+    return EXIT_OK
