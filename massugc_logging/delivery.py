@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from massugc_logging._signals import leave_signals_to_the_main_thread
 from massugc_logging.counters import Counters
 from massugc_logging.decisions import EventAction, Mode, SendState, on_new_key, on_outcome
 from massugc_logging.diagnostics import Diagnostics
@@ -456,6 +457,7 @@ class DeliveryWorkers:
                 self._settled.wait(min(deadline - now, 0.25))
 
     def _work(self) -> None:
+        leave_signals_to_the_main_thread()
         ident = threading.get_ident()
         engine = self.engine
         while not self._stopping:

@@ -221,7 +221,7 @@ class CloudHandler(UnlockedHandler):
         _register_fork_hooks(self)
         self._start()
         if flush_on_sigterm:
-            install_sigterm_flush(self.diagnostics)
+            install_sigterm_flush(self.diagnostics, self.shutdown_timeout)
 
     # -- set-up ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+from massugc_logging._signals import leave_signals_to_the_main_thread
 from massugc_logging.counters import AtomicCounter, Counters
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.spool import Outbox
@@ -175,6 +176,7 @@ class Intake:
     # -- the intake thread --------------------------------------------------------
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         try:
             self._drain()
         finally:

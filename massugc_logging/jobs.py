@@ -102,11 +102,21 @@ def _report(logger: logging.Logger, report: JobReport, base: dict[str, Any],
             "first counts (one event per job)", report._extra_calls, base.get("run_id"))
 
 
+#: Names a LogRecord owns: an extra by one of these names would make logging raise.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime"}
+
+
 def _log(logger: logging.Logger, success: bool, output_path: Optional[str],
          message: Optional[str], extra: dict[str, Any],
          exc_info: Optional[tuple[type[BaseException], BaseException,
                                   Optional[TracebackType]]] = None) -> None:
-    extra = {**extra, "success": success}
+    clashing = sorted(k for k in extra if k in _RECORD_ATTRIBUTES)
+    if clashing:  # logging would raise KeyError into the job's code: leave them out
+        diagnostics_logger.warning("report_job: job field(s) %s share a name with LogRecord "
+                                   "attributes and are left out", ", ".join(clashing))
+    extra = {**{k: v for k, v in extra.items() if k not in _RECORD_ATTRIBUTES},
+             "success": success}
     if success:
         extra["output_path"] = output_path
         logger.info("job succeeded", extra=extra, stacklevel=3)

@@ -24,10 +24,17 @@ from typing import Optional
 
 from massugc_logging.diagnostics import Diagnostics
 
+#: The longest shutdown_timeout of the handlers that asked for flush_on_sigterm.
+_budget = [0.0]
+#: Beyond the handlers' own deadlines, how long the flush may take before the process
+#: ends anyway: exit on SIGTERM stays bounded whatever happens.
+_GRACE = 3.0
 
-def install_sigterm_flush(diagnostics: Diagnostics) -> bool:
+
+def install_sigterm_flush(diagnostics: Diagnostics, shutdown_timeout: float = 5.0) -> bool:
     """Install the flushing SIGTERM handler if SIGTERM is at its default; True if it is
     (now or already) ours."""
+    _budget[0] = max(_budget[0], float(shutdown_timeout))
     sigterm = getattr(signal, "SIGTERM", None)
     if sigterm is None:
         return False
@@ -49,9 +56,18 @@ def install_sigterm_flush(diagnostics: Diagnostics) -> bool:
 
 
 def _flush_then_die(signum: int, frame: Optional[FrameType]) -> None:
-    """Flush and close every logging handler, then die of the same signal."""
+    """Flush and close every logging handler, then die of the same signal.
+
+    The default disposition comes back first, so a second SIGTERM (an impatient
+    shell) ends the process at once; a timer sends one itself should the flush
+    overrun its deadlines (writing and sending take up to twice the longest
+    ``shutdown_timeout``).
+    """
+    signal.signal(signum, signal.SIG_DFL)
+    watchdog = threading.Timer(2 * _budget[0] + _GRACE, os.kill, (os.getpid(), signum))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         logging.shutdown()
     finally:
-        signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -100,3 +100,10 @@ def test_the_duration_is_sent_only_when_listed_in_extra_fields() -> None:
         pass
     assert events[0]["job_data"]["duration_s"] == 12.5
     assert "duration_s" not in default[0]["job_data"]
+
+
+def test_a_field_named_like_a_logrecord_attribute_does_not_raise_into_the_job() -> None:
+    """A job field called 'name' or 'message' would make logging raise: it is left out."""
+    with capture_events(log) as events, report_job(log, {**JOB, "name": "x", "message": "y"}):
+        pass
+    assert len(events) == 1

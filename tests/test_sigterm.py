@@ -73,3 +73,22 @@ def test_an_apps_own_sigterm_handler_is_never_replaced(api: FakeApi, tmp_path: P
     out, _ = proc.communicate(timeout=30)
     assert "app handler ran" in out
     assert proc.returncode == 7
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_the_handlers_threads_leave_signals_to_the_main_thread(api: FakeApi,
+                                                               tmp_path: Path) -> None:
+    """A process-wide SIGTERM must reach the main thread: if the kernel could hand it to
+    one of the handler's threads, a main thread asleep in time.sleep would never run the
+    Python handler (flush_on_sigterm's, or the app's)."""
+    import threading
+
+    handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=tmp_path / "s.db")
+    ours = [t for t in threading.enumerate() if t.name.startswith("massugc-logging")]
+    assert len(ours) >= 2
+    for thread in ours:
+        status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+        blocked = int(next(line for line in status.splitlines()
+                           if line.startswith("SigBlk:")).split()[1], 16)
+        assert blocked & (1 << (signal.SIGTERM - 1)), thread.name
+    handler.close()
