@@ -31,6 +31,7 @@ from massugc_logging.transport import (
     TransportError,
     check_api_url,
 )
+from massugc_logging.trust import FIX as TLS_FIX
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: b
     if probe:
         outcome = transport.probe()
         if outcome.kind is OutcomeKind.UNTRUSTED:
-            problems.append(f"handler {name!r}: {outcome.reason}")
+            problems.append(f"handler {name!r}: {outcome.reason}; {TLS_FIX}")
         elif not outcome.delivered:
             problems.append(f"handler {name!r}: the API at {url} is unreachable "
                             f"({outcome.reason}); check the network and api_url, or pass "

@@ -35,6 +35,7 @@ from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.spool import Outbox, Settlement, SpooledEvent, SpoolError
+from massugc_logging.trust import FIX as TLS_FIX
 
 #: Events leased from the outbox at once.
 LEASE_BATCH = 50
@@ -225,9 +226,9 @@ class DeliveryEngine:
         if outcome.kind is OutcomeKind.UNTRUSTED:
             self.diagnostics.say_once(
                 "send:untrusted", logging.ERROR,
-                "CloudHandler cannot deliver: %s. Retrying cannot help until this is fixed; "
-                "every event is kept in the spool and the API is tried again at most %.0f s "
-                "apart.", outcome.reason, self.policy.probe_interval_cap)
+                "CloudHandler cannot deliver: %s; %s. Retrying cannot help until this is "
+                "fixed; every event is kept in the spool and the API is tried again at most "
+                "%.0f s apart.", outcome.reason, TLS_FIX, self.policy.probe_interval_cap)
         elif after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
             self.diagnostics.say_once(
                 "send:auth", logging.ERROR,

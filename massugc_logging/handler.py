@@ -47,7 +47,7 @@ from massugc_logging.diagnostics import Diagnostics, is_internal_logger
 from massugc_logging.intake import Entry, Intake
 from massugc_logging.keystore import ApiKey, KeyStore, KeyStoreError
 from massugc_logging.outbox import open_outbox, spool_problem
-from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.outcome import Outcome
 from massugc_logging.payload import ExceptionSummary, build_event, capture_exception
 from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
@@ -59,7 +59,6 @@ DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 4
 _REASON_CHARS = 300
-_ADVICE_CHARS = 1000
 
 
 def _register_fork_hooks(handler: CloudHandler) -> None:
@@ -388,11 +387,8 @@ class CloudHandler(UnlockedHandler):
         assert transport is not None  # the engine holds while there is none
         outcome = transport.send(row.body, row.event_id)
         if outcome.reason:
-            # A server's words are capped short; the transport's own diagnosis of a
-            # certificate carries the fix, and is kept whole.
-            limit = _ADVICE_CHARS if outcome.kind is OutcomeKind.UNTRUSTED else _REASON_CHARS
-            outcome = dataclasses.replace(outcome, reason=self.settings.scrub(outcome.reason,
-                                                                              limit))
+            outcome = dataclasses.replace(
+                outcome, reason=self.settings.scrub(outcome.reason, _REASON_CHARS))
         return outcome
 
     # -- flush, close, stats --------------------------------------------------

@@ -73,8 +73,6 @@ class FallbackOutbox:
         clock: monotonic seconds, for the retry pauses.
     """
 
-    durable = True
-
     def __init__(
         self,
         open_file: Callable[[], Spool],

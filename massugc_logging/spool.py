@@ -146,12 +146,8 @@ class Outbox(Protocol):
     """
 
     @property
-    def durable(self) -> bool:
-        """True when events survive the process."""
-
-    @property
     def path(self) -> Optional[Path]:
-        """The file behind it, if any."""
+        """The file behind it; None when events live in memory only."""
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write ``(event_id, body, created)`` events ahead of delivery."""
@@ -208,8 +204,6 @@ def _owner_is_dead(owner: str, me: str) -> bool:
 
 class Spool:
     """A SQLite outbox (WAL mode, file mode 0600) shared safely between processes."""
-
-    durable = True
 
     def __init__(
         self,
@@ -537,7 +531,6 @@ class _MemoryRow:
 class MemorySpool:
     """The same interface as :class:`Spool`, in memory: lost when the process ends."""
 
-    durable = False
     path: Optional[Path] = None
 
     def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS,

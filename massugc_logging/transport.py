@@ -60,7 +60,6 @@ from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.retry import parse_retry_after
 from massugc_logging.trust import (
-    FIX,
     Trust,
     TrustError,
     certificate_reason,
@@ -450,7 +449,7 @@ class Transport:
             return Outcome(OutcomeKind.TRANSIENT, reason="TLS handshake failed")
         return Outcome(OutcomeKind.UNTRUSTED, reason=(
             f"the TLS certificate of {self.host} did not verify: {certificate_reason(text)} "
-            f"(trusting: {self.trust.description}); {FIX}"))
+            f"(trusting: {self.trust.description})"))
 
     def probe(self) -> Outcome:
         """One ``HEAD`` of the API's base URL, through the same trust and proxies as the
