@@ -14,12 +14,20 @@ Order of the default table, and why. A support engineer wants the *cause*
 the stage is visible in the message anyway. So the cause rules come first:
 
 1. ``system_resources``: out of memory, disk full, too many open files. Before
-   rate limits so that "Disk quota exceeded" is a disk problem, not an API quota.
+   rate limits so that "Disk quota exceeded" is a disk problem, not an API quota;
+   likewise an exceeded Drive or bucket *storage* quota is ``storage_upload``.
 2. ``rate_limit``: 429, rate limit, quota. Before authentication because
    ElevenLabs reports an exhausted character quota with status 401.
-3. ``authentication``: 401/403, unauthorized, forbidden, invalid API key. A
-   storage upload refused with 403 lands here: the credentials lack rights.
-4. ``network``: timeouts, refused/reset connections, DNS failures, 5xx.
+3. ``authentication``: 401, unauthorized, invalid API key; then 403 and
+   forbidden, *unless the text names a storage upload*: a 403 from a signed
+   URL (GCS, S3) or from Google Drive is a ``storage_upload`` failure (the URL
+   expired or is wrong, or the bucket refuses), not the user's key.
+4. ``network``: refused/reset connections, DNS failures, connect timeouts, 5xx.
+   Other timeouts (``TimeoutError``, read timeouts, "timed out") are network
+   failures *unless the text names a stage*: "TimeoutError: avatar render
+   timed out" is ``video_generation``, a TTS or script-generation call that
+   timed out belongs to that stage. A rule's ``yields_to`` lists the
+   categories whose keywords, found in the text, take precedence over it.
 5. ``file_system``: missing paths, permission denied. So
    "ffmpeg: voice.mp3: No such file or directory" is ``file_system``: the input
    is missing, which no change to ffmpeg will fix.
@@ -29,7 +37,7 @@ then the stage rules, strongest signal first:
 6. ``video_generation``: ffmpeg/ffprobe, codecs, lipsync and avatar renders.
    First among stages because ffmpeg errors quote whole command lines that
    name voice files and storage URLs.
-7. ``storage_upload``: GCS, S3, buckets, signed URLs, failed uploads.
+7. ``storage_upload``: GCS, S3, buckets, signed URLs, Google Drive, failed uploads.
 8. ``audio_generation``: ElevenLabs, TTS, voices.
 9. ``script_generation``: OpenAI, GPT, prompts, completions, content policy.
 
@@ -98,6 +106,8 @@ class Rule:
     retryable: bool
     exception_types: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()
+    #: Categories whose keywords, when also found in the text, win over this rule.
+    yields_to: tuple[str, ...] = ()
 
 
 UNKNOWN = Classification("unknown", False)
@@ -105,7 +115,8 @@ UNKNOWN = Classification("unknown", False)
 
 def _status_keywords(*codes: int) -> tuple[str, ...]:
     """The usual ways an HTTP status appears in error text ("Error code: 429", ...)."""
-    forms = ("code {}", "status {}", "http {}", "error {}", "response {}", "{} client error",
+    forms = ("code {}", "status {}", "http {}", "error {}", "httperror {}", "response {}",
+             "{} client error",
              "{} server error", "{} get", "{} post", "{} put", "{} patch", "{} delete")
     return tuple(form.format(code) for code in codes for form in forms)
 
@@ -120,6 +131,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             "not enough space on the disk", "too many open files",
             "resource temporarily unavailable", "killed", "sigkill", "oom",
         ),
+    ),
+    Rule(
+        # A full Drive or bucket quota is not an API rate limit, and waiting will not help.
+        "storage_upload", False,
+        keywords=("storage quota", "storagequotaexceeded", "drive storage quota"),
     ),
     Rule(
         "rate_limit", True,
@@ -138,47 +154,53 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "authentication", False,
         exception_types=(
             "openai.AuthenticationError",
-            "openai.PermissionDeniedError",
             "google.api_core.exceptions.Unauthorized",
-            "google.api_core.exceptions.Forbidden",
-            "google.api_core.exceptions.PermissionDenied",
             "google.auth.exceptions.RefreshError",
             "botocore.exceptions.NoCredentialsError",
         ),
         keywords=(
-            *_status_keywords(401, 403),
-            "unauthorized", "unauthorised", "unauthenticated", "forbidden",
+            *_status_keywords(401),
+            "unauthorized", "unauthorised", "unauthenticated",
             "invalid api key", "incorrect api key", "api key not valid", "invalid key",
             "missing api key", "authentication failed", "authentication error",
             "authenticationerror", "invalid credentials", "invalid token",
-            "access denied", "accessdenied", "signaturedoesnotmatch",
         ),
+    ),
+    Rule(
+        "authentication", False,
+        exception_types=(
+            "openai.PermissionDeniedError",
+            "google.api_core.exceptions.Forbidden",
+            "google.api_core.exceptions.PermissionDenied",
+        ),
+        keywords=(
+            *_status_keywords(403),
+            "forbidden", "access denied", "accessdenied", "signaturedoesnotmatch",
+        ),
+        yields_to=("storage_upload",),
     ),
     Rule(
         "network", True,
         exception_types=(
-            "TimeoutError",
             "ConnectionError",
-            "socket.timeout",
             "socket.gaierror",
-            "requests.exceptions.Timeout",
             "requests.exceptions.ConnectionError",
             "requests.exceptions.ChunkedEncodingError",
-            "urllib3.exceptions.TimeoutError",
+            "urllib3.exceptions.ConnectTimeoutError",
             "urllib3.exceptions.NewConnectionError",
             "urllib3.exceptions.MaxRetryError",
             "urllib3.exceptions.ProtocolError",
             "http.client.RemoteDisconnected",
             "http.client.IncompleteRead",
             "openai.APIConnectionError",
-            "openai.APITimeoutError",
             "openai.InternalServerError",
-            "httpx.TransportError",
+            "httpx.ConnectError",
+            "httpx.ConnectTimeout",
+            "httpx.NetworkError",
         ),
         keywords=(
             *_status_keywords(500, 502, 503, 504),
-            "timed out", "timeout error", "read timeout", "readtimeout", "connect timeout",
-            "connecttimeout", "gateway timeout", "deadline exceeded",
+            "connect timeout", "connecttimeout*", "connection timed out", "gateway timeout",
             "connection reset", "connection refused", "connection aborted",
             "connection error", "*connectionerror", "remote end closed connection",
             "remotedisconnected", "max retries exceeded", "name or service not known",
@@ -187,6 +209,26 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             "no route to host", "bad gateway", "service unavailable",
             "internal server error",
         ),
+    ),
+    Rule(
+        "network", True,
+        exception_types=(
+            "TimeoutError",
+            "socket.timeout",
+            "asyncio.TimeoutError",
+            "concurrent.futures.TimeoutError",
+            "requests.exceptions.Timeout",
+            "urllib3.exceptions.TimeoutError",
+            "openai.APITimeoutError",
+            "httpx.TimeoutException",
+            "httpx.TransportError",
+        ),
+        keywords=(
+            "timed out", "timeout error", "timeouterror", "read timeout", "readtimeout*",
+            "deadline exceeded", "timeout",
+        ),
+        yields_to=("video_generation", "storage_upload", "audio_generation",
+                   "script_generation"),
     ),
     Rule(
         "file_system", False,
@@ -219,9 +261,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         "storage_upload", True,
         keywords=(
-            "gcs", "google cloud storage", "storage.googleapis.com", "s3", "bucket",
-            "upload failed", "failed to upload", "upload error", "signed url",
-            "presigned url", "blob upload",
+            "gcs", "google cloud storage", "storage.googleapis.com", "s3", "s3uploadfailederror",
+            "bucket", "nosuchbucket", "upload failed", "failed to upload", "upload error",
+            "signed url", "presigned url", "blob upload", "x-goog-signature",
+            "x-amz-signature", "request has expired", "google drive", "drive.google.com",
+            "upload/drive", "googleapis.com/drive",
         ),
     ),
     Rule(
@@ -277,6 +321,7 @@ class _CompiledRule:
     bare_types: frozenset[str]
     dotted_types: frozenset[tuple[str, str]]
     keywords: tuple[_Keyword, ...]
+    yields_to: frozenset[str]
 
 
 def _compile_keyword(keyword: str) -> _Keyword:
@@ -321,7 +366,7 @@ def _compile_rule(rule: Rule) -> _CompiledRule:
         )
     if not isinstance(rule.retryable, bool):
         raise ValueError("retryable: must be true or false")
-    for field in ("exception_types", "keywords"):
+    for field in ("exception_types", "keywords", "yields_to"):
         if isinstance(getattr(rule, field), (str, bytes)):
             raise ValueError(f"{field}: must be a tuple of strings, not a single string")
     bare: set[str] = set()
@@ -342,9 +387,12 @@ def _compile_rule(rule: Rule) -> _CompiledRule:
             raise ValueError(f"keywords: {exc}") from None
     if not bare and not dotted and not keywords:
         raise ValueError("exception_types/keywords: a rule needs at least one of them")
+    for category in rule.yields_to:
+        if not isinstance(category, str) or not _CATEGORY_PATTERN.fullmatch(category):
+            raise ValueError(f"yields_to: {category!r} is not a category name")
     return _CompiledRule(
         Classification(rule.category, rule.retryable),
-        frozenset(bare), frozenset(dotted), tuple(keywords),
+        frozenset(bare), frozenset(dotted), tuple(keywords), frozenset(rule.yields_to),
     )
 
 
@@ -403,7 +451,7 @@ def _coerce_names(value: Any, index: int, field: str) -> tuple[str, ...]:
     raise ValueError(f"rules[{index}].{field}: must be a string or a list of strings")
 
 
-_RULE_FIELDS = ("category", "retryable", "exception_types", "keywords")
+_RULE_FIELDS = ("category", "retryable", "exception_types", "keywords", "yields_to")
 
 
 class Classifier:
@@ -429,7 +477,8 @@ class Classifier:
         """Build from YAML-style dicts; the user's rules come before the defaults.
 
         Each entry has ``category`` (required), ``retryable`` (default false),
-        and ``exception_types`` and/or ``keywords`` (a string or a list).
+        ``exception_types`` and/or ``keywords`` (a string or a list), and
+        optionally ``yields_to`` (categories whose keywords win over it).
         A bad entry raises ValueError naming its index and field.
         """
         given: object = rules
@@ -453,6 +502,7 @@ class Classifier:
                 exception_types=_coerce_names(entry.get("exception_types"), index,
                                               "exception_types"),
                 keywords=_coerce_names(entry.get("keywords"), index, "keywords"),
+                yields_to=_coerce_names(entry.get("yields_to"), index, "yields_to"),
             )
             try:
                 _compile_rule(rule)
@@ -488,12 +538,18 @@ class Classifier:
         if text:
             parts.append(_safe_str(text))
 
-        verdict = self._match_types(names)
-        if verdict is not None:
-            return verdict
-        return self._match_keywords(" ".join(parts)[:MAX_TEXT_CHARS].lower())
+        lowered = " ".join(parts)[:MAX_TEXT_CHARS].lower()
+        words = frozenset(_SEPARATOR_SPLIT.split(lowered)) if lowered else frozenset()
+        rule = self._match_types(names) or self._match_keywords(lowered, words)
+        if rule is None:
+            return UNKNOWN
+        if rule.yields_to:
+            stronger = self._match_keywords(lowered, words, among=rule.yields_to)
+            if stronger is not None:
+                return stronger.verdict
+        return rule.verdict
 
-    def _match_types(self, names: Sequence[str]) -> Optional[Classification]:
+    def _match_types(self, names: Sequence[str]) -> Optional[_CompiledRule]:
         if not names:
             return None
         bare: set[str] = set()
@@ -505,17 +561,20 @@ class Classifier:
                 dotted.add((top, last))
         for rule in self._compiled:
             if rule.bare_types & bare or rule.dotted_types & dotted:
-                return rule.verdict
+                return rule
         return None
 
-    def _match_keywords(self, lowered: str) -> Classification:
+    def _match_keywords(
+        self, lowered: str, words: frozenset[str], among: Optional[frozenset[str]] = None
+    ) -> Optional[_CompiledRule]:
         if not lowered:
-            return UNKNOWN
-        words = frozenset(_SEPARATOR_SPLIT.split(lowered))
+            return None
         for rule in self._compiled:
+            if among is not None and rule.verdict.category not in among:
+                continue
             if any(keyword.matches(lowered, words) for keyword in rule.keywords):
-                return rule.verdict
-        return UNKNOWN
+                return rule
+        return None
 
 
 _DEFAULT_CLASSIFIER = Classifier()
