@@ -175,11 +175,16 @@ def test_demo_delivers_every_event_exactly_once_and_prints_the_table(
     result = cli("demo", env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exactly once" in result.stdout
-    header = next(line for line in result.stdout.splitlines() if line.startswith("job "))
-    assert "workflow" in header and "category" in header and "error_message" in header
-    rows = [line for line in result.stdout.splitlines() if line.startswith("Campaign-")]
-    assert len(rows) == 10  # the failed jobs
-    assert "48 jobs logged (10 failed); the collector received 48 events" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.startswith("count "))
+    assert "category" in header and "workflows" in header and "example" in header
+    groups = [line.split() for line in result.stdout.splitlines() if line[:3].rstrip("x ").isdigit()
+              and line.split()[0].endswith("x")]
+    # 11 failed jobs, 5 distinct problems: the avatar outage is one group of 6, the signed-URL
+    # upload one group in two workflows.
+    assert [g[0] for g in groups] == ["6x", "2x", "1x", "1x", "1x"]
+    assert groups[0][1:3] == ["video_generation", "avatar"]
+    assert groups[1][1:4] == ["storage_upload", "massugc,", "randomized"]
+    assert "48 jobs logged (11 failed); the collector received 48 events" in result.stdout
     assert "jobs [" in result.stderr and "48/48" in result.stderr
     # The simulated errors are full of a home path and tokens; none survive.
     assert "alice" not in result.stdout

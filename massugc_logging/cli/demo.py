@@ -26,6 +26,7 @@ from massugc_logging.config import (
     ConfigError,
     configure,
 )
+from massugc_logging.groups import most_active_first
 from massugc_logging.handler import CloudHandler
 
 _WORKFLOWS = ("avatar", "massugc", "randomized")
@@ -63,13 +64,12 @@ def _demo_failure(workflow: str, index: int) -> Optional[int]:
     """
     if workflow == "avatar":
         return -1 if 4 <= index <= 9 else None
-    occasional = {"massugc": (1, 12), "randomized": (2, 13)}[workflow]
-    if index in occasional:
-        return (index + len(workflow)) % len(_DEMO_FAILURES)
-    return None
+    # The signed-URL upload fails in both workflows: one problem, two places.
+    occasional = {"massugc": {1: 2, 12: 1}, "randomized": {0: 5, 2: 0, 13: 2}}[workflow]
+    return occasional.get(index)
 
 
-def _demo_jobs(count: int, user: str) -> list[dict[str, Any]]:
+def demo_jobs(count: int, user: str) -> list[dict[str, Any]]:
     """Simulated jobs across the three workflows, some failing with secret-laden errors."""
     jobs = []
     for i in range(count):
@@ -177,7 +177,7 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                         "record to a massugc_logging.CloudHandler; add one (see the reference "
                         "logging.yaml)")
             return EXIT_PROBLEM
-        jobs = _demo_jobs(args.jobs, user)
+        jobs = demo_jobs(args.jobs, user)
         log.propagate = False  # job lines stay off the console; alerts and problems show
         alerts = _AlertCounter()
         logging.getLogger("massugc.alerts").addHandler(alerts)
@@ -193,18 +193,15 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
         for e in events:
             run_id = e["body"]["job_data"]["run_id"]
             by_run[run_id] = by_run.get(run_id, 0) + 1
-        rows = []
-        for e in events:
-            job = e["body"]["job_data"]
-            if job["success"]:
-                continue
-            error = job.get("error_message", "")
-            rows.append([job["job_name"], job["workflow_type"],
-                         str(job.get("error_category", "")),
-                         (error[:88] + "…") if len(error) > 88 else error])
+        rows = [
+            [f"{group.count}x", group.category, ", ".join(group.workflows),
+             (group.title[:78] + "…") if len(group.title) > 78 else group.title]
+            for group in most_active_first(collector.groups())
+        ]
         out.say()
-        out.say("Failed jobs as the collector received them (redacted before leaving the app):")
-        out.say(_table(rows, ["job", "workflow", "category", "error_message"]))
+        out.say("What is failing, grouped by cause as the collector received it (redacted "
+                "before leaving the app):")
+        out.say(_table(rows, ["count", "category", "workflows", "example"]))
         stats = collector.stats()
         out.say()
         out.say("Failure rate by workflow_type: " + ", ".join(
