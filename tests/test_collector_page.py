@@ -5,42 +5,18 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
+from collector_events import job_event as event
+from collector_events import post_event as post
 
 from massugc_logging.collector import Collector
 from massugc_logging.collector.store import format_time
 
-KEY = "massugc_" + "p" * 32
 NOW = 1764666000.0  # 2025-12-02T09:00:00Z
-
-
-def event(job_name: str, error: str = "", *, at: float, workflow: str = "avatar",
-          **job: Any) -> dict[str, Any]:
-    when = format_time(at)
-    fields: dict[str, Any] = {
-        "job_name": job_name, "product": "p", "persona": "p", "setting": "s", "emotion": "e",
-        "hook": "h", "brand_name": "b", "language": "English", "run_id": str(uuid.uuid4()),
-        "workflow_type": workflow, "success": not error,
-        "output_path": None if error else "/renders/out.mp4",
-    }
-    fields.update({"error_message": error, "failure_time": when} if error
-                  else {"generation_time": when})
-    fields.update(job)
-    return {"event_type": "video_generation", "job_data": fields, "timestamp": when,
-            "source": "massugc-video-service", "version": "1.0.0"}
-
-
-def post(collector: Collector, body: dict[str, Any]) -> None:
-    response = requests.post(collector.url + "/api/desktop/usage/log", data=json.dumps(body),
-                             headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-                             timeout=10)
-    assert response.status_code == 200, response.text
 
 
 @pytest.fixture

@@ -7,15 +7,12 @@ these tests skip and say why.
 
 from __future__ import annotations
 
-import json
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
+from collector_events import job_event, post_event
 
 from massugc_logging.collector import Collector
 
@@ -23,34 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 from chromium import Browser, BrowserError, find_chromium
 
-KEY = "massugc_" + "b" * 32
-WHEN = "2026-12-02T09:00:00.000Z"
+NOW = 1764666000.0
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,
     reason="no Chromium: install Debian's 'chromium' package (.ci/run does) or set CHROMIUM",
 )
-
-
-def event(job_name: str, error: str = "", workflow: str = "avatar") -> dict[str, Any]:
-    job: dict[str, Any] = {
-        "job_name": job_name, "product": "Glow Serum", "persona": "p", "setting": "s",
-        "emotion": "e", "hook": "h", "brand_name": "b", "language": "English",
-        "run_id": str(uuid.uuid4()), "workflow_type": workflow, "success": not error,
-        "output_path": None if error else "/renders/out.mp4",
-    }
-    job.update({"error_message": error, "failure_time": WHEN} if error
-               else {"generation_time": WHEN})
-    return {"event_type": "video_generation", "job_data": job, "timestamp": WHEN,
-            "source": "massugc-video-service", "version": "1.0.0"}
-
-
-def post(collector: Collector, body: dict[str, Any]) -> None:
-    response = requests.post(collector.url + "/api/desktop/usage/log", data=json.dumps(body),
-                             headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-                             timeout=10)
-    assert response.status_code == 200, response.text
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +42,15 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     # The clock sits just after the events' time, so they are all "now".
-    with Collector(clock=lambda: 1764666000.0 + 600) as running:
+    with Collector(clock=lambda: NOW + 600) as running:
         for i in range(7):
-            post(running, event(f"render-{i}", f"TimeoutError: avatar render timed out after "
-                                               f"{300 + i} s on node {i}"))
+            text = f"TimeoutError: avatar render timed out after {300 + i} s on node {i}"
+            post_event(running, job_event(f"render-{i}", text, at=NOW))
         for i in range(3):
-            post(running, event(f"upload-{i}", "Upload to https://storage.googleapis.com/b/"
-                                               f"x{i}.mp4?[REDACTED] failed: 403 Forbidden",
-                                workflow="massugc"))
-        post(running, event("hostile", HOSTILE, workflow=HOSTILE))
-        post(running, event("fine"))
+            text = f"Upload to https://storage.googleapis.com/b/x{i}.mp4?[REDACTED] failed: 403"
+            post_event(running, job_event(f"upload-{i}", text, at=NOW, workflow="massugc"))
+        post_event(running, job_event("hostile", HOSTILE, at=NOW, workflow=HOSTILE))
+        post_event(running, job_event("fine", at=NOW))
         yield running
         running.close()
 
@@ -132,6 +107,7 @@ def test_an_event_posted_after_loading_appears_without_a_reload(
     page.goto(collector.url + "/")
     page.evaluate("window.__loaded_once = true")
     assert "late-arrival" not in page.evaluate("document.body.innerText")
-    post(collector, event("late-arrival", "ffmpeg exited with code 1: moov atom not found"))
+    post_event(collector, job_event("late-arrival", "ffmpeg exited: moov atom not found",
+                                    at=NOW + 599))
     page.wait_until("document.body.innerText.includes('late-arrival')", timeout=20)
     assert page.evaluate("window.__loaded_once === true")
