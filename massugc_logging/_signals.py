@@ -6,21 +6,40 @@ handlers on the main thread, but only once that thread runs again: if the
 signal lands on one of our threads while the main thread sleeps in
 ``time.sleep`` or waits on a socket, the app's handler (or ``flush_on_sigterm``)
 runs only when that wait ends, which may be never. Each thread of this package
-blocks those signals as it starts, so they reach the main thread at once.
+is started with those signals blocked, so they reach the main thread at once.
+
+The block is in place before the thread exists (a new thread inherits the
+mask of the thread that starts it), not set by the thread once it runs: on a
+loaded machine a thread may wait a long time for its first slice, and a
+signal landing on it in that time would be held up just the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 
 _FOR_THE_APP = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
 
 
-def leave_signals_to_the_main_thread() -> None:
-    """Block the app's signals in the calling thread (where the platform can)."""
+def start_leaving_signals_to_the_main_thread(thread: threading.Thread) -> None:
+    """Start ``thread`` with the app's signals blocked in it (where the platform can).
+
+    The calling thread blocks them for the moment of the start, so the new thread
+    is born with them blocked, then the caller's own mask comes back unchanged.
+    """
     if not hasattr(signal, "pthread_sigmask"):
-        return  # Windows: signals are not delivered to arbitrary threads
+        thread.start()  # Windows: signals are not delivered to arbitrary threads
+        return
     wanted = {getattr(signal, name) for name in _FOR_THE_APP if hasattr(signal, name)}
-    with contextlib.suppress(OSError, ValueError):
-        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    except (OSError, ValueError):
+        thread.start()
+        return
+    try:
+        thread.start()
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from massugc_logging._signals import leave_signals_to_the_main_thread
+from massugc_logging._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.counters import Counters
 from massugc_logging.decisions import EventAction, Mode, SendState, on_new_key, on_outcome
 from massugc_logging.diagnostics import Diagnostics
@@ -409,7 +409,7 @@ class DeliveryWorkers:
         for n in range(self.engine.max_in_flight + 1):
             thread = threading.Thread(target=self._work, daemon=True,
                                       name=f"massugc-logging-delivery-{n}")
-            thread.start()
+            start_leaving_signals_to_the_main_thread(thread)
             self._threads.append(thread)
 
     @property
@@ -458,7 +458,6 @@ class DeliveryWorkers:
                 self._settled.wait(min(deadline - now, 0.25))
 
     def _work(self) -> None:
-        leave_signals_to_the_main_thread()
         ident = threading.get_ident()
         engine = self.engine
         while not self._stopping:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from massugc_logging._signals import leave_signals_to_the_main_thread
+from massugc_logging._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.counters import AtomicCounter, Counters
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.spool import Outbox
@@ -108,7 +108,7 @@ class Intake:
     def start(self) -> None:
         """Start the intake thread."""
         thread = threading.Thread(target=self._run, name="massugc-logging-intake", daemon=True)
-        thread.start()
+        start_leaving_signals_to_the_main_thread(thread)
         self._thread = thread
 
     @property
@@ -176,7 +176,6 @@ class Intake:
     # -- the intake thread --------------------------------------------------------
 
     def _run(self) -> None:
-        leave_signals_to_the_main_thread()
         try:
             self._drain()
         finally:

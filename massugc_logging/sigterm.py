@@ -11,6 +11,13 @@ would, so the parent still sees a death by SIGTERM.
 It is installed only where that is safe and expected: on the main thread (the
 only one that may set signal handlers) and only while SIGTERM has its default
 disposition, so a handler the app installed is never replaced.
+
+Like every Python signal handler it runs on the main thread, between bytecodes:
+a SIGTERM that lands in the instant between two calls, just before the main
+thread blocks in a long C call (``time.sleep(60)``), is handled when that call
+returns. Apps whose main thread waits in short steps (an event loop, a server's
+poll, ``Event.wait`` with a timeout) see it at once; this package's threads
+block the signal so that it always reaches the main thread.
 """
 
 from __future__ import annotations
