@@ -11,6 +11,8 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   ``Retry-After``) reschedules that event on its own backoff; the others
   keep flowing, and the number of requests in flight is halved (at most once
   per round of requests) so a struggling server is eased off, not abandoned.
+  A failure with no answer at all (refused, reset, timed out) drops it to one
+  request at once: nothing there is the event's fault.
 - Signals about the whole API pause everything: ``Retry-After``, a refused key
   (401/403), a certificate that does not verify (the circuit opens at once:
   retrying fast cannot help, probing slowly finds the fix), and the circuit.
@@ -29,6 +31,14 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
 - While open: one probe at a time, spaced by :func:`~massugc_logging.retry.probe_delay`;
   the first success closes the circuit and sending starts again from one request
   in flight, growing by one per round of successes (additive increase).
+- The circuit remembers: closing keeps the probe spacing it had reached, less
+  one step per success. Until that is spent, sending stays at one request at a
+  time and a single failure opens the circuit again at that spacing. A fleet
+  coming back from an outage is what needs this: ten thousand clients find the
+  API again within one probe spacing of each other, and each that meets a full
+  API steps back for as long as it had been waiting, instead of starting over
+  from one-second probes and knocking the API over again. ``benchmarks/fleet.py``
+  measures it.
 """
 
 from __future__ import annotations
@@ -85,7 +95,9 @@ class SendState:
         resume_at: no request starts before this time (a pause or the next probe).
         limit: requests allowed in flight while sending (a float, for additive increase).
         streak: consecutive transient failures, across events.
-        failed_probes: probes that failed since the circuit opened.
+        failed_probes: probes that failed since the circuit opened; after it closes,
+            what is left of them (one fewer per success). While above zero, sending
+            stays at one request at a time and one failure reopens the circuit.
         opened_at: when sending last paused; outcomes of requests sent earlier
             do not move the probe schedule.
         reduced_at: when ``limit`` was last halved; failures of requests sent
@@ -183,12 +195,15 @@ def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome,
     """The API answered (delivered, or rejected the event for good): it is up."""
     action = EventAction.DELIVERED if outcome.delivered else EventAction.DEAD_LETTER
     window = _counted(state, now, policy.circuit_window, ok=True)
+    remembered = max(0, state.failed_probes - 1)
     if state.mode is not Mode.SENDING:
         healthy = replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, streak=0,
-                          failed_probes=0, window=window)
+                          failed_probes=remembered, window=window)
     else:
-        limit = min(float(state.max_in_flight), state.limit + 1.0 / max(state.limit, 1.0))
-        healthy = replace(state, limit=limit, streak=0, window=window)
+        limit = 1.0 if remembered else min(float(state.max_in_flight),
+                                           state.limit + 1.0 / max(state.limit, 1.0))
+        healthy = replace(state, limit=limit, streak=0, failed_probes=remembered,
+                          window=window)
     return EventDecision(action), healthy
 
 
@@ -198,7 +213,9 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
     window = _counted(state, now, policy.circuit_window, ok=False)
     streak = state.streak + 1
     limit, reduced_at = state.limit, state.reduced_at
-    if sent_at >= state.reduced_at:
+    if outcome.status is None:
+        limit, reduced_at = 1.0, now  # no answer at all: the API is the trouble
+    elif sent_at >= state.reduced_at:
         limit, reduced_at = max(1.0, state.limit / 2.0), now
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
 
@@ -224,6 +241,12 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
                             resume_at=now + probe_delay(policy, probes, rng))
         return EventDecision(EventAction.RETRY, now), after
 
+    if state.failed_probes > 0:
+        # Failing again soon after the circuit closed: reopen it at the spacing it had.
+        probes = state.failed_probes + 1
+        opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=probes,
+                         resume_at=now + probe_delay(policy, probes, rng))
+        return EventDecision(EventAction.RETRY, now), opened
     failures, total = after.failure_share(now, policy.circuit_window)
     if streak >= policy.circuit_threshold and failures >= policy.circuit_failure_share * total:
         opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=0,

@@ -129,12 +129,15 @@ def event_retry_delay(policy: RetryPolicy, attempts: int, rng: Random) -> float:
 def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
     """Seconds until the next probe while the circuit is open (equal jitter).
 
-    The spacing grows by half each failed probe, from ``probe_interval`` to
+    The spacing doubles each failed probe, from ``probe_interval`` to
     ``probe_interval_cap``, and is drawn from its upper half so that probes never
-    come in a burst yet a recovered API is found within one spacing.
+    come in a burst yet a recovered API is found within one spacing. Doubling
+    reaches the cap in seven probes, so a long outage costs a fleet little more
+    than one probe per client per cap-spacing; a short one is still found within
+    seconds.
     """
     ceiling = min(policy.probe_interval_cap,
-                  policy.probe_interval * (1.5 ** min(max(failed_probes, 0), 200)))
+                  policy.probe_interval * (2.0 ** min(max(failed_probes, 0), 200)))
     return ceiling * (0.5 + 0.5 * rng())
 
 

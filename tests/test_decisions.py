@@ -107,6 +107,52 @@ def test_probes_are_spaced_further_apart_up_to_the_cap_and_one_success_closes() 
     assert state.slots(now) == 1
 
 
+NO_ANSWER = Outcome(OutcomeKind.TRANSIENT, None, reason="connection refused")
+
+
+def test_no_answer_at_all_drops_to_one_request_in_flight() -> None:
+    """A refused connection is the API's trouble, not the event's: one request at a time
+    from then on (a 503 only halves)."""
+    state = run([OK] * 10)[-1][1]
+    assert state.slots(0) == 4
+    _, refused = on_outcome(POLICY, state, NO_ANSWER, attempts=1, sent_at=50.0, now=50.1,
+                            rng=lambda: 0.5)
+    _, busy = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=50.0, now=50.1,
+                         rng=lambda: 0.5)
+    assert refused.slots(50.1) == 1 and busy.slots(50.1) == 2
+
+
+def test_a_circuit_that_closes_remembers_its_spacing_and_one_failure_reopens_it() -> None:
+    """Back from a long outage: one request at a time, and a single failure (a full API)
+    reopens the circuit at the spacing it had reached, not at one-second probes."""
+    seen = run([FAIL] * 30 + [OK])
+    level = seen[-2][1].failed_probes
+    now, closed, _, _ = seen[-1]
+    assert closed.mode is Mode.SENDING and closed.failed_probes == level - 1
+    _, grown = on_outcome(POLICY, closed, OK, attempts=1, sent_at=now, now=now + 0.1,
+                          rng=lambda: 0.5)
+    assert grown.slots(now + 0.1) == 1  # no growth while the memory lasts
+    _, reopened = on_outcome(POLICY, closed, FAIL, attempts=1, sent_at=now, now=now + 0.1,
+                             rng=lambda: 0.5)
+    assert reopened.mode is Mode.CIRCUIT_OPEN and reopened.failed_probes == level
+    assert reopened.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75
+
+
+def test_successes_spend_the_circuits_memory_and_then_sending_grows_again() -> None:
+    """Each success takes one step off the remembered spacing; once it is spent, the
+    usual rules are back: growth to max_in_flight, and only a real streak opens it."""
+    seen = run([FAIL] * 12 + [OK] * 30)
+    levels = [s.failed_probes for _, s, _, _ in seen[12:]]
+    assert levels == sorted(levels, reverse=True) and levels[-1] == 0
+    spent = levels.index(0)
+    assert all(s.slots(now) == 1 for now, s, _, _ in seen[12:12 + spent])
+    now, state, _, _ = seen[-1]
+    assert state.slots(now) == 4
+    _, after = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=now, now=now + 0.1,
+                          rng=lambda: 0.5)
+    assert after.mode is Mode.SENDING
+
+
 def test_retry_after_pauses_everything_for_that_long() -> None:
     """429 with Retry-After: 2 pauses all sending for two seconds, then one probe."""
     limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=2.0)

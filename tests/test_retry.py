@@ -36,12 +36,14 @@ def test_event_backoff_is_exponential_with_full_jitter_and_a_cap() -> None:
 
 
 def test_probe_spacing_starts_near_a_second_and_grows_to_its_cap() -> None:
-    """Probes while the circuit is open: about 1 s first, growing by half, capped, jittered
-    within the upper half of each step."""
+    """Probes while the circuit is open: about 1 s first, doubling, capped (in seven
+    probes from 1 s to 60 s), jittered within the upper half of each step."""
     policy = RetryPolicy(probe_interval=1.0, probe_interval_cap=60.0)
     assert probe_delay(policy, 0, lambda: 1.0) == 1.0
     assert probe_delay(policy, 0, lambda: 0.0) == 0.5
-    assert probe_delay(policy, 1, lambda: 1.0) == 1.5
+    assert probe_delay(policy, 1, lambda: 1.0) == 2.0
+    assert probe_delay(policy, 5, lambda: 1.0) == 32.0
+    assert probe_delay(policy, 6, lambda: 1.0) == 60.0
     assert probe_delay(policy, 30, lambda: 1.0) == 60.0
     assert probe_delay(policy, 500, lambda: 0.0) == 30.0
 

@@ -1,0 +1,355 @@
+"""Fleet behaviour: ten thousand desktops against one finite MassUGC Cloud API.
+
+    python benchmarks/fleet.py                  # full run: 10,000 clients; tables, plots, README
+    python benchmarks/fleet.py --quick --json   # what CI runs: a small fleet, figures as JSON
+
+A deterministic discrete-event simulation in virtual time (``fleet_sim``): every
+client runs a delivery policy against a model of the API (``fleet_api``) with a
+capacity, a bounded queue, 503s beyond it and a latency. The ``default`` policy
+is this library's own delivery engine and decision core, driven with a virtual
+clock (``fleet_clients.EngineClient``); ``naive`` and ``v0_1`` are models of a
+retry loop with a fixed pause and of release 0.1.0.
+
+Scenarios: ``steady``; ``outage`` (15 minutes of connection refused, then
+recovery); ``degraded`` (capacity down to a third for 10 minutes); ``restart``
+(every client starts at once holding 15 minutes of events).
+
+The script prints a table per scenario and the engine's targets (met or
+missed), writes one plot per scenario (``docs/fleet-SCENARIO.png``, needs the
+``bench`` extra's matplotlib) and, in the full run, the README's section
+between ``<!-- fleet:start -->`` and ``<!-- fleet:end -->``. ``--json`` prints
+``{"scenarios": {SCENARIO: {POLICY: FIGURES}}, "settings": ..., "targets": ...}``
+instead. It never fails on a figure: the exit status is 0 unless the script
+itself breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet_sim import (
+    OVERLOAD,
+    POLICIES,
+    SCENARIOS,
+    Figures,
+    FleetSettings,
+    Trace,
+    run,
+    scenario,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+START, END = "<!-- fleet:start -->", "<!-- fleet:end -->"
+
+POLICY_NAMES = {
+    "default": "engine defaults",
+    "naive": "naive (fixed 1 s retry)",
+    "v0_1": "release 0.1.0",
+}
+
+#: (figure, label, format) in table order.
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("events", "events logged", "{:,}"),
+    ("requests", "requests made", "{:,}"),
+    ("retry_amplification", "retry amplification (requests / events)", "{:.2f}"),
+    ("retry_amplification_while_up", "… counting only requests while the API is up", "{:.2f}"),
+    ("peak_load_x_capacity", "peak offered load (x capacity, 1 s)", "{:.1f}"),
+    ("overload_seconds", f"seconds above {OVERLOAD}x capacity", "{:,}"),
+    ("overload_seconds_after_recovery", "… of them after recovery", "{:,}"),
+    ("recovery_goodput_share", "goodput until drained (share of capacity)", "{:.0%}"),
+    ("degraded_goodput_share", "goodput while degraded (share of what is left)", "{:.0%}"),
+    ("backlog_at_recovery", "events held at recovery", "{:,}"),
+    ("drain_s", "seconds from recovery to all backlogs drained", "{:,.0f}"),
+    ("ideal_drain_s", "… ideal (backlog / spare capacity)", "{:,.0f}"),
+    ("drain_ratio", "drain time / ideal", "{:.2f}"),
+    ("slowest_to_median_drain", "slowest client's drain / median client's", "{:.1f}"),
+    ("p99_delay_s", "p99 delay from log to delivery (s)", "{:,.1f}"),
+    ("probes_per_client_per_min_down", "requests per client per minute while down", "{:.2f}"),
+    ("max_in_flight_per_client_down", "most in flight per client while down", "{}"),
+    ("max_in_flight_per_client", "most in flight per client", "{}"),
+    ("lost", "events lost", "{:,}"),
+    ("undelivered", "events not delivered by the end", "{:,}"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One of the engine's targets: which figure, the bound, and which way."""
+
+    scenario: str
+    figure: str
+    bound: float
+    at_most: bool
+    says: str
+
+    def met(self, figures: Figures) -> Optional[bool]:
+        value = getattr(figures, self.figure)
+        if value is None:
+            return False
+        return bool(value <= self.bound if self.at_most else value >= self.bound)
+
+
+TARGETS = (
+    Target("outage", "probes_per_client_per_min_down", 2.0, True,
+           "while down: at most 1 probe per client per 30 s"),
+    Target("outage", "max_in_flight_per_client_down", 1, True,
+           "while down: never more than 1 request in flight per client"),
+    Target("outage", "overload_seconds_after_recovery", 30, True,
+           f"after recovery: offered load above {OVERLOAD}x capacity for at most 30 s"),
+    Target("outage", "recovery_goodput_share", 0.9, False,
+           "after recovery: goodput at least 90 % of capacity until drained"),
+    Target("outage", "drain_ratio", 1.25, True, "drain within 1.25x the ideal time"),
+    Target("outage", "retry_amplification", 1.3, True,
+           "retry amplification at most 1.3 over the scenario"),
+    Target("outage", "lost", 0, True, "0 events lost"),
+    Target("degraded", "degraded_goodput_share", 0.9, False,
+           "degraded: goodput at least 90 % of the reduced capacity"),
+    Target("degraded", "slowest_to_median_drain", 2.0, True,
+           "degraded: the slowest client drains within 2x the median client"),
+)
+
+
+def settings_for(args: argparse.Namespace) -> FleetSettings:
+    base = FleetSettings()
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.quick:
+        changes["clients"] = 1000
+    if args.clients is not None:
+        changes["clients"] = args.clients
+    if args.retry_after is not None:
+        changes["retry_after"] = args.retry_after
+    return dataclasses.replace(base, **changes)
+
+
+def _one(job: tuple[str, str, FleetSettings]) -> tuple[str, str, Figures, Trace, float]:
+    name, policy, settings = job
+    started = time.perf_counter()
+    figures, trace = run(name, policy, settings)
+    return name, policy, figures, trace, time.perf_counter() - started
+
+
+def run_all(settings: FleetSettings, scenarios: list[str], policies: list[str], jobs: int,
+            progress: Callable[[str], None]) -> dict[str, dict[str, tuple[Figures, Trace]]]:
+    """Every scenario with every policy, ``jobs`` processes at once."""
+    work = [(s, p, settings) for s in scenarios for p in policies]
+    results: dict[str, dict[str, tuple[Figures, Trace]]] = {s: {} for s in scenarios}
+    if jobs <= 1:
+        done = map(_one, work)
+        for name, policy, figures, trace, took in done:
+            results[name][policy] = (figures, trace)
+            progress(f"{name:9s} {policy:8s} {took:6.1f} s")
+        return results
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        for name, policy, figures, trace, took in pool.map(_one, work):
+            results[name][policy] = (figures, trace)
+            progress(f"{name:9s} {policy:8s} {took:6.1f} s")
+    return results
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def scenario_table(name: str, by_policy: dict[str, tuple[Figures, Trace]]) -> str:
+    policies = [p for p in POLICIES if p in by_policy]
+    lines = ["| " + name + " | " + " | ".join(POLICY_NAMES[p] for p in policies) + " |",
+             "|---|" + "---:|" * len(policies)]
+    for key, label, fmt in ROWS:
+        values = [getattr(by_policy[p][0], key) for p in policies]
+        if all(v is None for v in values):
+            continue
+        lines.append(f"| {label} | " + " | ".join(_cell(v, fmt) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def target_rows(results: dict[str, dict[str, tuple[Figures, Trace]]]) -> list[dict[str, Any]]:
+    rows = []
+    for target in TARGETS:
+        entry = results.get(target.scenario, {}).get("default")
+        if entry is None:
+            continue
+        value = getattr(entry[0], target.figure)
+        rows.append({"scenario": target.scenario, "figure": target.figure,
+                     "target": target.says, "bound": target.bound,
+                     "value": round(value, 4) if isinstance(value, float) else value,
+                     "met": target.met(entry[0])})
+    return rows
+
+
+def targets_table(rows: list[dict[str, Any]], clients: int) -> str:
+    lines = [f"| target (engine defaults, {clients:,} clients) | measured | met |",
+             "|---|---:|:---:|"]
+    for row in rows:
+        value = row["value"]
+        shown = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else
+                                           f"{value:,}")
+        lines.append(f"| {row['target']} | {shown} | {'yes' if row['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def plot(name: str, by_policy: dict[str, tuple[Figures, Trace]], settings: FleetSettings,
+         path: Path) -> bool:
+    """Requests per second at the API over time, one line per policy; False without
+    matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional, from the bench extra
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    sc = scenario(name, settings)
+    span = int(sc.end)
+    step = 5
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    for policy in POLICIES:
+        if policy not in by_policy:
+            continue
+        offered = by_policy[policy][1].offered
+        xs = [t / 60.0 for t in range(0, span, step)]
+        ys = [max(sum(offered[t:t + step]) / step, 0.1) for t in range(0, span, step)]
+        ax.plot(xs, ys, label=POLICY_NAMES[policy], linewidth=1.3)
+    capacity = by_policy[next(iter(by_policy))][1].capacity
+    ax.plot([t / 60.0 for t in range(span)], capacity[:span], color="black", linestyle="--",
+            linewidth=1, label="capacity")
+    if sc.outage is not None:
+        ax.axvspan(sc.outage.start / 60, sc.outage.end / 60, color="red", alpha=0.08,
+                   label="API down")
+    if sc.degraded is not None:
+        ax.axvspan(sc.degraded.start / 60, sc.degraded.end / 60, color="orange", alpha=0.1,
+                   label="capacity at a third")
+    ax.set_yscale("log")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("requests per second at the API (5 s mean)")
+    ax.set_title(f"{name}: {settings.clients:,} clients, one event per minute each, "
+                 f"capacity {settings.capacity:,.0f} req/s")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def describe(settings: FleetSettings) -> str:
+    s = settings
+    ra = f"`Retry-After: {s.retry_after:g}`" if s.retry_after is not None else "no `Retry-After`"
+    return (f"{s.clients:,} clients, each logging one event per {60 / s.events_per_min:g} s "
+            f"on average (Poisson), seed {s.seed}. API: capacity {s.capacity:,.0f} requests/s "
+            f"({s.headroom:g}x the mean load), a queue of {s.queue_seconds:g} s of capacity, "
+            f"503 with {ra} beyond it, round trip {s.rtt * 1000:.0f} ms. "
+            f"Outage: {s.outage / 60:g} min of connection refused after {s.warmup / 60:g} "
+            f"min; degraded: {s.degraded_share:.0%} of capacity for "
+            f"{s.degraded_for / 60:g} min; restart: every client starts at once holding "
+            f"{s.restart_backlog_min:g} min of events. Each run goes on "
+            f"{s.observe / 60:g} min after the incident, then stops logging and delivers "
+            "what is left.")
+
+
+def write_readme(section: str) -> bool:
+    text = README.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + START + "\n" + section + "\n" + END + tail, encoding="utf-8")
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small fleet (1,000 clients), for CI: no plots, no README")
+    parser.add_argument("--json", action="store_true",
+                        help="print the figures as one JSON object instead of tables")
+    parser.add_argument("--clients", type=int, help="clients in the fleet (default 10,000)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every random source")
+    parser.add_argument("--retry-after", type=float,
+                        help="send this Retry-After (seconds) with each 503")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help=f"comma-separated, from {', '.join(POLICIES)}")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="simulations run at once, in processes (default: one per CPU)")
+    parser.add_argument("--plots", type=Path,
+                        help="write the plots here (default docs/ in the full run)")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    args = parser.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    policies = [p for p in args.policies.split(",") if p]
+    for name in scenarios:
+        scenario(name, FleetSettings())  # an unknown name fails here, before any run
+    for policy in policies:
+        if policy not in POLICIES:
+            parser.error(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+
+    settings = settings_for(args)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    say(f"# fleet: {describe(settings)}")
+    started = time.perf_counter()
+    results = run_all(settings, scenarios, policies, max(1, args.jobs), say)
+    took = time.perf_counter() - started
+    targets = target_rows(results)
+
+    if args.json:
+        print(json.dumps({
+            "scenarios": {s: {p: f.as_dict() for p, (f, _) in by.items()}
+                          for s, by in results.items()},
+            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "policy"}
+            | {"capacity": settings.capacity, "policy": dataclasses.asdict(settings.policy)},
+            "targets": targets,
+            "seconds": round(took, 1),
+        }, indent=2))
+    else:
+        for name, by_policy in results.items():
+            print()
+            print(scenario_table(name, by_policy))
+        if targets:
+            print()
+            print(targets_table(targets, settings.clients))
+        print(f"\n{len(scenarios) * len(policies)} simulations in {took:.0f} s")
+
+    plot_dir = args.plots if args.plots is not None else (None if args.quick else DOCS)
+    plotted = []
+    if plot_dir is not None and not args.no_plots:
+        for name, by_policy in results.items():
+            path = plot_dir / f"fleet-{name}.png"
+            if plot(name, by_policy, settings, path):
+                plotted.append(path)
+            else:
+                say("# no plots: matplotlib is missing (pip install -e '.[bench]')")
+                break
+        for path in plotted:
+            say(f"# wrote {path}")
+
+    if not args.quick and not args.no_readme and not args.json:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        section = "\n\n".join(
+            [f"Measured by `python benchmarks/fleet.py` on {stamp}, CPython "
+             f"{platform.python_version()}: {describe(settings)}"]
+            + ([targets_table(targets, settings.clients)] if targets else [])
+            + [scenario_table(name, by) for name, by in results.items()])
+        if write_readme(section):
+            say("# README.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
