@@ -132,32 +132,89 @@ def settings_for(args: argparse.Namespace) -> FleetSettings:
         changes["clients"] = args.clients
     if args.retry_after is not None:
         changes["retry_after"] = args.retry_after
+    if args.headroom is not None:
+        changes["headroom"] = args.headroom
     return dataclasses.replace(base, **changes)
 
 
-def _one(job: tuple[str, str, FleetSettings]) -> tuple[str, str, Figures, Trace, float]:
+Job = tuple[str, str, FleetSettings]
+
+
+def _one(job: Job) -> tuple[Figures, Trace, float]:
     name, policy, settings = job
     started = time.perf_counter()
     figures, trace = run(name, policy, settings)
-    return name, policy, figures, trace, time.perf_counter() - started
+    return figures, trace, time.perf_counter() - started
+
+
+def run_jobs(work: list[Job], jobs: int,
+             progress: Callable[[str], None]) -> list[tuple[Figures, Trace]]:
+    """Each simulation in ``work``, ``jobs`` processes at once, results in order."""
+    def said(job: Job, result: tuple[Figures, Trace, float]) -> tuple[Figures, Trace]:
+        name, policy, settings = job
+        progress(f"{name:9s} {policy:8s} headroom {settings.headroom:g}  {result[2]:6.1f} s")
+        return result[0], result[1]
+
+    if jobs <= 1:
+        return [said(job, _one(job)) for job in work]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        return [said(job, result) for job, result in zip(work, pool.map(_one, work))]
 
 
 def run_all(settings: FleetSettings, scenarios: list[str], policies: list[str], jobs: int,
             progress: Callable[[str], None]) -> dict[str, dict[str, tuple[Figures, Trace]]]:
-    """Every scenario with every policy, ``jobs`` processes at once."""
+    """Every scenario with every policy."""
     work = [(s, p, settings) for s in scenarios for p in policies]
     results: dict[str, dict[str, tuple[Figures, Trace]]] = {s: {} for s in scenarios}
-    if jobs <= 1:
-        done = map(_one, work)
-        for name, policy, figures, trace, took in done:
-            results[name][policy] = (figures, trace)
-            progress(f"{name:9s} {policy:8s} {took:6.1f} s")
-        return results
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        for name, policy, figures, trace, took in pool.map(_one, work):
-            results[name][policy] = (figures, trace)
-            progress(f"{name:9s} {policy:8s} {took:6.1f} s")
+    for (name, policy, _), result in zip(work, run_jobs(work, jobs, progress)):
+        results[name][policy] = result
     return results
+
+
+#: Headrooms the engine's defaults are also tried at, in the full run: how close to
+#: the edge they are when the API has less room than assumed.
+SENSITIVITY_HEADROOMS = (2.5, 2.0)
+SENSITIVITY_FIGURES = (
+    ("outage", "overload_seconds_after_recovery", f"outage: seconds above {OVERLOAD}x "
+     "capacity after recovery", "{:,}"),
+    ("outage", "recovery_goodput_share", "outage: goodput until drained", "{:.0%}"),
+    ("outage", "drain_ratio", "outage: drain time / ideal", "{:.2f}"),
+    ("outage", "retry_amplification", "outage: retry amplification", "{:.2f}"),
+    ("degraded", "degraded_goodput_share", "degraded: goodput while degraded", "{:.0%}"),
+    ("degraded", "backlog_at_recovery", "degraded: events held when capacity is back",
+     "{:,}"),
+    ("degraded", "slowest_to_median_drain", "degraded: slowest client's drain / median",
+     "{:.1f}"),
+)
+
+
+def run_sensitivity(settings: FleetSettings, jobs: int, progress: Callable[[str], None]
+                    ) -> dict[float, dict[str, Figures]]:
+    """The engine's defaults in the outage and degraded scenarios at smaller headrooms."""
+    headrooms = [h for h in SENSITIVITY_HEADROOMS if h != settings.headroom]
+    work = [(name, "default", dataclasses.replace(settings, headroom=h))
+            for h in headrooms for name in ("outage", "degraded")]
+    found: dict[float, dict[str, Figures]] = {h: {} for h in headrooms}
+    for (name, _, s), (figures, _) in zip(work, run_jobs(work, jobs, progress)):
+        found[s.headroom][name] = figures
+    return found
+
+
+def sensitivity_table(settings: FleetSettings,
+                      main: dict[str, dict[str, tuple[Figures, Trace]]],
+                      found: dict[float, dict[str, Figures]]) -> str:
+    columns = {settings.headroom: {n: main[n]["default"][0] for n in ("outage", "degraded")
+                                   if "default" in main.get(n, {})}}
+    columns.update(found)
+    order = sorted(columns, reverse=True)
+    lines = ["| engine defaults, API capacity as a multiple of the mean load | "
+             + " | ".join(f"{h:g}x" for h in order) + " |",
+             "|---|" + "---:|" * len(order)]
+    for name, key, label, fmt in SENSITIVITY_FIGURES:
+        cells = [_cell(getattr(columns[h][name], key), fmt) if name in columns[h] else "-"
+                 for h in order]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -281,6 +338,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of every random source")
     parser.add_argument("--retry-after", type=float,
                         help="send this Retry-After (seconds) with each 503")
+    parser.add_argument("--headroom", type=float,
+                        help="the API's capacity as a multiple of the fleet's mean load "
+                             "(default 3)")
+    parser.add_argument("--no-sensitivity", action="store_true",
+                        help="skip the full run's extra runs at smaller headrooms")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, from {', '.join(SCENARIOS)}")
     parser.add_argument("--policies", default=",".join(POLICIES),
@@ -305,6 +367,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     say(f"# fleet: {describe(settings)}")
     started = time.perf_counter()
     results = run_all(settings, scenarios, policies, max(1, args.jobs), say)
+    found: dict[float, dict[str, Figures]] = {}
+    if not args.quick and not args.no_sensitivity and "default" in policies:
+        found = run_sensitivity(settings, max(1, args.jobs), say)
     took = time.perf_counter() - started
     targets = target_rows(results)
 
@@ -315,6 +380,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "policy"}
             | {"capacity": settings.capacity, "policy": dataclasses.asdict(settings.policy)},
             "targets": targets,
+            "sensitivity": {f"{h:g}": {n: f.as_dict() for n, f in by.items()}
+                            for h, by in found.items()},
             "seconds": round(took, 1),
         }, indent=2))
     else:
@@ -324,7 +391,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if targets:
             print()
             print(targets_table(targets, settings.clients))
-        print(f"\n{len(scenarios) * len(policies)} simulations in {took:.0f} s")
+        if found:
+            print()
+            print(sensitivity_table(settings, results, found))
+        runs = len(scenarios) * len(policies) + sum(len(by) for by in found.values())
+        print(f"\n{runs} simulations in {took:.0f} s")
 
     plot_dir = args.plots if args.plots is not None else (None if args.quick else DOCS)
     plotted = []
@@ -345,6 +416,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             [f"Measured by `python benchmarks/fleet.py` on {stamp}, CPython "
              f"{platform.python_version()}: {describe(settings)}"]
             + ([targets_table(targets, settings.clients)] if targets else [])
+            + ([sensitivity_table(settings, results, found)] if found else [])
             + [scenario_table(name, by) for name, by in results.items()])
         if write_readme(section):
             say("# README.md updated")

@@ -1,7 +1,8 @@
 """The MassUGC Cloud API as the fleet simulation sees it: a capacity, a queue, a latency.
 
 One server that completes ``capacity`` requests per second, first come first
-served, with room for ``queue_limit`` requests waiting. A request that finds
+served, with room for ``queue_seconds`` of its capacity waiting (a degraded API
+queues fewer requests: a request that would wait longer times out upstream). A request that finds
 the queue full is answered 503 at once (optionally with ``Retry-After``): a
 load balancer's cheap refusal, which costs the API no capacity. During an
 outage nothing listens: every request is refused, one network hop later.
@@ -41,7 +42,8 @@ class ApiModel:
 
     Attributes:
         capacity: requests per second it completes when healthy.
-        queue_limit: requests that may wait for service; beyond it, 503.
+        queue_seconds: the queue holds this many seconds of the capacity in force;
+            beyond it, 503.
         rtt: the network round trip, split evenly between the two ways.
         retry_after: seconds sent as ``Retry-After`` with each 503, or None.
         outages: windows where nothing listens (connection refused).
@@ -49,7 +51,7 @@ class ApiModel:
     """
 
     capacity: float
-    queue_limit: int
+    queue_seconds: float
     rtt: float = 0.1
     retry_after: Optional[float] = None
     outages: tuple[Window, ...] = ()
@@ -58,13 +60,14 @@ class ApiModel:
     served: int = 0
     rejected: int = 0
     refused: int = 0
+    #: The most requests ever ahead of an accepted one.
     longest_queue: int = 0
     _free_at: float = 0.0
     _busy: Outcome = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.capacity <= 0 or self.queue_limit < 0 or self.rtt < 0:
-            raise ValueError("capacity must be > 0, queue_limit and rtt >= 0")
+        if self.capacity <= 0 or self.queue_seconds < 0 or self.rtt < 0:
+            raise ValueError("capacity must be > 0, queue_seconds and rtt >= 0")
         self._busy = Outcome(OutcomeKind.TRANSIENT, status=503, retry_after=self.retry_after,
                              reason="HTTP 503 overloaded")
 
@@ -88,12 +91,14 @@ class ApiModel:
         if self.is_down(t):
             self.refused += 1
             return t, t + half, REFUSED
-        service = 1.0 / self.capacity_at(t)
-        waiting = max(0.0, self._free_at - t) / service
-        if waiting >= self.queue_limit + 1e-9:
+        capacity = self.capacity_at(t)
+        service = 1.0 / capacity
+        # Requests ahead of this one: the one in service and those waiting.
+        ahead = max(0.0, self._free_at - t) / service
+        if ahead > self.queue_seconds * capacity + 1e-9:
             self.rejected += 1
             return t, t + half, self._busy
-        self.longest_queue = max(self.longest_queue, int(waiting + 1e-9))
+        self.longest_queue = max(self.longest_queue, round(ahead))
         done = max(t, self._free_at) + service
         self._free_at = done
         self.served += 1

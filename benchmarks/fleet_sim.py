@@ -188,7 +188,7 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
     """Play one scenario with every client on one policy."""
     sc = scenario(scenario_name, s)
     clock = _VirtualClock()
-    api = ApiModel(capacity=s.capacity, queue_limit=max(1, round(s.capacity * s.queue_seconds)),
+    api = ApiModel(capacity=s.capacity, queue_seconds=s.queue_seconds,
                    rtt=s.rtt, retry_after=s.retry_after,
                    outages=(sc.outage,) if sc.outage else (),
                    degraded=(sc.degraded,) if sc.degraded else ())

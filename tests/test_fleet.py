@@ -45,7 +45,7 @@ def test_the_api_model_serves_at_most_its_capacity_and_accounts_for_every_reques
         arrivals: list[float], capacity: int, queue: int) -> None:
     """Whatever arrives: every request is served, rejected or refused, exactly once; no
     second serves more than the capacity; the queue never holds more than its bound."""
-    api = ApiModel(capacity=float(capacity), queue_limit=queue, rtt=0.1,
+    api = ApiModel(capacity=float(capacity), queue_seconds=queue / capacity, rtt=0.1,
                    outages=(Window(5.0, 7.0),))
     finished: list[float] = []
     for t in sorted(arrivals):
@@ -68,7 +68,9 @@ def test_the_api_model_serves_at_most_its_capacity_and_accounts_for_every_reques
 
 
 def test_a_full_queue_is_answered_503_at_once_and_costs_no_capacity() -> None:
-    api = ApiModel(capacity=10.0, queue_limit=2, rtt=0.0, retry_after=3.0)
+    """Room for 0.2 s of capacity: one in service and two waiting; the rest are refused
+    with 503 (and the Retry-After configured) without using the server."""
+    api = ApiModel(capacity=10.0, queue_seconds=0.2, rtt=0.0, retry_after=3.0)
     answers = [api.answer(0.0) for _ in range(5)]
     assert [o.status for _, _, o in answers] == [200, 200, 200, 503, 503]
     assert answers[3][2].retry_after == 3.0 and answers[3][1] == 0.0
@@ -76,10 +78,21 @@ def test_a_full_queue_is_answered_503_at_once_and_costs_no_capacity() -> None:
 
 
 def test_a_degraded_window_serves_its_share_of_the_capacity() -> None:
-    api = ApiModel(capacity=30.0, queue_limit=10_000, rtt=0.0,
+    api = ApiModel(capacity=30.0, queue_seconds=1000.0, rtt=0.0,
                    degraded=(Window(0.0, 100.0, 1.0 / 3.0),))
     finished = [api.answer(t / 100.0)[0] for t in range(3000)]  # 100 requests/s for 30 s
     assert sum(1 for d in finished if 10.0 <= d < 20.0) == pytest.approx(100, abs=1)
+
+
+def test_a_degraded_api_queues_fewer_requests() -> None:
+    """The queue is bounded in time: at a third of the capacity it holds a third as many."""
+    healthy = ApiModel(capacity=30.0, queue_seconds=1.0, rtt=0.0)
+    degraded = ApiModel(capacity=30.0, queue_seconds=1.0, rtt=0.0,
+                        degraded=(Window(0.0, 100.0, 1.0 / 3.0),))
+    for api in (healthy, degraded):
+        for _ in range(100):
+            api.answer(0.0)
+    assert (healthy.served, degraded.served) == (31, 11)
     assert api.capacity_at(50.0) == pytest.approx(10.0) and api.capacity_at(150.0) == 30.0
 
 
