@@ -26,11 +26,12 @@ REFUSED = Outcome(OutcomeKind.TRANSIENT, reason="connection refused")
 
 @dataclass(frozen=True)
 class Window:
-    """``[start, end)`` in virtual seconds, and the share of capacity left in it."""
+    """``[start, end)`` in virtual seconds, and the share of capacity left in it (for a
+    degraded window; an outage's is not used)."""
 
     start: float
     end: float
-    capacity_share: float = 0.0
+    capacity_share: float = 1.0
 
     def holds(self, t: float) -> bool:
         return self.start <= t < self.end

@@ -198,7 +198,10 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
                for i in range(n)]
     mean_gap = 60.0 / s.events_per_min
     half_rtt = s.rtt / 2.0
-    seconds = int(sc.end + s.observe) + 2
+    # Room for every answer: the run stops at end + observe, and an answer can come a
+    # queue's wait (at the slowest capacity) after that.
+    slowest = min([s.capacity] + [s.capacity * w.capacity_share for w in api.degraded])
+    seconds = int(sc.end + s.observe + s.queue_seconds + 1.0 / slowest + s.rtt) + 2
     offered = [0] * seconds
     served = [0] * seconds
 
@@ -207,8 +210,8 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
     held = [0] * n
     in_flight = [0] * n
     wake_at = [math.inf] * n
-    #: Whether the client has had a refusal in this outage: from then on it should
-    #: have at most one request out at a time.
+    #: Whether the client has had a refusal (a scenario has one outage at most): from
+    #: then on, while the API is down, it should have at most one request out.
     knows_down = [False] * n
     max_flight = 0
     max_flight_down: Optional[int] = 0 if sc.outage else None
@@ -272,7 +275,6 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
         if t >= hard_end:
             break
         if recovery is not None and not recovery_marked and t >= recovery:
-            clock.now = recovery
             mark_recovery()
             recovery_marked = True
         if t >= sc.end and accepting:
@@ -308,7 +310,7 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
                 delivered += 1
                 held[i] -= 1
                 delays.append(t - event.created)
-                if held[i] == 0 and i in draining and recovery is not None and t >= recovery:
+                if held[i] == 0 and i in draining and recovery is not None:
                     draining.discard(i)
                     drained_after[i] = t - recovery
             pump(i, t)

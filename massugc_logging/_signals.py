@@ -19,27 +19,32 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 _FOR_THE_APP = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
 
 
-def start_leaving_signals_to_the_main_thread(thread: threading.Thread) -> None:
-    """Start ``thread`` with the app's signals blocked in it (where the platform can).
-
-    The calling thread blocks them for the moment of the start, so the new thread
-    is born with them blocked, then the caller's own mask comes back unchanged.
-    """
+@contextlib.contextmanager
+def threads_born_without_app_signals() -> Iterator[None]:
+    """Within the block, threads started by the calling thread are born with the app's
+    signals blocked (where the platform can); the caller's own mask comes back after."""
     if not hasattr(signal, "pthread_sigmask"):
-        thread.start()  # Windows: signals are not delivered to arbitrary threads
+        yield  # Windows: signals are not delivered to arbitrary threads
         return
     wanted = {getattr(signal, name) for name in _FOR_THE_APP if hasattr(signal, name)}
     try:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
     except (OSError, ValueError):
-        thread.start()
+        yield
         return
     try:
-        thread.start()
+        yield
     finally:
         with contextlib.suppress(OSError, ValueError):
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_leaving_signals_to_the_main_thread(thread: threading.Thread) -> None:
+    """Start ``thread`` with the app's signals blocked in it."""
+    with threads_born_without_app_signals():
+        thread.start()

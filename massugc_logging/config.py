@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
+from massugc_logging._signals import threads_born_without_app_signals
+
 ENV_VARIABLE = "MASSUGC_ENV"
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -288,7 +290,8 @@ def _start_queue_listeners() -> None:
         listener = getattr(handler, "listener", None)
         if isinstance(handler, logging.handlers.QueueHandler) and listener is not None \
                 and getattr(listener, "_thread", None) is None:
-            listener.start()
+            with threads_born_without_app_signals():
+                listener.start()
             atexit.register(_stop_listener, listener)
 
 

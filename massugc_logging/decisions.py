@@ -31,14 +31,17 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
 - While open: one probe at a time, spaced by :func:`~massugc_logging.retry.probe_delay`;
   the first success closes the circuit and sending starts again from one request
   in flight, growing by one per round of successes (additive increase).
-- The circuit remembers: closing keeps the probe spacing it had reached, less
-  one step per success. Until that is spent, sending stays at one request at a
-  time and a single failure opens the circuit again at that spacing. A fleet
-  coming back from an outage is what needs this: ten thousand clients find the
-  API again within one probe spacing of each other, and each that meets a full
-  API steps back for as long as it had been waiting, instead of starting over
-  from one-second probes and knocking the API over again. ``benchmarks/fleet.py``
-  measures it.
+- The circuit remembers: closing keeps the failed probes it had counted (at
+  most :func:`memory_bound`, 24 with the defaults), one fewer per success. While
+  any are left, sending stays at one request at a time and a single failure of
+  a request sent after the close opens the circuit again at the spacing they
+  give. A fleet coming back from an outage is what needs this: ten thousand
+  clients find the API again within one probe spacing of each other, and each
+  that meets a full API steps back for as long as it had been waiting, instead
+  of starting over from one-second probes and knocking the API over again
+  (``benchmarks/fleet.py`` measures it). The price is paid by a desktop whose
+  API comes back flaky after a long outage: it is taken for a full one until
+  the memory is spent, a few minutes of slower delivery with nothing lost.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from massugc_logging.retry import (
     capped_retry_after,
     event_retry_delay,
     probe_delay,
+    probe_steps,
 )
 
 #: No pause is longer than this (``max_retry_after`` is an hour by default).
@@ -95,9 +99,11 @@ class SendState:
         resume_at: no request starts before this time (a pause or the next probe).
         limit: requests allowed in flight while sending (a float, for additive increase).
         streak: consecutive transient failures, across events.
-        failed_probes: probes that failed since the circuit opened; after it closes,
-            what is left of them (one fewer per success). While above zero, sending
-            stays at one request at a time and one failure reopens the circuit.
+        failed_probes: probes that failed since the circuit opened.
+        remembered: after the circuit closed, the failed probes it had counted (at
+            most :func:`memory_bound`), one fewer per success; while above zero one
+            request goes at a time and a failure reopens the circuit.
+        closed_at: when the circuit last closed.
         opened_at: when sending last paused; outcomes of requests sent earlier
             do not move the probe schedule.
         reduced_at: when ``limit`` was last halved; failures of requests sent
@@ -114,6 +120,8 @@ class SendState:
     opened_at: float = -math.inf
     reduced_at: float = -math.inf
     window: tuple[tuple[int, int, int], ...] = ()
+    remembered: int = 0
+    closed_at: float = -math.inf
 
     @classmethod
     def initial(cls, max_in_flight: int) -> SendState:
@@ -141,6 +149,26 @@ class SendState:
                 failures += failed
                 total += ok + failed
         return failures, total
+
+
+#: How many probe steps' worth of successes a closed circuit remembers at most.
+MEMORY_PER_STEP = 4
+
+
+def memory_bound(policy: RetryPolicy) -> int:
+    """The most successes a closed circuit's memory lasts: 24 with the defaults, enough
+    for a desktop to work off a quarter-hour's backlog one request at a time, and
+    few enough that a flaky API after an outage slows delivery for a quarter of an
+    hour at most, not for as long as the outage lasted."""
+    return MEMORY_PER_STEP * probe_steps(policy)
+
+
+def _memory(policy: RetryPolicy, state: SendState, *, sent_at: float, now: float) -> int:
+    """What a closed circuit still remembers for a request sent at ``sent_at`` (0 for a
+    request sent before the close: its failure is old news)."""
+    if state.mode is not Mode.SENDING or sent_at < state.closed_at:
+        return 0
+    return state.remembered
 
 
 def _counted(state: SendState, now: float, span: float, *, ok: bool) -> tuple[
@@ -179,7 +207,7 @@ def on_outcome(
         rng: floats in [0, 1), for jitter.
     """
     if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT):
-        return _answered(policy, state, outcome, now)
+        return _answered(policy, state, outcome, sent_at=sent_at, now=now)
     if outcome.kind is OutcomeKind.UNTRUSTED:
         return _untrusted(policy, state, sent_at=sent_at, now=now, rng=rng)
     if outcome.kind is OutcomeKind.AUTH:
@@ -190,20 +218,20 @@ def on_outcome(
     return _failed(policy, state, outcome, attempts=attempts, sent_at=sent_at, now=now, rng=rng)
 
 
-def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome,
+def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome, *, sent_at: float,
               now: float) -> tuple[EventDecision, SendState]:
     """The API answered (delivered, or rejected the event for good): it is up."""
     action = EventAction.DELIVERED if outcome.delivered else EventAction.DEAD_LETTER
     window = _counted(state, now, policy.circuit_window, ok=True)
-    remembered = max(0, state.failed_probes - 1)
     if state.mode is not Mode.SENDING:
+        kept = max(0, min(state.failed_probes, memory_bound(policy)) - 1)
         healthy = replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, streak=0,
-                          failed_probes=remembered, window=window)
+                          failed_probes=0, remembered=kept, closed_at=now, window=window)
     else:
-        limit = 1.0 if remembered else min(float(state.max_in_flight),
-                                           state.limit + 1.0 / max(state.limit, 1.0))
-        healthy = replace(state, limit=limit, streak=0, failed_probes=remembered,
-                          window=window)
+        kept = max(0, _memory(policy, state, sent_at=sent_at, now=now) - 1)
+        limit = 1.0 if kept else min(float(state.max_in_flight),
+                                     state.limit + 1.0 / max(state.limit, 1.0))
+        healthy = replace(state, limit=limit, streak=0, remembered=kept, window=window)
     return EventDecision(action), healthy
 
 
@@ -213,21 +241,24 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
     window = _counted(state, now, policy.circuit_window, ok=False)
     streak = state.streak + 1
     limit, reduced_at = state.limit, state.reduced_at
-    if outcome.status is None:
-        limit, reduced_at = 1.0, now  # no answer at all: the API is the trouble
-    elif sent_at >= state.reduced_at:
-        limit, reduced_at = max(1.0, state.limit / 2.0), now
+    if sent_at >= state.reduced_at:
+        # No answer at all (refused, reset, timed out): the API is the trouble, not
+        # this event; one request at a time finds out when it is back.
+        halved = 1.0 if outcome.status is None else state.limit / 2.0
+        limit, reduced_at = max(1.0, halved), now
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
 
     probing = state.mode is not Mode.SENDING and sent_at >= state.opened_at
+    memory = _memory(policy, state, sent_at=sent_at, now=now)
     if outcome.retry_after is not None:
         # The server's pause, but never shorter than the probe spacing: a Retry-After
         # of 0 (or a date in the past) on every answer must not become a tight loop.
-        probes = state.failed_probes + 1 if probing else 0
+        probes = state.failed_probes + 1 if probing else (memory + 1 if memory else 0)
         pause = max(capped_retry_after(policy, outcome.retry_after),
                     probe_delay(policy, probes, rng))
         resume = max(state.resume_at, now + pause)
         paused = replace(after, mode=Mode.RATE_LIMITED, resume_at=resume, failed_probes=probes,
+                         remembered=0,
                          opened_at=now if state.mode is Mode.SENDING else state.opened_at)
         return EventDecision(EventAction.RETRY, now), paused
 
@@ -241,11 +272,11 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
                             resume_at=now + probe_delay(policy, probes, rng))
         return EventDecision(EventAction.RETRY, now), after
 
-    if state.failed_probes > 0:
+    if memory:
         # Failing again soon after the circuit closed: reopen it at the spacing it had.
-        probes = state.failed_probes + 1
+        probes = memory + 1
         opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=probes,
-                         resume_at=now + probe_delay(policy, probes, rng))
+                         remembered=0, resume_at=now + probe_delay(policy, probes, rng))
         return EventDecision(EventAction.RETRY, now), opened
     failures, total = after.failure_share(now, policy.circuit_window)
     if streak >= policy.circuit_threshold and failures >= policy.circuit_failure_share * total:
@@ -275,5 +306,6 @@ def _untrusted(policy: RetryPolicy, state: SendState, *, sent_at: float, now: fl
 def on_new_key(state: SendState) -> SendState:
     """A new API key was set: a pause for the refused key ends now."""
     if state.mode is Mode.AUTH_PAUSED:
-        return replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0)
+        return replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, failed_probes=0,
+                       remembered=0)
     return state

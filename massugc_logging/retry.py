@@ -132,13 +132,21 @@ def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
     The spacing doubles each failed probe, from ``probe_interval`` to
     ``probe_interval_cap``, and is drawn from its upper half so that probes never
     come in a burst yet a recovered API is found within one spacing. Doubling
-    reaches the cap in seven probes, so a long outage costs a fleet little more
-    than one probe per client per cap-spacing; a short one is still found within
-    seconds.
+    reaches the cap after :func:`probe_steps` failed probes, so a long outage costs
+    a client about one probe per three quarters of the cap; a short one is still
+    found within seconds.
     """
     ceiling = min(policy.probe_interval_cap,
                   policy.probe_interval * (2.0 ** min(max(failed_probes, 0), 200)))
     return ceiling * (0.5 + 0.5 * rng())
+
+
+def probe_steps(policy: RetryPolicy) -> int:
+    """Failed probes after which the spacing is at ``probe_interval_cap`` (more change
+    nothing): 6 with the defaults, 1 s doubling to 60 s."""
+    if policy.probe_interval <= 0 or policy.probe_interval_cap <= policy.probe_interval:
+        return 0
+    return math.ceil(math.log2(policy.probe_interval_cap / policy.probe_interval))
 
 
 def capped_retry_after(policy: RetryPolicy, retry_after: float) -> float:

@@ -9,11 +9,12 @@ from massugc_logging.decisions import (
     EventAction,
     Mode,
     SendState,
+    memory_bound,
     on_new_key,
     on_outcome,
 )
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.retry import RetryPolicy
+from massugc_logging.retry import RetryPolicy, probe_steps
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 FAIL = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
@@ -122,35 +123,86 @@ def test_no_answer_at_all_drops_to_one_request_in_flight() -> None:
     assert refused.slots(50.1) == 1 and busy.slots(50.1) == 2
 
 
+STEPS = probe_steps(POLICY)
+BOUND = memory_bound(POLICY)
+
+
+def closed_after_outage(failures: int = 30) -> tuple[float, SendState]:
+    """The state just after a probe went through, following ``failures`` failures."""
+    now, closed, _, _ = run([FAIL] * failures + [OK])[-1]
+    return now, closed
+
+
 def test_a_circuit_that_closes_remembers_its_spacing_and_one_failure_reopens_it() -> None:
     """Back from a long outage: one request at a time, and a single failure (a full API)
     reopens the circuit at the spacing it had reached, not at one-second probes."""
-    seen = run([FAIL] * 30 + [OK])
-    level = seen[-2][1].failed_probes
-    now, closed, _, _ = seen[-1]
-    assert closed.mode is Mode.SENDING and closed.failed_probes == level - 1
+    now, closed = closed_after_outage()
+    assert closed.mode is Mode.SENDING and closed.remembered == min(25, BOUND) - 1
     _, grown = on_outcome(POLICY, closed, OK, attempts=1, sent_at=now, now=now + 0.1,
                           rng=lambda: 0.5)
     assert grown.slots(now + 0.1) == 1  # no growth while the memory lasts
     _, reopened = on_outcome(POLICY, closed, FAIL, attempts=1, sent_at=now, now=now + 0.1,
                              rng=lambda: 0.5)
-    assert reopened.mode is Mode.CIRCUIT_OPEN and reopened.failed_probes == level
+    assert reopened.mode is Mode.CIRCUIT_OPEN and reopened.failed_probes == closed.remembered + 1
     assert reopened.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75
 
 
-def test_successes_spend_the_circuits_memory_and_then_sending_grows_again() -> None:
-    """Each success takes one step off the remembered spacing; once it is spent, the
-    usual rules are back: growth to max_in_flight, and only a real streak opens it."""
+def test_the_memory_is_bounded_whatever_the_outage_lasted() -> None:
+    """Eight hours down are remembered no longer than a quarter of an hour."""
+    assert closed_after_outage(3000)[1].remembered == BOUND - 1
+    assert (STEPS, BOUND) == (6, 24)  # 1 s doubling to 60 s
+
+
+def test_successes_spend_the_memory_and_then_sending_grows_again() -> None:
+    """Each success takes one step off; once spent, the usual rules are back: growth to
+    max_in_flight, and only a real streak opens the circuit."""
     seen = run([FAIL] * 12 + [OK] * 30)
-    levels = [s.failed_probes for _, s, _, _ in seen[12:]]
+    levels = [s.remembered for _, s, _, _ in seen[12:]]
     assert levels == sorted(levels, reverse=True) and levels[-1] == 0
     spent = levels.index(0)
+    assert spent == levels[0] > 0
     assert all(s.slots(now) == 1 for now, s, _, _ in seen[12:12 + spent])
     now, state, _, _ = seen[-1]
     assert state.slots(now) == 4
     _, after = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=now, now=now + 0.1,
                           rng=lambda: 0.5)
     assert after.mode is Mode.SENDING
+
+
+def test_a_late_failure_of_a_request_sent_before_the_close_does_not_reopen_it() -> None:
+    """A request that hung from before the outage ended fails after the probe closed the
+    circuit: that is old news, not a full API."""
+    now, closed = closed_after_outage()
+    _, after = on_outcome(POLICY, closed, FAIL, attempts=1, sent_at=now - 5.0, now=now + 0.1,
+                          rng=lambda: 0.5)
+    assert after.mode is Mode.SENDING
+
+
+def test_retry_after_just_after_the_close_keeps_the_remembered_spacing() -> None:
+    """A 503 with Retry-After: 1 right after an outage pauses for the remembered spacing,
+    not for one second."""
+    now, closed = closed_after_outage()
+    busy = Outcome(OutcomeKind.TRANSIENT, 503, retry_after=1.0)
+    _, after = on_outcome(POLICY, closed, busy, attempts=1, sent_at=now, now=now + 0.1,
+                          rng=lambda: 0.5)
+    assert after.mode is Mode.RATE_LIMITED
+    assert after.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75
+
+
+def test_a_flaky_api_after_an_outage_is_back_to_normal_within_a_quarter_hour() -> None:
+    """An API that comes back failing every third request after a long outage is taken
+    for a full one until the memory is spent (two successes a round, each round a
+    pause at the probe spacing), then sending goes on without pauses of all."""
+    now, state = closed_after_outage(3000)
+    paused = 0.0
+    for outcome in [OK, OK, FAIL] * 100:
+        sent = max(now + 0.1, state.resume_at)
+        paused += sent - (now + 0.1)
+        _, state = on_outcome(POLICY, state, outcome, attempts=1, sent_at=sent,
+                              now=sent + 0.05, rng=lambda: 0.5)
+        now = sent + 0.05
+    assert state.mode is Mode.SENDING and state.remembered == 0
+    assert 60 < paused < 15 * 60
 
 
 def test_retry_after_pauses_everything_for_that_long() -> None:

@@ -152,6 +152,7 @@ def test_while_the_api_is_down_the_engine_probes_politely_and_the_naive_client_d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_the_quick_run_prints_every_scenario_and_policy_as_json() -> None:
     """What CI runs: ``--quick --json`` completes and reports every figure the issue names."""
     done = subprocess.run([sys.executable, str(BENCHMARKS / "fleet.py"), "--quick", "--json"],

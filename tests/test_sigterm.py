@@ -40,7 +40,9 @@ def start_app(api_url: str, spool: Path, *, app_handler: bool = False) -> subpro
         print("emitted", flush=True)
         # Short naps, as an app's main loop would take: CPython runs a Python signal
         # handler only between bytecodes, so a signal landing after print() returns and
-        # before the sleep begins would otherwise wait for the whole sleep.
+        # before the sleep begins would otherwise wait for the whole sleep. (So these
+        # tests no longer see a signal held up on one of the handler's threads; the
+        # mask tests below do.)
         for _ in range(600):
             time.sleep(0.1)
     """
@@ -109,3 +111,19 @@ def test_starting_the_handler_leaves_the_callers_signal_mask_as_it_was(
         assert signal.SIGTERM not in before
     finally:
         handler.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_thread_is_born_with_the_apps_signals_blocked() -> None:
+    """Blocked before its first instruction, not by it: a signal cannot land on the thread
+    in the moment before it runs (on a loaded machine that moment can be long)."""
+    import threading
+
+    from massugc_logging._signals import start_leaving_signals_to_the_main_thread
+
+    first_mask: list[set[int]] = []
+    thread = threading.Thread(
+        target=lambda: first_mask.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, []))))
+    start_leaving_signals_to_the_main_thread(thread)
+    thread.join(5)
+    assert {signal.SIGTERM, signal.SIGINT} <= first_mask[0]
