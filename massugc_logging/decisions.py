@@ -12,7 +12,8 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   keep flowing, and the number of requests in flight is halved (at most once
   per round of requests) so a struggling server is eased off, not abandoned.
   A failure with no answer at all (refused, reset, timed out) drops it to one
-  request at once: nothing there is the event's fault.
+  request instead (also at most once per round): nothing there is the event's
+  fault.
 - Signals about the whole API pause everything: ``Retry-After``, a refused key
   (401/403), a certificate that does not verify (the circuit opens at once:
   retrying fast cannot help, probing slowly finds the fix), and the circuit.
@@ -41,7 +42,8 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   of starting over from one-second probes and knocking the API over again
   (``benchmarks/fleet.py`` measures it). The price is paid by a desktop whose
   API comes back flaky after a long outage: it is taken for a full one until
-  the memory is spent, a few minutes of slower delivery with nothing lost.
+  the memory is spent, up to about a quarter of an hour of slower delivery with
+  nothing lost.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def memory_bound(policy: RetryPolicy) -> int:
     return MEMORY_PER_STEP * probe_steps(policy)
 
 
-def _memory(policy: RetryPolicy, state: SendState, *, sent_at: float, now: float) -> int:
+def _memory(state: SendState, *, sent_at: float) -> int:
     """What a closed circuit still remembers for a request sent at ``sent_at`` (0 for a
     request sent before the close: its failure is old news)."""
     if state.mode is not Mode.SENDING or sent_at < state.closed_at:
@@ -228,7 +230,7 @@ def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome, *, sent_a
         healthy = replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, streak=0,
                           failed_probes=0, remembered=kept, closed_at=now, window=window)
     else:
-        kept = max(0, _memory(policy, state, sent_at=sent_at, now=now) - 1)
+        kept = max(0, _memory(state, sent_at=sent_at) - 1)
         limit = 1.0 if kept else min(float(state.max_in_flight),
                                      state.limit + 1.0 / max(state.limit, 1.0))
         healthy = replace(state, limit=limit, streak=0, remembered=kept, window=window)
@@ -249,7 +251,7 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
 
     probing = state.mode is not Mode.SENDING and sent_at >= state.opened_at
-    memory = _memory(policy, state, sent_at=sent_at, now=now)
+    memory = _memory(state, sent_at=sent_at)
     if outcome.retry_after is not None:
         # The server's pause, but never shorter than the probe spacing: a Retry-After
         # of 0 (or a date in the past) on every answer must not become a tight loop.
@@ -273,7 +275,7 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
         return EventDecision(EventAction.RETRY, now), after
 
     if memory:
-        # Failing again soon after the circuit closed: reopen it at the spacing it had.
+        # Failing again while the memory lasts: reopen at the spacing it remembers.
         probes = memory + 1
         opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=probes,
                          remembered=0, resume_at=now + probe_delay(policy, probes, rng))
