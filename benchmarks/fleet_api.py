@@ -57,13 +57,13 @@ class ApiModel:
     retry_after: Optional[float] = None
     outages: tuple[Window, ...] = ()
     degraded: tuple[Window, ...] = ()
-    arrived: int = 0
-    served: int = 0
-    rejected: int = 0
-    refused: int = 0
+    arrived: int = field(default=0, init=False)
+    served: int = field(default=0, init=False)
+    rejected: int = field(default=0, init=False)
+    refused: int = field(default=0, init=False)
     #: The most requests ever ahead of an accepted one.
-    longest_queue: int = 0
-    _free_at: float = 0.0
+    longest_queue: int = field(default=0, init=False)
+    _free_at: float = field(default=0.0, init=False)
     _busy: Outcome = field(init=False)
 
     def __post_init__(self) -> None:

@@ -258,7 +258,7 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
 
     def mark_recovery() -> None:
         nonlocal backlog_at_recovery
-        backlog_at_recovery = sum(held)
+        backlog_at_recovery = events - delivered
         draining.update(i for i in range(n) if held[i])
 
     if recovery is not None and recovery <= 0.0:
@@ -279,7 +279,7 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
             recovery_marked = True
         if t >= sc.end and accepting:
             accepting = False
-            if not any(held):
+            if events == delivered:
                 break
         clock.now = t
         if kind == _LOG:
@@ -314,12 +314,12 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
                     draining.discard(i)
                     drained_after[i] = t - recovery
             pump(i, t)
-            if not accepting and not any(held):
+            if not accepting and events == delivered:
                 break
 
     capacity = [api.capacity_at(sec + 0.5) for sec in range(seconds)]
     figures = _figures(s, sc, api, offered, served, capacity, events=events, requests=requests,
-                       delivered=delivered, held=sum(held), delays=delays,
+                       delivered=delivered, held=events - delivered, delays=delays,
                        dropped=sum(c.dropped() for c in clients),
                        backlog_at_recovery=backlog_at_recovery, still_draining=len(draining),
                        drained_after=drained_after, max_flight=max_flight,
