@@ -4,7 +4,7 @@ import uuid
 
 from massugc_logging import configure, report_job
 
-configure("logging.yaml")  # environment from MASSUGC_ENV; development by default
+configure("logging.yaml")  # MASSUGC_ENV, else production when frozen, else development
 log = logging.getLogger("massugc.jobs")
 job = {"job_name": "Spring Launch", "product": "Glow Serum", "persona": "Tech Reviewer",
        "workflow_type": "avatar"}

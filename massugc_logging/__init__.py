@@ -8,7 +8,7 @@ and delivers them from its own threads, durably, without slowing the app.
 from massugc_logging._version import __version__
 from massugc_logging.client import UsageClient
 from massugc_logging.config import ConfigError, configure
-from massugc_logging.handler import CloudHandler
+from massugc_logging.handler import CloudHandler, set_api_key
 from massugc_logging.jobs import JobReport, report_job
 from massugc_logging.keystore import ApiKey, InvalidApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
@@ -31,4 +31,5 @@ __all__ = [
     "build_event",
     "configure",
     "report_job",
+    "set_api_key",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -28,20 +29,29 @@ _FOR_THE_APP = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", 
 def threads_born_without_app_signals() -> Iterator[None]:
     """Within the block, threads started by the calling thread are born with the app's
     signals blocked (where the platform can); the caller's own mask comes back after."""
-    if not hasattr(signal, "pthread_sigmask"):
+    if sys.platform == "win32":
         yield  # Windows: signals are not delivered to arbitrary threads
-        return
-    wanted = {getattr(signal, name) for name in _FOR_THE_APP if hasattr(signal, name)}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
-    except (OSError, ValueError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    else:
+        with _blocked(_FOR_THE_APP):
+            yield
+
+
+if sys.platform != "win32":
+
+    @contextlib.contextmanager
+    def _blocked(names: tuple[str, ...]) -> Iterator[None]:
+        """Block the named signals on the calling thread within the block (where it can)."""
+        wanted = {getattr(signal, name) for name in names if hasattr(signal, name)}
+        try:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+        except (OSError, ValueError, AttributeError):
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def start_leaving_signals_to_the_main_thread(thread: threading.Thread) -> None:

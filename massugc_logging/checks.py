@@ -16,12 +16,14 @@ import inspect
 import logging
 import logging.config
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
+from urllib.parse import urlsplit
 
 from massugc_logging.config import describe_dictconfig_error, load_environment
-from massugc_logging.contract import PRODUCTION_API_URL
+from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
 from massugc_logging.handler import CloudHandler
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
 from massugc_logging.transport import (
@@ -30,7 +32,9 @@ from massugc_logging.transport import (
     Transport,
     TransportError,
     check_api_url,
+    is_loopback,
 )
+from massugc_logging.trust import CA_BUNDLE_VARIABLES
 from massugc_logging.trust import FIX as TLS_FIX
 
 
@@ -76,6 +80,61 @@ def check_configuration(path: Union[str, Path], env: Optional[str] = None, *,
 
 
 KEY_HINT = f"set {ENV_VAR} or run 'massugc-logging key set'"
+
+#: How to give the local collector a key, for the messages that point at it.
+LOCAL_KEY_HINT = ("the local collector ('massugc-logging serve') accepts any well-formed key, "
+                  f"e.g. {ENV_VAR}={LOCAL_COLLECTOR_KEY}")
+
+
+def is_loopback_url(api_url: str) -> bool:
+    """True when ``api_url``'s host is this machine (where the local collector runs)."""
+    try:
+        host = urlsplit(api_url.strip()).hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback(str(host))
+
+
+def no_key_problem(api_url: str) -> str:
+    """The "no API key" problem, with what to do: on loopback, the key the local collector takes."""
+    if is_loopback_url(api_url):
+        return f"no API key; {LOCAL_KEY_HINT}; for the real API {KEY_HINT}"
+    return f"no API key; {KEY_HINT}"
+
+
+def ca_bundle_problem(ca_bundle: Optional[str], fix: str = "ca_bundle",
+                      environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """What is wrong with the CA bundle a transport would trust, with what to do; None if fine.
+
+    The bundle is ``ca_bundle``, else the first of ``REQUESTS_CA_BUNDLE`` and
+    ``SSL_CERT_FILE`` that is set, as :func:`massugc_logging.trust.resolve_trust`
+    chooses it. ``fix`` says where ``ca_bundle`` is given (``--ca-bundle`` on the
+    command line); a variable is named as itself.
+    """
+    env = os.environ if environ is None else environ
+    if ca_bundle is not None and str(ca_bundle).strip():
+        named, source, where = str(ca_bundle), "", f"fix {fix}"
+    else:
+        variable = next((v for v in CA_BUNDLE_VARIABLES if env.get(v, "").strip()), None)
+        if variable is None:
+            return None
+        named, source = env[variable].strip(), f" named by {variable}"
+        where = f"fix or unset {variable}"
+    path = Path(named).expanduser()
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            with path.open("rb"):
+                pass
+    except FileNotFoundError:
+        what = "does not exist"
+    except OSError as exc:
+        what = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    else:
+        return None
+    return (f"the CA bundle {path}{source} {what}; {where} (a readable PEM file or directory "
+            "of certificates)")
 
 
 def key_problem(exc: KeyStoreError) -> str:
@@ -129,13 +188,18 @@ def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: b
         problems.append(f"handler {name!r}: {key_problem(exc)}")
         key, source = None, "invalid"
     if key is None and source != "invalid":
-        problems.append(f"handler {name!r}: no API key; {KEY_HINT}")
+        problems.append(f"handler {name!r}: {no_key_problem(url)}")
     elif key is not None:
         notes.append(f"handler {name!r}: API key {key.masked} from {source}")
+    given = ca_bundle or kwargs.get("ca_bundle")
+    untrusted = ca_bundle_problem(given, "--ca-bundle" if ca_bundle else "ca_bundle on the handler")
+    if untrusted is not None:
+        problems.append(f"handler {name!r}: {untrusted}")
+        return
     try:
         transport = Transport(url, None, timeout=(3.05, 10.0),
                               allow_insecure_http=bool(kwargs.get("allow_insecure_http")),
-                              ca_bundle=ca_bundle or kwargs.get("ca_bundle"))
+                              ca_bundle=given)
     except TransportError as exc:
         problems.append(f"handler {name!r}: {exc}")
         return

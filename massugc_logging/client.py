@@ -1,9 +1,16 @@
 """A direct client for code that still builds its payloads by hand.
 
 ``UsageClient.log_usage_data(payload)`` is the call the app's code already
-makes. It posts synchronously on the calling thread (use the handler to stay
-off the app thread), redacts every string of ``job_data`` first, and returns
-an :class:`~massugc_logging.transport.Outcome` instead of raising.
+makes, and it answers as the app's own client did, so the app's
+``result = client.log_usage_data(usage_data); if result.get('skipped'): ...``
+works unchanged: the server's JSON object when the event was delivered, else
+``{"skipped": True, "reason": ...}`` with ``"endpoint_not_implemented"`` for a
+404, ``"http_<status>"`` for another status, or the network failure in words
+(never a secret). ``send_usage_data(payload)`` returns the typed
+:class:`~massugc_logging.outcome.Outcome` instead.
+
+Both post synchronously on the calling thread (use the handler to stay off the
+app thread), redact every string of ``job_data`` first, and never raise.
 """
 
 from __future__ import annotations
@@ -76,8 +83,18 @@ class UsageClient:
             event["job_data"] = clean
         return event
 
-    def log_usage_data(self, payload: Mapping[str, Any]) -> Outcome:
-        """Redact and POST one payload; return the outcome (never raises)."""
+    def log_usage_data(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Redact and POST one payload; answer as the app's own client did (never raises).
+
+        Returns the server's JSON object when delivered (``{}`` if it sent none), else a
+        dict with ``"skipped": True`` and a ``"reason"``: ``"endpoint_not_implemented"``
+        (404), ``"http_<status>"``, or what went wrong on the way; ``"status"`` and
+        ``"detail"`` (the server's error code and message) when there was an answer.
+        """
+        return skipped_or_response(self.send_usage_data(payload))
+
+    def send_usage_data(self, payload: Mapping[str, Any]) -> Outcome:
+        """Redact and POST one payload; return the typed outcome (never raises)."""
         try:
             event = self.scrub(payload)
             job = event.get("job_data") if isinstance(event.get("job_data"), Mapping) else {}
@@ -99,4 +116,17 @@ class UsageClient:
         self._transport.close()
 
 
-__all__ = ["UsageClient"]
+def skipped_or_response(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as the app's client answered: the server's object, or a skip with a reason."""
+    if outcome.delivered:
+        return dict(outcome.response) if isinstance(outcome.response, Mapping) else {}
+    if outcome.status is None:
+        return {"skipped": True, "reason": outcome.reason or outcome.kind.value}
+    reason = "endpoint_not_implemented" if outcome.status == 404 else f"http_{outcome.status}"
+    answer: dict[str, Any] = {"skipped": True, "reason": reason, "status": outcome.status}
+    if outcome.reason:
+        answer["detail"] = outcome.reason
+    return answer
+
+
+__all__ = ["UsageClient", "skipped_or_response"]

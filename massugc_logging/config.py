@@ -1,15 +1,24 @@
 """Load ``logging.yaml``: pick an environment, expand ``${VAR}``, apply dictConfig.
 
 The file holds one standard ``logging.config.dictConfig`` mapping per
-environment under ``environments:``; ``default_environment`` names the one
-used when neither ``env=`` nor ``MASSUGC_ENV`` says otherwise. A file that is
-a plain dictConfig (a top-level ``version: 1``) is used as it is.
+environment under ``environments:``. The environment is ``env=``, else
+``MASSUGC_ENV``, else, in an app frozen with PyInstaller (``sys.frozen``),
+``frozen_environment`` (default ``production``: the desktop shell sets no
+variable), else ``default_environment``. A file that is a plain dictConfig
+(a top-level ``version: 1``) is used as it is.
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment in every
 string. A value that is a single reference is read as a YAML scalar after
 expansion, so ``${TIMEOUT:-5}`` is the number 5 and ``${SPOOL:-null}`` is None.
-Every problem raises :class:`ConfigError` with the file, the line where it
-can be known, and what to do.
+``MASSUGC_LOG_DIR``, when not set, is the platform's user log directory.
+
+Mistakes in the file (its syntax, a misspelt class, a variable it needs and
+nobody set) raise :class:`ConfigError` with the file, the line where it can be
+known, and what to do, as dictConfig does, so developers see them on their
+first run. What only the machine gets wrong never stops the app: an unknown
+``MASSUGC_ENV`` falls back to the default environment, and a log file that
+cannot be written leaves its handler out; each is said once, on the
+``massugc_logging`` logger, once the configuration is applied.
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ import yaml
 
 from massugc_logging._signals import threads_born_without_app_signals
 
+_PACKAGE_LOGGER = "massugc_logging"
 ENV_VARIABLE = "MASSUGC_ENV"
+LOG_DIR_VARIABLE = "MASSUGC_LOG_DIR"
+#: The environment of a frozen app when nothing names one, unless the file says otherwise.
+DEFAULT_FROZEN_ENVIRONMENT = "production"
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -118,8 +131,14 @@ def _line_of(path: Path, key: str, after: Optional[str] = None) -> str:
     return _line_where(path, found)
 
 
-def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[dict[str, Any], str]:
-    """The dictConfig mapping for ``env`` and the environment's name."""
+def select_environment(document: Any, path: Path, env: Optional[str], *,
+                       strict: bool = True) -> tuple[dict[str, Any], str, list[str]]:
+    """The dictConfig mapping for ``env``, the environment's name, and notices.
+
+    With ``strict=False`` an unknown name from ``MASSUGC_ENV`` falls back to the default
+    environment (the frozen one in a frozen app) and the fallback is returned as a notice;
+    an unknown ``env`` argument is a mistake in code and always raises.
+    """
     if document is None:
         raise ConfigError(f"{path}: the file is empty. Give it an 'environments:' section "
                           "(see the reference logging.yaml) or a dictConfig 'version: 1'")
@@ -129,7 +148,7 @@ def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[d
                           "(see the reference logging.yaml) or a dictConfig 'version: 1'")
     if "environments" not in document:
         if "version" in document:
-            return dict(document), env or "default"
+            return dict(document), env or "default", []
         raise ConfigError(
             f"{path}: has neither 'environments:' nor a dictConfig 'version: 1'. Add one "
             "environments: section (see the reference logging.yaml)"
@@ -139,23 +158,63 @@ def select_environment(document: Any, path: Path, env: Optional[str]) -> tuple[d
         raise ConfigError(f"{path}{_line_of(path, 'environments')}: 'environments' must map "
                           "names (development, test, production...) to dictConfig mappings; "
                           "see the reference logging.yaml")
-    name = env or os.environ.get(ENV_VARIABLE) or document.get("default_environment")
+    fallback = _default_environment(document, environments)
+    from_variable = os.environ.get(ENV_VARIABLE) if not env else None
+    name = env or from_variable or fallback
     if not name:
         raise ConfigError(f"{path}: no environment chosen; pass env=... (or --env), "
                           f"set {ENV_VARIABLE}, or add default_environment: to the file")
+    notices: list[str] = []
     if name not in environments:
         known = ", ".join(str(k) for k in environments)
-        raise ConfigError(
-            f"{path}{_line_of(path, 'environments')}: no environment named {name!r}; choose one "
-            f"of {known} (with env=..., --env or {ENV_VARIABLE}), or add {name!r} under "
-            "environments:"
-        )
+        if not strict and from_variable and fallback in environments:
+            notices.append(f"{ENV_VARIABLE} names no environment of {path} ({known}); using "
+                           f"the {fallback!r} environment instead")
+            name = fallback
+        else:
+            raise ConfigError(
+                f"{path}{_line_of(path, 'environments')}: no environment named {name!r}; "
+                f"choose one of {known} (with env=..., --env or {ENV_VARIABLE}), or add "
+                f"{name!r} under environments:"
+            )
     chosen = environments[name]
     if not isinstance(chosen, Mapping):
         raise ConfigError(f"{path}{_line_of(path, str(name), 'environments')}: environment "
                           f"{name!r} must be a dictConfig mapping (with 'version: 1', "
                           "'handlers:'...); see the reference logging.yaml")
-    return dict(chosen), str(name)
+    return dict(chosen), str(name), notices
+
+
+def _default_environment(document: Mapping[str, Any],
+                         environments: Mapping[str, Any]) -> Optional[str]:
+    """The environment used when none is named: ``frozen_environment`` (default
+    ``production``, if the file has one) in a frozen app, else ``default_environment``."""
+    if getattr(sys, "frozen", False):
+        frozen = document.get("frozen_environment", DEFAULT_FROZEN_ENVIRONMENT)
+        if frozen in environments:
+            return str(frozen)
+    default = document.get("default_environment")
+    return None if default is None else str(default)
+
+
+def default_log_dir() -> str:
+    """The platform's user log directory for this package (``~/Library/Logs/massugc-logging``
+    on macOS, ``%LOCALAPPDATA%\\massugc-logging\\Logs`` on Windows, ``~/.local/state/
+    massugc-logging/log`` on Linux): what ``MASSUGC_LOG_DIR`` is when not set."""
+    import platformdirs  # noqa: PLC0415 - only when a configuration names the variable
+
+    return str(platformdirs.user_log_dir("massugc-logging", appauthor=False))
+
+
+class _Environ(dict):  # type: ignore[type-arg]
+    """The process environment for ``${VAR}`` expansion, with computed defaults for the
+    variables this package documents (computed only when a file names them)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        found = super().get(key)
+        if found is None and key == LOG_DIR_VARIABLE:
+            found = self[key] = default_log_dir()
+        return default if found is None else found
 
 
 def expand(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
@@ -203,14 +262,43 @@ def describe_dictconfig_error(exc: BaseException) -> str:
     return text
 
 
-def _prepare_files(config: Mapping[str, Any]) -> None:
-    """Create the directories of file handlers, which dictConfig would fail on."""
+def _prepare_files(config: dict[str, Any], where: Union[str, Path]) -> list[str]:
+    """Create the directories of file handlers, which dictConfig would fail on, and leave
+    out the handlers whose file cannot be written here (a read-only install folder); return
+    what was left out, in words."""
     handlers = config.get("handlers")
-    if not isinstance(handlers, Mapping):
-        return
-    for spec in handlers.values():
-        if isinstance(spec, Mapping) and isinstance(spec.get("filename"), str):
-            Path(spec["filename"]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(handlers, dict):
+        return []
+    notices = []
+    for name, spec in list(handlers.items()):
+        if not (isinstance(spec, Mapping) and isinstance(spec.get("filename"), str)):
+            continue
+        target = Path(spec["filename"]).expanduser()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "a", encoding=spec.get("encoding") or "utf-8"):
+                pass
+        except OSError as exc:
+            _leave_out_handler(config, str(name))
+            notices.append(
+                f"{where}: the log file {target} cannot be written ({type(exc).__name__}: "
+                f"{exc.strerror or exc}); handler {name!r} is left out and the rest of the "
+                f"logging works. Point {LOG_DIR_VARIABLE} (or the handler's filename) at a "
+                "writable directory")
+    return notices
+
+
+def _leave_out_handler(config: dict[str, Any], name: str) -> None:
+    """Remove handler ``name`` from the configuration and from everything that uses it."""
+    config["handlers"].pop(name, None)
+    users = [config.get("root")]
+    loggers = config.get("loggers")
+    if isinstance(loggers, Mapping):
+        users.extend(loggers.values())
+    users.extend(h for h in config["handlers"].values() if isinstance(h, Mapping))
+    for user in users:
+        if isinstance(user, dict) and isinstance(user.get("handlers"), list):
+            user["handlers"] = [h for h in user["handlers"] if h != name]
 
 
 def load_environment(
@@ -219,18 +307,24 @@ def load_environment(
     environ: Optional[Mapping[str, str]] = None,
     *,
     expand_variables: bool = True,
+    notices: Optional[list[str]] = None,
 ) -> tuple[dict[str, Any], str]:
     """Read ``path``, choose the environment, expand variables; return it and its name.
 
-    With ``expand_variables=False`` the mapping is returned as written, unchecked.
+    With ``expand_variables=False`` the mapping is returned as written, unchecked. Given
+    a ``notices`` list, an unknown ``MASSUGC_ENV`` falls back to the default environment
+    and the fallback is appended to it; without one, it raises.
     """
     config_path = bundled_beside_frozen_app(
         Path(path) if path is not None else default_config_path())
-    merged_env = dict(os.environ)
+    merged_env = _Environ(os.environ)
     if environ is not None:
         merged_env.update(environ)
     document = _read_yaml(config_path)
-    chosen, name = select_environment(document, config_path, env)
+    chosen, name, said = select_environment(document, config_path, env,
+                                            strict=notices is None)
+    if notices is not None:
+        notices.extend(said)
     if not expand_variables:
         return chosen, name
     try:
@@ -262,10 +356,14 @@ def configure(
 ) -> dict[str, Any]:
     """Load the configuration and apply it with ``logging.config.dictConfig``.
 
-    Returns the dictConfig that was applied. Raises :class:`ConfigError`.
+    Returns the dictConfig that was applied. Raises :class:`ConfigError` for a mistake
+    in the file; what only this machine gets wrong (an unknown ``MASSUGC_ENV``, a log
+    directory that cannot be written) is said once on the ``massugc_logging`` logger
+    after the configuration is applied, and the app carries on.
     """
-    config = load_config(path, env, environ)
-    _prepare_files(config)
+    notices: list[str] = []
+    config = load_environment(path, env, environ, notices=notices)[0]
+    notices.extend(_prepare_files(config, path if path is not None else default_config_path()))
     try:
         logging.config.dictConfig(config)
     except (ValueError, TypeError, AttributeError, ImportError, KeyError) as exc:
@@ -275,6 +373,8 @@ def configure(
                           "keyword arguments there ('massugc-logging check' explains more)") \
             from None
     _start_queue_listeners()
+    for notice in notices:
+        logging.getLogger(_PACKAGE_LOGGER).warning("%s", notice)
     return config
 
 

@@ -51,6 +51,10 @@ WORKFLOW_TYPES = ("avatar", "massugc", "randomized")
 #: ``massugc_`` followed by 32 characters of ``[A-Za-z0-9_-]``.
 API_KEY_PATTERN = re.compile(r"massugc_[A-Za-z0-9_-]{32}")
 
+#: A key for the local collector ('massugc-logging serve'), which accepts any
+#: well-formed key. Not a secret, and the MassUGC Cloud API refuses it.
+LOCAL_COLLECTOR_KEY = "massugc_local-collector-accepts-any-keys"
+
 #: UTC, ISO 8601, millisecond precision, ``Z`` suffix.
 TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 

@@ -74,6 +74,9 @@ class DeliveryEngine:
         counters, diagnostics: where outcomes are counted and problems said once.
         on_settled: called after each outcome with the event, the outcome and what became
             of the event (for progress displays).
+        destination: how messages name where events go (the API's URL).
+        unreachable_hint: added to the message that the API cannot be reached (the local
+            collector's handler names the command that starts it).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class DeliveryEngine:
         counters: Optional[Counters] = None,
         diagnostics: Optional[Diagnostics] = None,
         on_settled: Optional[Callable[[SpooledEvent, Outcome, EventAction], None]] = None,
+        destination: str = "the API",
+        unreachable_hint: str = "",
     ) -> None:
         self.outbox = outbox
         self.send = send
@@ -98,6 +103,8 @@ class DeliveryEngine:
         self.counters = counters or Counters()
         self.diagnostics = diagnostics or Diagnostics()
         self._on_settled = on_settled
+        self.destination = destination
+        self._unreachable_hint = unreachable_hint
         self._lock = threading.Lock()
         self.state = SendState.initial(self.max_in_flight)
         self.hold: Optional[Hold] = None
@@ -239,9 +246,11 @@ class DeliveryEngine:
         elif after.mode is Mode.CIRCUIT_OPEN and before.mode is Mode.SENDING:
             self.diagnostics.say_once(
                 "send:circuit", logging.WARNING,
-                "CloudHandler cannot deliver to the API right now (%s). Events are kept in "
+                "CloudHandler cannot deliver to %s right now (%s).%s Events are kept in "
                 "the spool; the API is probed with one event at a time, at most %.0f s apart.",
-                outcome.reason or outcome.kind.value, self.policy.probe_interval_cap)
+                self.destination, outcome.reason or outcome.kind.value,
+                f" {self._unreachable_hint}" if self._unreachable_hint else "",
+                self.policy.probe_interval_cap)
         elif after.mode is Mode.RATE_LIMITED and before.mode is Mode.SENDING:
             self.diagnostics.say_once(
                 "send:transient", logging.WARNING,
@@ -282,6 +291,18 @@ class DeliveryEngine:
             return [f.worker for f in overdue if f.worker is not None]
 
     # -- outlook -----------------------------------------------------------------------
+
+    def waiting_for_key(self) -> bool:
+        """True while sending waits for a usable key: none, a malformed one, or one the API
+        refused (read without the lock: a hint for how often to look at the key store)."""
+        return self.hold in (Hold.NO_KEY, Hold.BAD_KEY) or self.state.mode is Mode.AUTH_PAUSED
+
+    def has_pending(self) -> bool:
+        """Whether the outbox holds events for this engine (held or not)."""
+        try:
+            return self.outbox.next_due(self.clock()) is not None
+        except SpoolError:
+            return False
 
     def in_flight(self) -> int:
         """Requests started and not yet settled."""
@@ -386,13 +407,21 @@ class DeliveryWorkers:
         engine: the engine to run.
         request_deadline: seconds a request may take in all before it is cut off.
         abort: cuts off the request a given worker thread is making (by thread id).
+        before_take: run by a worker before it asks for work, with no lock held (the
+            handler reads the key store again there when that is due).
+        look_again_within: the longest an idle worker may sleep (seconds) while something
+            outside the engine may change, or None to sleep until woken.
     """
 
     def __init__(self, engine: DeliveryEngine, *, request_deadline: float,
-                 abort: Optional[Callable[[int], None]] = None) -> None:
+                 abort: Optional[Callable[[int], None]] = None,
+                 before_take: Optional[Callable[[], None]] = None,
+                 look_again_within: Optional[Callable[[], Optional[float]]] = None) -> None:
         self.engine = engine
         self.request_deadline = request_deadline
         self._abort = abort
+        self._before_take = before_take
+        self._look_again_within = look_again_within
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -438,15 +467,21 @@ class DeliveryWorkers:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not self.alive()
 
-    def wait_quiet(self, deadline: float) -> bool:
+    def wait_quiet(self, deadline: float, *, give_up_when_paused: bool = False) -> bool:
         """Wait until the engine is quiet; False at ``deadline`` (monotonic) or as soon as
-        nothing can happen before it (a pause, a backoff, a hold)."""
+        nothing can happen before it (a pause, a backoff, a hold). With
+        ``give_up_when_paused`` (at exit), also as soon as sending pauses for the whole
+        API (the circuit, ``Retry-After``, a refused key): what is left waits in the spool
+        for the next run instead of holding the exit until the deadline."""
         engine = self.engine
         with self._settled:
             while True:
                 if engine.quiet():
                     return True
                 if engine.hold is not None or not self.alive():
+                    return False
+                if give_up_when_paused and engine.state.mode is not Mode.SENDING \
+                        and engine.in_flight() == 0:
                     return False
                 now = time.monotonic()
                 if now >= deadline:
@@ -466,6 +501,8 @@ class DeliveryWorkers:
                     generation = self._generation
                 # No lock of the workers' is held here: the engine may say something
                 # (which logs), and closing may be waiting for the logging module's lock.
+                if self._before_take is not None:
+                    self._before_take()
                 event = engine.take(worker=ident)
                 if event is None:
                     self._idle(generation)
@@ -513,6 +550,10 @@ class DeliveryWorkers:
         oldest = engine.earliest_sent_at()
         if oldest is not None:
             times.append(oldest + self.request_deadline - now)
+        if self._look_again_within is not None:
+            within = self._look_again_within()
+            if within is not None:
+                times.append(within)
         if not times:
             return None  # idle: no polling, an event or a settle wakes us
         return max(0.001, min(times))
@@ -523,8 +564,4 @@ class DeliveryWorkers:
         for worker in self.engine.abort_overdue(self.request_deadline):
             with contextlib.suppress(Exception):  # best effort; the timeouts still apply
                 self._abort(worker)
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: the parent's threads are not ours."""
-        self._init_runtime()
 

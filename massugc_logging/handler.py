@@ -28,37 +28,87 @@ import random
 import sys
 import threading
 import time
+import types
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
+from massugc_logging._exiting import process_is_exiting
 from massugc_logging._unlocked import UnlockedHandler
 from massugc_logging.contract import (
     DEFAULT_ENDPOINT,
     DEFAULT_EVENT_TYPE,
     DEFAULT_EVENT_VERSION,
     DEFAULT_SOURCE,
+    LOCAL_COLLECTOR_KEY,
     PRODUCTION_API_URL,
 )
 from massugc_logging.counters import Counters
 from massugc_logging.delivery import DeliveryEngine, DeliveryWorkers, Hold
 from massugc_logging.diagnostics import Diagnostics, is_internal_logger
-from massugc_logging.intake import Entry, Intake
-from massugc_logging.keystore import ApiKey, KeyStore, KeyStoreError
+from massugc_logging.intake import Intake, Prepared
+from massugc_logging.jobs import JOB_MARK, JobMark
+from massugc_logging.keyfollow import KEY_CHECK_WHILE_HELD, KeyFollower, KeyState
+from massugc_logging.keystore import ApiKey, KeyStore
 from massugc_logging.outbox import open_outbox, spool_problem
 from massugc_logging.outcome import Outcome
-from massugc_logging.payload import ExceptionSummary, build_event, capture_exception
+from massugc_logging.payload import (
+    BuiltEvent,
+    ExceptionSummary,
+    build_event,
+    capture_exception,
+    restamp_failure,
+)
 from massugc_logging.payload_config import payload_settings
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.sigterm import install_sigterm_flush
-from massugc_logging.spool import MemorySpool, Spool, SpooledEvent, SpoolError
-from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport, app_headers
+from massugc_logging.spool import (
+    MemorySpool,
+    RunningJob,
+    Spool,
+    SpooledEvent,
+    SpoolError,
+    Write,
+    destination_of,
+)
+from massugc_logging.transport import (
+    DEFAULT_TIMEOUT,
+    Timeout,
+    Transport,
+    app_headers,
+    is_loopback,
+)
 
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 4
 _REASON_CHARS = 300
+
+#: ``error_message`` of a job whose process ended while it ran (sent by the next run).
+STOPPED_MESSAGE = ("The app stopped while the job was running: its process ended before the "
+                   "job reported an outcome (failure_time is when the job started)")
+#: ``error_message`` of a job still running when the app shut down.
+SHUTDOWN_MESSAGE = "The app was shut down while the job was running"
+
+#: Every CloudHandler not yet closed, for :func:`set_api_key`.
+_LIVE_HANDLERS: weakref.WeakSet[CloudHandler] = weakref.WeakSet()
+
+
+def set_api_key(api_key: Union[str, ApiKey, None]) -> int:
+    """Use ``api_key`` in every live :class:`CloudHandler` of this process, those made by
+    ``dictConfig`` included; None makes them follow the key store again. Returns how
+    many handlers took it.
+
+    Raises:
+        InvalidApiKey: ``api_key`` is not a well-formed key (the message never shows it).
+    """
+    key = None if api_key is None else api_key if isinstance(api_key, ApiKey) \
+        else ApiKey(api_key.strip())
+    handlers = list(_LIVE_HANDLERS)
+    for handler in handlers:
+        handler.set_api_key(key)
+    return len(handlers)
 
 
 def _register_fork_hooks(handler: CloudHandler) -> None:
@@ -173,6 +223,7 @@ class CloudHandler(UnlockedHandler):
         #: Logger name -> whether its records are this package's own (never sent).
         self._internal_loggers: dict[str, bool] = {}
         self._last_flush: Optional[float] = None
+        self._last_flush_deadline = 0.0
         self._lost_at_last_flush = 0
 
         self.settings = payload_settings(
@@ -182,32 +233,29 @@ class CloudHandler(UnlockedHandler):
             classification_rules=classification_rules,
         )
 
-        self._hold: Optional[Hold] = None
-        key = self._resolve_key(api_key, key_store)
         url = api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL
+        hold: Optional[Hold] = None
         self._transport: Optional[Transport]
         try:
             self._transport = Transport(
-                url, key, endpoint=endpoint, timeout=timeout,
+                url, None, endpoint=endpoint, timeout=timeout,
                 allow_insecure_http=bool(allow_insecure_http),
                 max_connections=self._max_in_flight, ca_bundle=ca_bundle,
                 user_agent=user_agent, headers=app_headers(headers),
             )
         except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
-            self._hold = Hold.BAD_URL
+            hold = Hold.BAD_URL
             self.diagnostics.say_once(
                 "config:url", logging.ERROR,
                 "CloudHandler cannot send: %s. Events are kept in the spool until this is fixed.",
                 exc,
             )
-        if self._transport is not None and key is None and self._hold is None:
-            self._hold = Hold.NO_KEY
-            self.diagnostics.say_once(
-                "config:no-key", logging.WARNING,
-                "CloudHandler has no API key: set MASSUGC_API_KEY, pass api_key, or run "
-                "'massugc-logging key set'. Events are kept in the spool until a key is set.",
-            )
+        #: Where this handler's events go; the spool keeps them for this destination only.
+        self.destination = (self._transport.url if self._transport is not None
+                            else destination_of(str(url), str(endpoint)))
+        self._keys = _key_follower(api_key, key_store)
+        self._key_lock = threading.Lock()
 
         limits: dict[str, Any] = {}
         if spool_max_events is not None:
@@ -215,57 +263,131 @@ class CloudHandler(UnlockedHandler):
         if spool_max_age is not None:
             limits["max_age"] = float(spool_max_age)
         self._spool_limits = limits
-        self._outbox = open_outbox(spool_path, limits, self.diagnostics, self.counters.drop)
-        self._build_pipeline()
+        self._outbox = open_outbox(spool_path, limits, self.diagnostics, self.counters.drop,
+                                   self.destination)
+        self._build_pipeline(hold)
+        if self._transport is not None:
+            self._use_key(self._keys.state, changed=False)
         _register_fork_hooks(self)
+        _LIVE_HANDLERS.add(self)
         self._start()
         if flush_on_sigterm:
             install_sigterm_flush(self.diagnostics, self.shutdown_timeout)
 
     # -- set-up ---------------------------------------------------------------
 
-    def _build_pipeline(self) -> None:
+    def _build_pipeline(self, hold: Optional[Hold]) -> None:
         """The delivery engine, its workers and the intake (anew in a forked child)."""
         transport = self._transport
+        hint = ("Is the local collector running? Start it with 'massugc-logging serve'."
+                if transport is not None and is_loopback(transport.host) else "")
         self._engine = DeliveryEngine(
             self._outbox, self._send_one, policy=self.policy, max_in_flight=self._max_in_flight,
             clock=time.time, rng=self._rng, counters=self.counters,
-            diagnostics=self.diagnostics,
+            diagnostics=self.diagnostics, destination=self.destination, unreachable_hint=hint,
         )
-        self._engine.set_hold(self._hold)
+        self._engine.set_hold(hold)
         self._workers = DeliveryWorkers(
             self._engine, abort=transport.abort if transport is not None else None,
             request_deadline=transport.request_deadline if transport is not None else 13.05,
+            before_take=self._follow_key, look_again_within=self._key_poll,
         )
         self._intake = Intake(
-            self._outbox, self._build_entry, capacity=self._queue_size,
+            self._outbox, self._prepare, capacity=self._queue_size,
             counters=self.counters, diagnostics=self.diagnostics,
-            on_written=self._workers.wake,
+            on_written=self._workers.wake, on_start=self._on_start,
         )
 
-    def _resolve_key(self, api_key: Optional[Union[str, ApiKey]],
-                     key_store: Optional[KeyStore]) -> Optional[ApiKey]:
-        """The key from the argument, the environment or the key store; None if absent or bad."""
-        if isinstance(api_key, ApiKey):
-            return api_key
-        try:
-            store = key_store or KeyStore()
-            key, _source = store.resolve(api_key or None)
-            return key
-        except KeyStoreError as exc:
-            self._hold = Hold.BAD_KEY
+    # -- the key ----------------------------------------------------------------
+
+    def _use_key(self, state: KeyState, *, changed: bool) -> None:
+        """Send with ``state``'s key from now on; hold sending while there is none."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.set_key(state.key)
+        if state.key is not None:
+            self.diagnostics.forget("config:no-key")
+            self.diagnostics.forget("config:bad-key")
+            self._engine.key_changed()
+            if changed:
+                self.diagnostics.say_once(
+                    "config:key-changed", logging.INFO,
+                    "CloudHandler: now sending with the API key from %s (%s).",
+                    state.source, state.key.masked)
+                self.diagnostics.forget("config:key-changed")
+        elif state.problem is not None:
+            self._engine.set_hold(Hold.BAD_KEY)
+            self.diagnostics.forget("config:no-key")
             self.diagnostics.say_once(
                 "config:bad-key", logging.ERROR,
                 "CloudHandler cannot use its API key: %s. Events are kept in the spool until "
-                "a valid key is set.", exc,
-            )
-        except Exception as exc:
+                "a valid key is set.", state.problem)
+        else:
+            self._engine.set_hold(Hold.NO_KEY)
+            self.diagnostics.forget("config:bad-key")
             self.diagnostics.say_once(
-                "config:key-store", logging.ERROR,
-                "CloudHandler could not read the key store (%s); set MASSUGC_API_KEY instead.",
-                type(exc).__name__,
-            )
+                "config:no-key", logging.WARNING,
+                "CloudHandler has no API key: set MASSUGC_API_KEY, pass api_key, or run "
+                "'massugc-logging key set'%s. Events are kept in the spool until a key is set, "
+                "and the key store is read again every few seconds meanwhile.",
+                f" (the local collector accepts any well-formed key, e.g. MASSUGC_API_KEY="
+                f"{LOCAL_COLLECTOR_KEY})" if is_loopback(transport.host) else "")
+        self._workers.wake()
+
+    def _follow_key(self) -> None:
+        """On a delivery thread, before it takes work: read the key store again if due.
+
+        One worker reads and applies at a time; the others wait for it, so none takes an
+        event with a key that is on its way out.
+        """
+        if not (self._keys.due(self._engine.waiting_for_key()) or self._key_lock.locked()):
+            return
+        with self._key_lock:
+            if self._keys.due(self._engine.waiting_for_key()):
+                state = self._keys.refresh()
+                if state is not None:
+                    self._use_key(state, changed=True)
+
+    def _key_poll(self) -> Optional[float]:
+        """How soon an idle worker looks at the key store again: soon while events wait
+        for a usable key, else never (no polling when there is nothing to send)."""
+        if self._transport is not None and self._keys.follows_the_store \
+                and self._engine.waiting_for_key() and self._engine.has_pending():
+            return KEY_CHECK_WHILE_HELD
         return None
+
+    # -- running jobs -------------------------------------------------------------
+
+    def _on_start(self) -> None:
+        """On the intake thread at start: jobs left running by a process that is gone
+        become their failure events; events of release 0.1.x, which name no destination,
+        are pointed out."""
+        unaddressed = self._outbox.unaddressed_count()
+        if unaddressed:
+            self.diagnostics.say_once(
+                "spool:unaddressed", logging.WARNING,
+                "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
+                "not say which API they were logged for, so no handler sends them. Send them "
+                "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
+                "delete them with 'massugc-logging spool purge'.", self._outbox.path,
+                unaddressed)
+        found = self._outbox.recover_abandoned(time.time())
+        if found:
+            self.diagnostics.count("jobs_recovered", found)
+            self.diagnostics.say_once(
+                "jobs:recovered", logging.WARNING,
+                "CloudHandler: %d job(s) were still running when the app last stopped; each "
+                "is reported as a failure.", found)
+            self._workers.wake()
+
+    def _abandon_open_jobs(self) -> None:
+        """On the intake thread, last thing at exit: jobs still running are reported as
+        failures of the shutdown."""
+        found = self._outbox.abandon_running(
+            lambda body, now: restamp_failure(body, SHUTDOWN_MESSAGE, now), time.time())
+        if found:
+            self.diagnostics.count("jobs_open_at_shutdown", found)
 
     def _start(self) -> None:
         """Start the intake and delivery threads (never during interpreter shutdown)."""
@@ -297,15 +419,17 @@ class CloudHandler(UnlockedHandler):
             return
         self.diagnostics.after_fork_in_child()
         self.counters.after_fork_in_child()
+        self._keys.after_fork_in_child()
+        self._key_lock = threading.Lock()
         self._start_lock = threading.Lock()
         try:
             self._outbox.after_fork_child()
         except SpoolError as exc:
             spool_problem(self.diagnostics, exc)
-            self._outbox = MemorySpool(**self._spool_limits)
+            self._outbox = MemorySpool(destination=self.destination, **self._spool_limits)
         if self._transport is not None:
             self._transport.renew_session()
-        self._build_pipeline()
+        self._build_pipeline(self._engine.hold)
         self._started = False
         self._thread_idents = frozenset()
         self._pid = -1
@@ -320,10 +444,17 @@ class CloudHandler(UnlockedHandler):
     # -- the app thread -------------------------------------------------------
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Hand a matching record to the intake; never blocks, never raises, re-entrant."""
+        """Hand a matching record to the intake; never blocks, never raises, re-entrant.
+
+        Matching: its ``event_type`` is this handler's, or it is the ``job started``
+        record of a ``report_job`` block for this event type (kept as running).
+        """
         try:
             if getattr(record, "event_type", None) != self._event_type:
-                return
+                mark = getattr(record, JOB_MARK, None)
+                if not (isinstance(mark, JobMark) and mark.started
+                        and mark.event_type == self._event_type):
+                    return
             name = record.name
             internal = self._internal_loggers.get(name)
             if internal is None:
@@ -356,30 +487,46 @@ class CloudHandler(UnlockedHandler):
             self.counters.drop("closed")
             return
         try:
-            event_id, body, created = self._build_entry(
-                (record, capture_exception(record.exc_info)))
-            spool = Spool(path, **self._spool_limits)
+            prepared = self._prepare((record, capture_exception(record.exc_info)))
+            spool = Spool(path, destination=self.destination, **self._spool_limits)
             try:
-                spool.add([(event_id, body, created)], time.time())
+                spool.write(_write_of(prepared), time.time())
                 spool.release()  # no thread here will send it: any process may
             finally:
                 spool.close()
-            self.counters.add("spooled")
+            if prepared.event is not None:
+                self.counters.add("spooled")
         except Exception:
             self.counters.drop("closed")
 
     # -- what the intake and delivery threads call back ---------------------------
 
-    def _build_entry(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> Entry:
-        """Build and redact one event (on the intake thread); report field warnings once."""
+    def _prepare(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> Prepared:
+        """Build and redact one event, or the stand-in failure of a job that started (on
+        the intake thread); report field warnings once."""
         record, exc = item
+        mark = getattr(record, JOB_MARK, None)
+        if not isinstance(mark, JobMark) or mark.event_type != self._event_type:
+            mark = None
+        if mark is not None and mark.started:
+            stand_in = types.SimpleNamespace(**{
+                **record.__dict__, "success": False, "error_message": STOPPED_MESSAGE,
+                "levelno": logging.ERROR, "exc_info": None})
+            built = self._build(stand_in, None)
+            return Prepared(started=RunningJob(mark.token, built.event_id, built.body(),
+                                               _created(record)))
+        built = self._build(record, exc)
+        return Prepared(event=(built.event_id, built.body(), _created(record)),
+                        finished=mark.token if mark is not None else None)
+
+    def _build(self, record: Any, exc: Optional[ExceptionSummary]) -> BuiltEvent:
         built = build_event(record, self.settings, exception=exc,
                             fallback_id=str(uuid.uuid4()), now=time.time())
         for warning in built.warnings:
             self.diagnostics.count("field_warnings")
             self.diagnostics.say_once("field:" + warning, logging.WARNING,
                                       "CloudHandler: %s (said once)", warning)
-        return built.event_id, built.body(), _created(record)
+        return built
 
     def _send_one(self, row: SpooledEvent) -> Outcome:
         """POST one event and redact what the server said (it is logged and stored)."""
@@ -404,13 +551,17 @@ class CloudHandler(UnlockedHandler):
         """
         budget = self.shutdown_timeout if timeout is None else max(0.0, float(timeout))
         deadline = time.monotonic() + budget
+        if timeout is None:
+            self._last_flush_deadline = deadline
         try:
             if self._pid != os.getpid() or not self._started or self._closed:
                 return False
             if not self._intake.wait_written(self._intake.accepted, deadline):
                 return False
             self._workers.wake()
-            delivered = self._workers.wait_quiet(deadline)
+            # Without a timeout this is logging.shutdown()'s flush: an API known to be
+            # down is not waited for; what is left stays in the spool for the next run.
+            delivered = self._workers.wait_quiet(deadline, give_up_when_paused=timeout is None)
             lost = self.counters.lost()
             clean = lost == self._lost_at_last_flush
             self._lost_at_last_flush = lost
@@ -438,16 +589,19 @@ class CloudHandler(UnlockedHandler):
             start = time.monotonic()
             deadline = start + self.shutdown_timeout
             if self._pid == os.getpid() and self._started:
-                # logging.shutdown() flushes right before closing: that flush spent the budget.
-                just_flushed = self._last_flush is not None and start - self._last_flush < 1.0
-                intake_stopped = self._intake.stop(deadline)
-                if not just_flushed:
-                    self._workers.wake()
-                    self._workers.wait_quiet(deadline)
+                # logging.shutdown() flushes right before closing: both share one budget.
+                if self._last_flush is not None and start - self._last_flush < 1.0:
+                    deadline = min(deadline, self._last_flush_deadline)
+                exiting = process_is_exiting()
+                intake_stopped = self._intake.stop(
+                    deadline, then=self._abandon_open_jobs if exiting else None)
+                self._workers.wake()
+                self._workers.wait_quiet(deadline, give_up_when_paused=True)
                 self._engine.stop()
                 if self._transport is not None:
                     self._transport.abort_all()
                 self._workers.stop(time.monotonic() + 0.5)
+            _LIVE_HANDLERS.discard(self)
             with contextlib.suppress(Exception):
                 self._outbox.release()  # what is left may be sent by any process, now
             if intake_stopped:
@@ -461,15 +615,20 @@ class CloudHandler(UnlockedHandler):
         finally:
             super().close()
 
-    def set_api_key(self, api_key: Union[str, ApiKey]) -> None:
-        """Use a new key from now on and resume sending if the old one was missing or refused."""
-        key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
-        if self._transport is not None:
-            self._transport.set_key(key)
-            if self._hold in (Hold.NO_KEY, Hold.BAD_KEY):
-                self._hold = None
-            self._engine.key_changed()
-            self._workers.wake()
+    def set_api_key(self, api_key: Union[str, ApiKey, None]) -> None:
+        """Send with ``api_key`` from now on (whatever the key store says) and resume
+        sending if the old key was missing or refused; None follows the key store again.
+
+        Raises:
+            InvalidApiKey: ``api_key`` is not a well-formed key.
+        """
+        key = api_key if api_key is None or isinstance(api_key, ApiKey) \
+            else ApiKey(api_key.strip())
+        state = self._keys.pin(key)
+        if key is not None:
+            self._use_key(state, changed=True)
+        else:
+            self._workers.wake()  # a worker reads the store again at once
 
     def stats(self) -> dict[str, Any]:
         """Counters: enqueued, sent, retried, spooled, pending, dropped by reason,
@@ -491,6 +650,8 @@ class CloudHandler(UnlockedHandler):
             "last_error": counts["last_error"],
             "last_status": counts["last_status"],
             "state": self._engine.status(),
+            "destination": self.destination,
+            "key_source": self._keys.state.source,
             "in_flight": self._engine.in_flight(),
             "spool": str(path) if path else None,
             "spool_in_memory": bool(getattr(self._outbox, "using_memory", path is None)),
@@ -502,6 +663,27 @@ class CloudHandler(UnlockedHandler):
         level = logging.getLevelName(self.level)
         url = self._transport.url if self._transport is not None else "unusable"
         return f"<CloudHandler {url} ({level})>"
+
+
+def _key_follower(api_key: Optional[Union[str, ApiKey]],
+                  key_store: Optional[KeyStore]) -> KeyFollower:
+    """A key given to the handler is pinned (a malformed one holds sending); without one
+    the handler follows the environment and the key store."""
+    if isinstance(api_key, ApiKey):
+        return KeyFollower(key_store, KeyState(api_key, "argument"))
+    if api_key is not None and str(api_key).strip():
+        try:
+            return KeyFollower(key_store, KeyState(ApiKey(str(api_key).strip()), "argument"))
+        except ValueError as exc:
+            return KeyFollower(key_store, KeyState(None, "argument", str(exc)))
+    return KeyFollower(key_store)
+
+
+def _write_of(prepared: Prepared) -> Write:
+    """The spool write for one prepared item."""
+    return Write(events=(prepared.event,) if prepared.event is not None else (),
+                 started=(prepared.started,) if prepared.started is not None else (),
+                 finished=(prepared.finished,) if prepared.finished is not None else ())
 
 
 def _created(record: Any) -> float:

@@ -9,8 +9,11 @@ neither deadlock it nor lose a count. No lock is taken on the app thread.
 
 The intake thread takes batches off the queue, builds each event (payload and
 redaction, off the app thread) and writes the batch ahead to the outbox in one
-transaction. Every accepted item is counted until it is written or counted as
-dropped, so ``stats()`` never under-reports what is on its way.
+transaction, with the jobs that started (kept as running) and the jobs whose
+outcome is in the batch (no longer running). Before the first batch it runs
+``on_start`` (the handler recovers jobs left running by a process that is gone).
+Every accepted item is counted until it is written or counted as dropped, so
+``stats()`` never under-reports what is on its way.
 """
 
 from __future__ import annotations
@@ -21,20 +24,35 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from massugc_logging._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.counters import AtomicCounter, Counters
 from massugc_logging.diagnostics import Diagnostics
-from massugc_logging.spool import Outbox
+from massugc_logging.spool import Outbox, RunningJob, Write
 
 #: Items taken off the queue at once; a burst is written in few transactions.
 BATCH = 256
 
-#: What ``build`` makes of a queued item: ``(event_id, body, created)``.
+#: An event ready to spool: ``(event_id, body, created)``.
 Entry = tuple[str, bytes, float]
 
-_STOP = object()
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``build`` makes of a queued item: an event to spool, a job that started, and
+    the token of a job whose outcome this is (any of them may be absent)."""
+
+    event: Optional[Entry] = None
+    started: Optional[RunningJob] = None
+    finished: Optional[str] = None
+
+class _Stop:
+    """The last item: stop after writing what came before, then run ``then``."""
+
+    def __init__(self, then: Optional[Callable[[], None]]) -> None:
+        self.then = then
 
 
 class Intake:
@@ -42,26 +60,29 @@ class Intake:
 
     Args:
         outbox: where built events are written ahead of delivery.
-        build: turns one queued item into an :data:`Entry` (may raise: counted).
+        build: turns one queued item into a :class:`Prepared` (may raise: counted).
         capacity: the most items waiting at once; ``accept`` refuses beyond it.
         counters, diagnostics: where outcomes are counted and problems said.
         on_written: called after each batch is in the outbox (to wake delivery).
+        on_start: run on the intake thread before it takes the first item.
         clock: wall-clock seconds, the spool's ``spooled_at``.
     """
 
     def __init__(
         self,
         outbox: Outbox,
-        build: Callable[[Any], Entry],
+        build: Callable[[Any], Prepared],
         *,
         capacity: int,
         counters: Counters,
         diagnostics: Diagnostics,
         on_written: Callable[[], None],
+        on_start: Optional[Callable[[], None]] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
         self._build = build
+        self._on_start = on_start
         self.capacity = max(1, int(capacity))
         self._counters = counters
         self._diagnostics = diagnostics
@@ -131,8 +152,9 @@ class Intake:
                 self._progress.wait(remaining)
             return True
 
-    def stop(self, deadline: float) -> bool:
-        """Write out everything accepted, then stop the thread (by ``deadline``, monotonic).
+    def stop(self, deadline: float, then: Optional[Callable[[], None]] = None) -> bool:
+        """Write out everything accepted, run ``then`` on the intake thread, then stop the
+        thread (by ``deadline``, monotonic).
 
         What is still queued at the deadline is counted as dropped (``shutdown``),
         so every accepted item ends written or counted. Returns True when the
@@ -141,7 +163,7 @@ class Intake:
         """
         if self._thread is None:
             return True
-        self._queue.put(_STOP)
+        self._queue.put(_Stop(then))
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             self._abandon = True
@@ -152,7 +174,7 @@ class Intake:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if not isinstance(item, _Stop):
                 leftover += 1
         if leftover:
             self._counters.drop("shutdown", leftover)
@@ -169,14 +191,17 @@ class Intake:
         if not self.alive():
             self.outbox.close()
 
-    def after_fork_in_child(self) -> None:
-        """In a forked child: the parent's queue and thread are not ours."""
-        self._init_runtime()
-
     # -- the intake thread --------------------------------------------------------
 
     def _run(self) -> None:
         try:
+            if self._on_start is not None:
+                try:
+                    self._on_start()
+                except Exception as exc:  # a start-up chore must never stop the intake
+                    self._diagnostics.say_once("intake:start", logging.ERROR,
+                                               "CloudHandler could not finish starting: %s",
+                                               type(exc).__name__)
             self._drain()
         finally:
             if self._close_outbox_on_exit:
@@ -186,33 +211,48 @@ class Intake:
         q = self._queue
         while not self._abandon:
             batch = [q.get()]
-            while batch[-1] is not _STOP and len(batch) < BATCH:
+            while not isinstance(batch[-1], _Stop) and len(batch) < BATCH:
                 try:
                     batch.append(q.get_nowait())
                 except queue.Empty:
                     break
-            stop = batch[-1] is _STOP
-            if stop:
-                batch.pop()
+            stop = batch.pop() if isinstance(batch[-1], _Stop) else None
             if batch:
                 self._write(batch)
-            if stop:
+            if stop is not None:
+                if stop.then is not None and not self._abandon:
+                    try:
+                        stop.then()
+                    except Exception as exc:
+                        self._diagnostics.say_once("intake:stop", logging.ERROR,
+                                                   "CloudHandler could not finish stopping: "
+                                                   "%s", type(exc).__name__)
                 return
 
     def _write(self, items: Sequence[Any]) -> None:
         """Build a batch and write it ahead to the outbox; never raises."""
-        entries: list[Entry] = []
+        events: list[Entry] = []
+        started: list[RunningJob] = []
+        finished: list[str] = []
         for item in items:
             try:
-                entries.append(self._build(item))
+                prepared = self._build(item)
             except Exception as exc:
                 self._counters.drop("internal_error")
                 self._diagnostics.say_once("intake:error", logging.ERROR,
                                            "CloudHandler could not process an event: %s",
                                            type(exc).__name__)
+                continue
+            if prepared.event is not None:
+                events.append(prepared.event)
+            if prepared.started is not None:
+                started.append(prepared.started)
+            if prepared.finished is not None:
+                finished.append(prepared.finished)
         try:
-            if entries:
-                result = self.outbox.add(entries, self._clock())
+            write = Write(tuple(events), tuple(started), tuple(finished))
+            if write:
+                result = self.outbox.write(write, self._clock())
                 self._counters.add("spooled", len(result.row_ids))
                 if result.dropped_full:
                     self._counters.drop("spool_full", result.dropped_full)
@@ -221,7 +261,7 @@ class Intake:
                         "CloudHandler's spool is full: the oldest events are dropped to make "
                         "room. The count is in stats()['dropped'].")
         except Exception as exc:
-            self._counters.drop("internal_error", len(entries))
+            self._counters.drop("internal_error", len(events))
             self._diagnostics.say_once("intake:spool", logging.ERROR,
                                        "CloudHandler could not keep events: %s",
                                        type(exc).__name__)

@@ -14,9 +14,18 @@ goes wrong (the app once reported a workflow's successes twice). Here::
 
 - leaving the block by an exception reports a failure with that exception
   (``Type: message``) and lets it propagate;
-- leaving it without calling either reports a success;
+- leaving it without calling either reports a failure too ("the job ended
+  without reporting an outcome"), with one local warning naming the file and
+  line of the ``with``: a success is billed to the user, so it is never assumed;
 - the first of ``succeeded`` / ``failed`` wins: a second call, or both, change
   nothing but one local warning.
+
+Entering the block logs a ``job started`` record carrying the job's fields and
+a :class:`JobMark` (and no ``event_type``, so nothing that counts outcomes takes
+it for one). A :class:`~massugc_logging.CloudHandler` keeps the job as running
+in its spool from then on, so a job whose process is killed still ends in one
+failure event, sent by the next run; the outcome record carries the same mark
+and replaces it.
 
 Each report carries ``duration_s``, the seconds the block took. Like any extra it
 leaves the machine only when the cloud handler lists it in ``extra_fields``.
@@ -24,15 +33,40 @@ leaves the machine only when the cloud handler lists it in ``extra_fields``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import sys
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Optional
 
 from massugc_logging.contract import DEFAULT_EVENT_TYPE
+from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.diagnostics import logger as diagnostics_logger
+
+#: The extra that marks a job's start and outcome records.
+JOB_MARK = "massugc_job"
+#: ``error_message`` of a job whose block ended without an outcome.
+NO_OUTCOME_MESSAGE = ("The job ended without reporting an outcome: its report_job block was "
+                      "left without succeeded() or failed() and without an exception")
+
+_diagnostics = Diagnostics(diagnostics_logger)
+
+
+@dataclass(frozen=True)
+class JobMark:
+    """Names one job run across its ``started`` and ``ended`` records."""
+
+    token: str
+    event_type: str
+    phase: str  # "started" or "ended"
+
+    @property
+    def started(self) -> bool:
+        """True on the record that opens the job."""
+        return self.phase == "started"
 
 
 class JobReport:
@@ -63,10 +97,70 @@ class JobReport:
             self._extra_calls += 1
 
 
-@contextlib.contextmanager
+class JobScope:
+    """The context manager :func:`report_job` returns (see the module)."""
+
+    def __init__(self, logger: logging.Logger, fields: Mapping[str, Any],
+                 clock: Callable[[], float], where: tuple[str, int]) -> None:
+        self._logger = logger
+        self._base = {"event_type": DEFAULT_EVENT_TYPE, **fields}
+        self._clock = clock
+        self._where = where
+        self._report = JobReport()
+        self._started = 0.0
+        self._mark = JobMark(uuid.uuid4().hex, str(self._base["event_type"]), "ended")
+
+    def __enter__(self) -> JobReport:
+        self._started = self._clock()
+        started = JobMark(self._mark.token, self._mark.event_type, "started")
+        fields = {k: v for k, v in self._base.items() if k != "event_type"}
+        _log(self._logger, logging.INFO, "job started", {**fields, JOB_MARK: started})
+        return self._report
+
+    def __exit__(self, exc_type: Optional[type[BaseException]],
+                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        duration = self._clock() - self._started
+        base = {**self._base, JOB_MARK: self._mark}
+        report = self._report
+        if exc is not None and not report.reported:
+            _log(self._logger, logging.ERROR, "job failed",
+                 {**base, "success": False, "duration_s": duration},
+                 exc_info=(type(exc), exc, tb))
+            return
+        if report._outcome is None:
+            _log(self._logger, logging.ERROR, "job failed",
+                 {**base, "success": False, "error_message": NO_OUTCOME_MESSAGE,
+                  "duration_s": duration})
+            self._warn_no_outcome()
+            return
+        success, output_path, message, fields = report._outcome
+        extra = {**base, **fields, "success": success, "duration_s": duration}
+        if success:
+            _log(self._logger, logging.INFO, "job succeeded", {**extra, "output_path": output_path})
+        else:
+            if message is not None:
+                extra["error_message"] = message
+            _log(self._logger, logging.ERROR, "job failed", extra)
+        if report._extra_calls:
+            diagnostics_logger.warning(
+                "report_job: succeeded()/failed() called %d more time(s) for run_id %r; only "
+                "the first counts (one event per job)", report._extra_calls,
+                self._base.get("run_id"))
+
+    def _warn_no_outcome(self) -> None:
+        filename, line = self._where
+        _diagnostics.count("job_without_outcome")
+        _diagnostics.say_once(
+            f"report_job:no-outcome:{filename}:{line}", logging.WARNING,
+            "report_job at %s:%d: the block ended without succeeded(), failed() or an "
+            "exception; the job is reported as a failure, never as an unseen success. Call "
+            "job.succeeded(output) or job.failed(reason) before leaving it (said once for "
+            "this place).", filename, line)
+
+
 def report_job(logger: logging.Logger, fields: Mapping[str, Any], *,
-               clock: Callable[[], float] = time.monotonic) -> Iterator[JobReport]:
-    """Report the job run inside the block exactly once on ``logger`` (see the module).
+               clock: Callable[[], float] = time.monotonic) -> JobScope:
+    """Report the job run inside the ``with`` block exactly once on ``logger`` (see the module).
 
     Args:
         logger: the app's job logger, e.g. ``logging.getLogger("massugc.jobs")``.
@@ -74,32 +168,8 @@ def report_job(logger: logging.Logger, fields: Mapping[str, Any], *,
             ``event_type`` defaults to ``video_generation``.
         clock: seconds, for ``duration_s`` (injectable for tests).
     """
-    report = JobReport()
-    started = clock()
-    base = {"event_type": DEFAULT_EVENT_TYPE, **fields}
-    try:
-        yield report
-    except BaseException as exc:
-        if not report.reported:
-            _log(logger, False, None, None, {**base, "duration_s": clock() - started},
-                 exc_info=(type(exc), exc, exc.__traceback__))
-        else:
-            _report(logger, report, base, clock() - started)
-        raise
-    _report(logger, report, base, clock() - started)
-
-
-def _report(logger: logging.Logger, report: JobReport, base: dict[str, Any],
-            duration: float) -> None:
-    if report._outcome is None:
-        _log(logger, True, None, None, {**base, "duration_s": duration})
-        return
-    success, output_path, message, fields = report._outcome
-    _log(logger, success, output_path, message, {**base, **fields, "duration_s": duration})
-    if report._extra_calls:
-        diagnostics_logger.warning(
-            "report_job: succeeded()/failed() called %d more time(s) for run_id %r; only the "
-            "first counts (one event per job)", report._extra_calls, base.get("run_id"))
+    caller = sys._getframe(1)
+    return JobScope(logger, fields, clock, (caller.f_code.co_filename, caller.f_lineno))
 
 
 #: Names a LogRecord owns: an extra by one of these names would make logging raise.
@@ -107,20 +177,15 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
     "message", "asctime"}
 
 
-def _log(logger: logging.Logger, success: bool, output_path: Optional[str],
-         message: Optional[str], extra: dict[str, Any],
+def _log(logger: logging.Logger, level: int, message: str, extra: dict[str, Any],
          exc_info: Optional[tuple[type[BaseException], BaseException,
                                   Optional[TracebackType]]] = None) -> None:
     clashing = sorted(k for k in extra if k in _RECORD_ATTRIBUTES)
     if clashing:  # logging would raise KeyError into the job's code: leave them out
-        diagnostics_logger.warning("report_job: job field(s) %s share a name with LogRecord "
-                                   "attributes and are left out", ", ".join(clashing))
-    extra = {**{k: v for k, v in extra.items() if k not in _RECORD_ATTRIBUTES},
-             "success": success}
-    if success:
-        extra["output_path"] = output_path
-        logger.info("job succeeded", extra=extra, stacklevel=3)
-        return
-    if message is not None:
-        extra["error_message"] = message
-    logger.error("job failed", exc_info=exc_info, extra=extra, stacklevel=3)
+        _diagnostics.say_once(
+            "report_job:clash:" + ",".join(clashing), logging.WARNING,
+            "report_job: job field(s) %s share a name with LogRecord attributes and are left "
+            "out", ", ".join(clashing))
+        extra = {k: v for k, v in extra.items() if k not in _RECORD_ATTRIBUTES}
+    # stacklevel 3: the record names the app's line, not this module's.
+    logger.log(level, message, exc_info=exc_info, extra=extra, stacklevel=3)

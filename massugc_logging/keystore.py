@@ -5,11 +5,23 @@ The key is the one secret this package holds, so it is wrapped in
 are masked, it refuses to be pickled, and :meth:`ApiKey.reveal` is the only
 way back to the text (for the ``X-API-Key`` header and nothing else).
 
-:class:`KeyStore` finds the key, in this order: an explicit argument, the
-``MASSUGC_API_KEY`` environment variable, the OS keyring (when the optional
-``keyring`` package has a usable backend), the key file ``<config dir>/api_key``
-(one line of plain text, mode 0600), and the desktop app's legacy file
-``~/.zyra-video-agent/.massugc_api_key`` (the key base64-encoded).
+:class:`KeyStore` finds the key: an explicit argument, else the
+``MASSUGC_API_KEY`` environment variable, else the newer of two places that
+can both hold one:
+
+- the package's own store: the OS keyring (when the optional ``keyring``
+  package has a usable backend), else the key file ``<config dir>/api_key``
+  (one line of plain text, mode 0600);
+- the desktop app's own key file ``~/.zyra-video-agent/.massugc_api_key`` (the
+  key base64-encoded), which the app's Settings page writes and deletes while
+  the app runs.
+
+The one written last wins, so a key changed in either place is the key used.
+Beside the stored key, ``api_key.meta.json`` (no secret in it) records when it
+was written and whether ``key migrate`` copied it from the app's file; such a
+copy goes with the app's file: once the app deletes its key, the copy is not
+used either. The app's file is never written or deleted by ``key migrate``,
+since the app checks for it.
 
 Errors, none of which ever contains the key::
 
@@ -23,10 +35,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
 import os
 import secrets
 import stat
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Protocol, Union
@@ -50,6 +65,7 @@ ENV_VAR = "MASSUGC_API_KEY"
 KEYRING_SERVICE = "massugc-logging"
 KEYRING_USERNAME = "api_key"
 KEY_FILE_NAME = "api_key"
+META_FILE_NAME = "api_key.meta.json"
 APP_NAME = "massugc-logging"
 LEGACY_RELATIVE_PATH = Path(".zyra-video-agent") / ".massugc_api_key"
 
@@ -276,6 +292,7 @@ class KeyStore:
             legacy_path = Path(os.path.expanduser("~")) / LEGACY_RELATIVE_PATH
         self.config_dir = Path(config_dir)
         self.key_file = self.config_dir / KEY_FILE_NAME
+        self.meta_file = self.config_dir / META_FILE_NAME
         self.legacy_file = Path(legacy_path)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._use_keyring = use_keyring
@@ -412,15 +429,44 @@ class KeyStore:
             return key, "file"
         return None, "none"
 
+    def _meta(self) -> dict[str, Any]:
+        """What ``api_key.meta.json`` says of the stored key (empty when there is none)."""
+        try:
+            meta = json.loads(self.meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _stored_written_at(self, source: str, meta: dict[str, Any]) -> float:
+        """When the stored key was written: the meta file's record, else the key file's
+        modification time; a keyring entry without a record counts as oldest."""
+        written = meta.get("written_at")
+        if isinstance(written, (int, float)) and not isinstance(written, bool):
+            return float(written)
+        if source == "file":
+            try:
+                return self.key_file.stat().st_mtime
+            except OSError:
+                return 0.0
+        return 0.0
+
+    def _legacy_written_at(self) -> float:
+        try:
+            return self.legacy_file.stat().st_mtime
+        except OSError:
+            return 0.0
+
     # -- the public operations ---------------------------------------------
 
     def resolve(self, explicit: Union[str, ApiKey, None] = None) -> tuple[Optional[ApiKey], str]:
         """Find the key and say where it came from.
 
-        Looks at ``explicit``, then ``MASSUGC_API_KEY``, the keyring, the key
-        file and the legacy file; the first that holds anything wins (a blank
-        value counts as nothing). Returns ``(key, source)`` with ``source`` one
-        of ``"argument"``, ``"environment"``, ``"keyring"``, ``"file"``,
+        ``explicit`` wins, then ``MASSUGC_API_KEY``; after them, of the key in this
+        store (keyring or key file) and the one in the app's legacy file, the one
+        written last (a tie goes to this store). A blank value counts as nothing. A
+        stored key that ``key migrate`` copied from the app's file is not used once
+        that file is gone. Returns ``(key, source)`` with ``source`` one of
+        ``"argument"``, ``"environment"``, ``"keyring"``, ``"file"``,
         ``"legacy-file"`` or ``"none"``.
 
         Raises:
@@ -434,13 +480,23 @@ class KeyStore:
         from_env = self._environ.get(ENV_VAR)
         if from_env is not None and from_env.strip():
             return self._parse(from_env, "environment"), "environment"
-        key, source = self._stored()
-        if key is not None:
-            return key, source
-        key = self._from_legacy_file()
-        if key is not None:
-            return key, "legacy-file"
-        return None, "none"
+        stored, source = self._stored()
+        if stored is None:
+            key = self._from_legacy_file()
+            return (key, "legacy-file") if key is not None else (None, "none")
+        meta = self._meta()
+        try:
+            legacy = self._from_legacy_file()
+        except KeyStoreError:
+            legacy = None  # a broken app file never hides a good stored key
+        if legacy is None:
+            if meta.get("origin") == "legacy-file" and not self.legacy_file.exists():
+                return None, "none"  # the app deleted the key this copy came from
+            return stored, source
+        if legacy != stored and self._legacy_written_at() > self._stored_written_at(source,
+                                                                                     meta):
+            return legacy, "legacy-file"
+        return stored, source
 
     def get(self) -> Optional[ApiKey]:
         """The key from the environment or the store, or None; raises as :meth:`resolve` does."""
@@ -450,13 +506,22 @@ class KeyStore:
         """Whether a key can be found; raises as :meth:`resolve` does if one is malformed."""
         return self.get() is not None
 
-    def store(self, key: Union[str, ApiKey]) -> str:
+    def store(self, key: Union[str, ApiKey], *, origin: str = "store",
+              written_at: Optional[float] = None) -> str:
         """Validate ``key`` and keep it: in the keyring if usable, else in the key file (0600).
 
         Returns ``"keyring"`` or the key file's path. Storing in the keyring
         deletes an existing key file, so no stale plaintext copy is left behind.
+        ``origin`` and ``written_at`` (default: now) go to the meta file, which
+        decides between this key and the app's own file.
         """
         api_key = key if isinstance(key, ApiKey) else self._parse(key, "argument")
+        where = self._store_key(api_key)
+        self._write_meta({"written_at": time.time() if written_at is None else written_at,
+                          "origin": origin})
+        return where
+
+    def _store_key(self, api_key: ApiKey) -> str:
         backend = self._keyring()
         if backend is not None:
             try:
@@ -489,16 +554,19 @@ class KeyStore:
             removed.append("keyring")
         if self._unlink(self.key_file, "file"):
             removed.append(str(self.key_file))
+        self._unlink(self.meta_file, "file")
         if legacy and self._unlink(self.legacy_file, "legacy-file"):
             removed.append(str(self.legacy_file))
         return removed
 
-    def migrate_legacy(self, remove_legacy: bool = False) -> bool:
-        """Move the key from the desktop app's legacy file into this store.
+    def migrate_legacy(self) -> bool:
+        """Copy the key from the desktop app's legacy file into this store.
 
-        Returns True if a key was migrated. A key already in the store is
-        never overwritten; in that case the legacy file is removed (when
-        ``remove_legacy``) only if it holds that same key.
+        Returns True if a key was copied. A different key already in the store is
+        kept when it was written after the app's file. The app's file is left as
+        it is (the app checks for it); the copy follows it: a newer key in the app's
+        file wins over the copy, and once the app deletes its file the copy is not
+        used.
 
         Raises:
             InvalidApiKey: the legacy file holds no valid key (it is left in place).
@@ -506,14 +574,11 @@ class KeyStore:
         legacy_key = self._from_legacy_file()
         if legacy_key is None:
             return False
-        current, _ = self._stored()
-        if current is not None:
-            if remove_legacy and current == legacy_key:
-                self._unlink(self.legacy_file, "legacy-file")
+        current, source = self._stored()
+        legacy_time = self._legacy_written_at()
+        if current is not None and self._stored_written_at(source, self._meta()) >= legacy_time:
             return False
-        self.store(legacy_key)
-        if remove_legacy:
-            self._unlink(self.legacy_file, "legacy-file")
+        self.store(legacy_key, origin="legacy-file", written_at=legacy_time)
         return True
 
     def __repr__(self) -> str:
@@ -559,6 +624,16 @@ class KeyStore:
         if _is_posix():
             os.chmod(self.config_dir, 0o700)  # mkdir's mode is filtered by the umask
 
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        """Record when and how the stored key was written (no secret in it); best effort."""
+        try:
+            self._ensure_config_dir()
+            tmp = self.config_dir / f".{META_FILE_NAME}.{secrets.token_hex(8)}.tmp"
+            tmp.write_text(json.dumps(meta), encoding="utf-8")
+            os.replace(tmp, self.meta_file)
+        except OSError:
+            _diagnostics.count("key_meta_write_failed")
+
     def _write_key_file(self, key: ApiKey) -> None:
         """Write the key file atomically, readable by its owner only from the first byte."""
         tmp = self.config_dir / f".{KEY_FILE_NAME}.{secrets.token_hex(8)}.tmp"
@@ -569,7 +644,7 @@ class KeyStore:
             fd = os.open(tmp, flags, 0o600)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    if _is_posix():
+                    if sys.platform != "win32":
                         os.fchmod(fh.fileno(), 0o600)  # exactly 0600, whatever the umask
                     fh.write(key.reveal().encode("ascii") + b"\n")
                     fh.flush()

@@ -34,10 +34,12 @@ from massugc_logging.spool import (
     AddResult,
     DeadLetter,
     MemorySpool,
+    Restamp,
     Settlement,
     Spool,
     SpooledEvent,
     SpoolError,
+    Write,
 )
 
 #: While the file is busy, each write waits this long for the lock before using memory.
@@ -94,6 +96,9 @@ class FallbackOutbox:
         self._lock = threading.RLock()
         #: Outcomes the file could not record yet; written with the next ones.
         self._unsettled = Settlement()
+        #: Jobs that finished while memory stood in: their running rows in the file go
+        #: when it is back, so they are never reported as abandoned.
+        self._finished_meanwhile: list[str] = []
         self._file: Optional[Spool] = None
         self._degraded = False
         self._busy = False
@@ -160,12 +165,15 @@ class FallbackOutbox:
         if not self._degraded:
             return
         movable = self._memory.take_all()
+        running = self._memory.take_running()
+        try:
+            added = file.adopt(movable, now, Write(started=tuple(running),
+                                                   finished=tuple(self._finished_meanwhile)))
+        except SpoolError:
+            self._memory.put_back(movable, running)
+            raise
+        self._finished_meanwhile = []
         if movable:
-            try:
-                added = file.adopt(movable, now)
-            except SpoolError:
-                self._memory.put_back(movable)
-                raise
             if added.dropped_full:
                 self._on_dropped("spool_full", added.dropped_full)
             for (event, _), new_id in zip(movable, added.row_ids):
@@ -181,7 +189,9 @@ class FallbackOutbox:
     def _try_the_file_again(self, now: float) -> None:
         """While degraded, with events in memory: move them to the file if it is usable
         again (without waiting for the next write to find out)."""
-        if not self._degraded or not self._memory.pending_count():
+        if not self._degraded or not (self._memory.pending_count()
+                                      or self._memory.running_count()
+                                      or self._finished_meanwhile):
             return
         file = self._usable_file()
         if file is not None:
@@ -196,13 +206,17 @@ class FallbackOutbox:
 
     # -- the Outbox protocol ----------------------------------------------------
 
-    @_locked
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
+        """Write events ahead to the file; to memory while it cannot be used."""
+        return self.write(Write(events=tuple(events)), now)
+
+    @_locked
+    def write(self, write: Write, now: float) -> AddResult:
         """Write ahead to the file; to memory while it cannot be used."""
         file = self._usable_file()
         if file is not None:
             try:
-                result = file.add(events, now)
+                result = file.write(write, now)
             except SpoolError as exc:
                 self._degrade(exc)
             else:
@@ -211,7 +225,43 @@ class FallbackOutbox:
                 except SpoolError as exc:
                     self._degrade(exc)
                 return result
-        return self._memory.add(events, now)
+        self._finished_meanwhile.extend(write.finished)
+        return self._memory.write(write, now)
+
+    @_locked
+    def recover_abandoned(self, now: float) -> int:
+        """Turn the running jobs of processes that are gone into failure events (file only:
+        memory holds no other process's jobs)."""
+        file = self._usable_file()
+        if file is None:
+            return 0
+        try:
+            return file.recover_abandoned(now)
+        except SpoolError as exc:
+            self._degrade(exc)
+            return 0
+
+    @_locked
+    def unaddressed_count(self) -> int:
+        """Events kept by release 0.1.x in the file, which name no destination."""
+        if self._file is None:
+            return 0
+        try:
+            return self._file.unaddressed_count()
+        except SpoolError:
+            return 0
+
+    @_locked
+    def abandon_running(self, restamp: Restamp, now: float) -> int:
+        """Turn this process's running jobs, in both stores, into failure events now."""
+        count = self._memory.abandon_running(restamp, now)
+        file = self._usable_file()
+        if file is not None:
+            try:
+                count += file.abandon_running(restamp, now)
+            except SpoolError as exc:
+                self._degrade(exc)
+        return count
 
     @_locked
     def lease(self, limit: int, now: float,
@@ -364,6 +414,7 @@ class FallbackOutbox:
         self._memory.after_fork_child()
         self._leased_from_memory = set()
         self._moved = {}
+        self._finished_meanwhile = []
         if self._file is not None:
             try:
                 self._file.after_fork_child()
@@ -387,16 +438,28 @@ def default_spool_path() -> Path:
     return Path(platformdirs.user_data_dir("massugc-logging", appauthor=False)) / "spool.sqlite3"
 
 
-def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnostics,
-                on_dropped: Callable[[str, int], None]) -> Union[FallbackOutbox, MemorySpool]:
-    """The outbox for a handler's ``spool_path``: the SQLite file (``"default"`` or empty:
-    the platform's user data directory) behind its memory stand-in; memory alone for None.
-    """
+def resolve_spool_path(spool_path: Any) -> Optional[Path]:
+    """The file a handler's ``spool_path`` names: None for memory only, the platform's
+    user data directory for ``"default"`` or empty."""
     if spool_path is None:
-        return MemorySpool(**limits)
-    use_default = spool_path in ("default", "")
-    path = default_spool_path() if use_default else Path(str(spool_path)).expanduser()
-    return FallbackOutbox(lambda: Spool(path, **limits), MemorySpool(**limits), path=path,
+        return None
+    if spool_path in ("default", ""):
+        return default_spool_path()
+    return Path(str(spool_path)).expanduser()
+
+
+def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnostics,
+                on_dropped: Callable[[str, int], None],
+                destination: Optional[str] = None) -> Union[FallbackOutbox, MemorySpool]:
+    """The outbox for a handler's ``spool_path``, for events going to ``destination``: the
+    SQLite file (``"default"`` or empty: the platform's user data directory) behind its
+    memory stand-in; memory alone for None.
+    """
+    path = resolve_spool_path(spool_path)
+    if path is None:
+        return MemorySpool(destination=destination, **limits)
+    return FallbackOutbox(lambda: Spool(path, destination=destination, **limits),
+                          MemorySpool(destination=destination, **limits), path=path,
                           on_problem=lambda exc: spool_problem(diagnostics, exc),
                           on_recovered=lambda moved: _spool_recovered(diagnostics, moved),
                           on_dropped=on_dropped)

@@ -152,6 +152,25 @@ def format_utc(created: float) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
 
 
+def restamp_failure(body: bytes, message: str, when: float) -> bytes:
+    """A failure event's body with a new ``error_message`` and its times set to ``when``.
+
+    For the stand-in failure of a job still running when the app shuts down: it was
+    built when the job started, and is sent with the moment of the shutdown. A body
+    that is not such an event is returned unchanged.
+    """
+    try:
+        event = json.loads(body)
+        job = event["job_data"]
+        stamp = format_utc(when)
+        job["error_message"] = message
+        job["failure_time"] = stamp
+        event["timestamp"] = stamp
+        return encode_event(event)
+    except (ValueError, TypeError, KeyError):
+        return body
+
+
 def event_id_for(event_type: str, run_id: str, success: bool, fallback: str) -> str:
     """The ``Idempotency-Key``: derived from run and outcome, so a double report collides.
 

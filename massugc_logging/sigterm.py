@@ -29,6 +29,7 @@ import threading
 from types import FrameType
 from typing import Optional
 
+from massugc_logging._exiting import mark_exiting
 from massugc_logging.diagnostics import Diagnostics
 
 #: The longest shutdown_timeout of the handlers that asked for flush_on_sigterm.
@@ -71,6 +72,7 @@ def _flush_then_die(signum: int, frame: Optional[FrameType]) -> None:
     ``shutdown_timeout``).
     """
     signal.signal(signum, signal.SIG_DFL)
+    mark_exiting()
     watchdog = threading.Timer(2 * _budget[0] + _GRACE, os.kill, (os.getpid(), signum))
     watchdog.daemon = True
     watchdog.start()

@@ -16,7 +16,24 @@ process takes a row over when that lease has expired, or at once when the
 owner ran on this host and its pid is gone (it crashed or was killed).
 Several processes can share one file (WAL mode, short ``BEGIN IMMEDIATE``
 transactions); delivery is at least once and the ``Idempotency-Key`` lets the
-server drop a rare duplicate.
+server drop a rare duplicate. An owner is told dead by its process's start
+time as well as its pid (:mod:`massugc_logging.processes`), so a reused pid is
+never taken for the owner, on Windows as on POSIX.
+
+Destinations: every event is addressed to the API it was logged for (its API
+URL and endpoint, :func:`destination_of`), and a spool opened for one
+destination leases only that destination's events. A development run that
+kept events for the local collector never hands them to a production run on
+the same file, and the other way round. Rows kept by release 0.1.x name no
+destination: they stay *unaddressed*, are never sent by a handler, and are
+sent only where ``massugc-logging spool replay --from unaddressed`` is told.
+
+Running jobs: a job inside ``report_job`` is kept here as running, with the
+failure event that stands for it should its process die (:class:`RunningJob`).
+Its real outcome removes it in the transaction that writes the outcome; a
+process that starts on the file turns the running jobs of owners that are gone
+into those failure events (:meth:`Spool.recover_abandoned`), in one
+transaction, so two processes starting at once report each job once.
 
 :class:`MemorySpool` has the same interface (the :class:`Outbox` protocol)
 and no durability: it is used for ``spool_path: null`` and, through
@@ -31,12 +48,13 @@ import secrets
 import socket
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol, TypeVar, Union
+
+from massugc_logging.processes import process_is_gone, process_start_marker
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
@@ -44,10 +62,14 @@ DEFAULT_LEASE_SECONDS = 120.0
 DEFAULT_BUSY_TIMEOUT = 5.0
 #: A schedule further ahead than this is taken as a clock that jumped back: due now.
 SCHEDULE_HORIZON = 2 * 3600.0
-#: ``PRAGMA user_version`` of this schema (0.1.0 files have 0: no per-event schedule).
-SCHEMA_VERSION = 2
+#: ``PRAGMA user_version`` of this schema (0.1.0 files have 0: no per-event schedule;
+#: 0.1.x files have 2: no destination, no running jobs).
+SCHEMA_VERSION = 3
 #: Row ids of the memory spool start here so they never collide with SQLite ones.
 _MEMORY_ID_BASE = 1 << 50
+#: A running job whose owner cannot be probed (it ran under another host name) is
+#: taken for abandoned after this long: no job runs for a day.
+ABANDONED_AFTER = 24 * 3600.0
 
 _T = TypeVar("_T")
 
@@ -61,7 +83,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts    INTEGER NOT NULL DEFAULT 0,
     owner       TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    destination TEXT,
+    job_token   TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created, id);
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -71,7 +95,16 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     created     REAL NOT NULL,
     status      INTEGER,
     reason      TEXT NOT NULL,
-    dead_at     REAL NOT NULL
+    dead_at     REAL NOT NULL,
+    destination TEXT
+);
+CREATE TABLE IF NOT EXISTS running_job (
+    token       TEXT PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    created     REAL NOT NULL,
+    owner       TEXT NOT NULL,
+    destination TEXT
 );
 """
 
@@ -93,6 +126,18 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+def destination_of(api_url: str, endpoint: str) -> str:
+    """The address events are kept for: the API base URL and the endpoint, as one URL
+    (``https://host/api/desktop/usage/log``), without a trailing slash on the base."""
+    base = api_url.strip().rstrip("/")
+    path = endpoint.strip()
+    return base + (path if path.startswith("/") else "/" + path)
+
+
+#: How ``spool status`` names the rows of release 0.1.x, which name no destination.
+UNADDRESSED = "unaddressed"
+
+
 @dataclass(frozen=True)
 class SpooledEvent:
     """One row of the outbox, as leased for delivery."""
@@ -102,6 +147,37 @@ class SpooledEvent:
     body: bytes
     created: float
     attempts: int
+    #: Where the event was logged for (None: a row of release 0.1.x).
+    destination: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job that started and has not reported an outcome yet.
+
+    ``body`` is the failure event that stands for the job should its process end
+    before the job reports (``success: false``, the job's fields, redacted), with
+    ``event_id`` its ``Idempotency-Key``; ``token`` names the job in the outcome
+    that will replace it.
+    """
+
+    token: str
+    event_id: str
+    body: bytes
+    created: float
+
+
+@dataclass(frozen=True)
+class Write:
+    """What the intake writes in one transaction: new events, jobs that started, and
+    the tokens of jobs whose outcome is among the events (or was lost on its way)."""
+
+    events: tuple[tuple[str, bytes, float], ...] = ()
+    started: tuple[RunningJob, ...] = ()
+    finished: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.started or self.finished)
 
 
 @dataclass(frozen=True)
@@ -128,6 +204,7 @@ class DeadLetter:
     status: Optional[int]
     reason: str
     dead_at: float
+    destination: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +213,13 @@ class AddResult:
 
     row_ids: tuple[int, ...]
     dropped_full: int
+    #: Presumed failures of jobs whose real outcome came in before they were sent.
+    superseded: int = 0
+
+
+#: Turns the stand-in failure of a job open at shutdown into the event to send:
+#: ``(body, now) -> body`` (a new message and time; see ``payload.restamp_failure``).
+Restamp = Callable[[bytes, float], bytes]
 
 
 class Outbox(Protocol):
@@ -152,6 +236,9 @@ class Outbox(Protocol):
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write ``(event_id, body, created)`` events ahead of delivery."""
 
+    def write(self, write: Write, now: float) -> AddResult:
+        """Write events, running jobs and finished jobs in one transaction."""
+
     def lease(self, limit: int, now: float,
               exclude: Collection[int] = ()) -> list[SpooledEvent]:
         """Up to ``limit`` events due at ``now``, oldest first, not in ``exclude``."""
@@ -166,7 +253,16 @@ class Outbox(Protocol):
         """Drop events older than the age bound; return how many."""
 
     def pending_count(self) -> int:
-        """Events waiting for delivery."""
+        """Events waiting for delivery to this outbox's destination."""
+
+    def recover_abandoned(self, now: float) -> int:
+        """Turn the running jobs of processes that are gone into their failure events."""
+
+    def unaddressed_count(self) -> int:
+        """Events kept by release 0.1.x, which name no destination (no handler sends them)."""
+
+    def abandon_running(self, restamp: Restamp, now: float) -> int:
+        """Turn this process's running jobs into failure events now (at shutdown)."""
 
     def release(self) -> None:
         """Give up this process's claims so any process may send its events."""
@@ -176,39 +272,68 @@ class Outbox(Protocol):
 
 
 def new_owner() -> str:
-    """An owner tag unique to this process and spool instance: ``host|pid|token``."""
-    return f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(6)}"
+    """An owner tag unique to this process and spool instance: ``host|pid|start|token``
+    (``start`` names the process's start, so that a later process with the same pid is
+    never taken for this one)."""
+    start = process_start_marker() or ""
+    return f"{socket.gethostname()}|{os.getpid()}|{start}|{secrets.token_hex(6)}"
+
+
+def _parse_owner(owner: str) -> Optional[tuple[str, int, Optional[str]]]:
+    """``(host, pid, start marker)`` of an owner tag; tags of release 0.1.x have no start."""
+    parts = owner.split("|")
+    try:
+        pid = int(parts[1])
+    except (IndexError, ValueError):
+        return None
+    start = parts[2] or None if len(parts) >= 4 else None
+    return parts[0], pid, start
 
 
 def _owner_is_dead(owner: str, me: str) -> bool:
-    """True when ``owner`` ran on this host in a process that no longer exists."""
-    try:
-        host, pid_text, _ = owner.split("|", 2)
-        pid = int(pid_text)
-    except ValueError:
+    """True when ``owner`` ran on this host in a process that is certainly gone: no
+    process has its pid, or the one that has it started at another time."""
+    parsed = _parse_owner(owner)
+    if parsed is None or owner == me:
         return False
-    if host != socket.gethostname() or owner == me:
+    host, pid, start = parsed
+    if host != socket.gethostname():
         return False
     if pid == os.getpid():
-        return False  # another spool of this very process: alive (a reused pid waits out the lease)
-    if os.name != "posix":
-        return False  # no safe liveness probe; the lease expiry takes over
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return False  # another spool of this very process: alive
+    return process_is_gone(pid, start)
+
+
+def _abandoned(owner: str, started: float, now: float, me: str) -> bool:
+    """Whether a running job of ``owner``, started at ``started``, was left by its process:
+    the process is gone, or it ran under another host name (which cannot be probed) and
+    the job started more than :data:`ABANDONED_AFTER` ago."""
+    if _owner_is_dead(owner, me):
         return True
-    except (PermissionError, OSError):
-        return False
-    return False
+    parsed = _parse_owner(owner)
+    return (parsed is not None and parsed[0] != socket.gethostname()
+            and started < now - ABANDONED_AFTER)
 
 
 class Spool:
-    """A SQLite outbox (WAL mode, file mode 0600) shared safely between processes."""
+    """A SQLite outbox (WAL mode, file mode 0600) shared safely between processes.
+
+    Args:
+        path: the file.
+        destination: where the events this spool writes are going, and the only
+            events it leases (:func:`destination_of`); None for release 0.1.x's
+            unaddressed rows, and for tools that only read.
+        max_events, max_age: the bounds (over the whole file).
+        lease_seconds: how long a leased event stays this process's.
+        owner: the owner tag (a new one by default).
+        busy_timeout: how long a write waits for another connection's lock.
+    """
 
     def __init__(
         self,
         path: Union[str, Path],
         *,
+        destination: Optional[str] = None,
         max_events: int = DEFAULT_MAX_EVENTS,
         max_age: float = DEFAULT_MAX_AGE,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -217,6 +342,7 @@ class Spool:
     ) -> None:
         self.path: Optional[Path] = Path(path).expanduser()
         self._file = self.path
+        self.destination = destination
         self.max_events = max_events
         self.max_age = max_age
         self.lease_seconds = lease_seconds
@@ -247,8 +373,8 @@ class Spool:
             # NORMAL in WAL mode survives a killed process; only an OS crash can lose
             # the last transactions, and it saves an fsync per event.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
             _migrate(conn)
+            conn.executescript(_SCHEMA)
             conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.Error as exc:
             conn.close()
@@ -294,41 +420,92 @@ class Spool:
         Raises:
             SpoolError: the write failed (disk full, file gone read-only, corrupt, locked).
         """
-        return self._write([(eid, body, created, 0, 0.0) for eid, body, created in events], now)
+        return self.write(Write(events=tuple(events)), now)
 
-    def adopt(self, rows: Sequence[tuple[SpooledEvent, float]], now: float) -> AddResult:
-        """Write events kept elsewhere (in memory while this file was unusable), keeping
-        their attempt counts and due times.
+    def write(self, write: Write, now: float) -> AddResult:
+        """Write new events and running jobs, and close finished jobs, in one transaction.
+
+        A finished job's running row goes, and so does the stand-in failure of it that
+        shutdown or recovery put in the outbox and nobody has sent yet: the real outcome
+        supersedes the presumed one.
 
         Raises:
             SpoolError: the write failed.
         """
-        return self._write([(e.event_id, e.body, e.created, e.attempts, due)
-                            for e, due in rows], now)
+        if not write:
+            return AddResult((), 0)
+        rows = [(eid, body, created, 0, 0.0, None) for eid, body, created in write.events]
+        with self._transaction("write to") as conn:
+            # Started before finished: a job may start and end within one batch.
+            self._start(conn, write.started)
+            superseded = self._finish(conn, write.finished)
+            ids, excess = self._insert(conn, rows, now)
+        return AddResult(ids, excess, superseded)
 
-    def _write(self, rows: Sequence[tuple[str, bytes, float, int, float]],
-               now: float) -> AddResult:
-        if not rows:
+    @staticmethod
+    def _finish(conn: sqlite3.Connection, tokens: Sequence[str]) -> int:
+        if not tokens:
+            return 0
+        conn.executemany("DELETE FROM running_job WHERE token = ?", [(t,) for t in tokens])
+        superseded = 0
+        for token in tokens:
+            cur = conn.execute("DELETE FROM outbox WHERE job_token = ? AND attempts = 0",
+                               (token,))
+            superseded += int(cur.rowcount or 0)
+        return superseded
+
+    def adopt(self, rows: Sequence[tuple[SpooledEvent, float]], now: float,
+              jobs: Write = Write()) -> AddResult:
+        """Write what was kept elsewhere (in memory while this file was unusable), in one
+        transaction: events with their attempt counts and due times, and the running and
+        finished jobs of ``jobs``.
+
+        Raises:
+            SpoolError: the write failed.
+        """
+        if not rows and not jobs:
             return AddResult((), 0)
         with self._transaction("write to") as conn:
-            ids = []
-            for event_id, body, created, attempts, due in rows:
-                cur = conn.execute(
-                    "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
-                    " lease_until, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event_id, body, created, now, attempts, self.owner,
-                     now + self.lease_seconds, due),
-                )
-                ids.append(int(cur.lastrowid or 0))
-            (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
-            excess = max(0, int(count) - self.max_events)
-            if excess:
-                conn.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                    " ORDER BY created, id LIMIT ?)",
-                    (excess,),
-                )
-        return AddResult(tuple(ids), excess)
+            self._start(conn, jobs.started)
+            self._finish(conn, jobs.finished)
+            ids, excess = self._insert(
+                conn, [(e.event_id, e.body, e.created, e.attempts, due, None)
+                       for e, due in rows], now)
+        return AddResult(ids, excess)
+
+    def _start(self, conn: sqlite3.Connection, jobs: Sequence[RunningJob]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO running_job (token, event_id, body, created, owner,"
+            " destination) VALUES (?, ?, ?, ?, ?, ?)",
+            [(job.token, job.event_id, job.body, job.created, self.owner, self.destination)
+             for job in jobs])
+
+    def _insert(self, conn: sqlite3.Connection,
+                rows: Sequence[tuple[str, bytes, float, int, float, Optional[str]]],
+                now: float) -> tuple[tuple[int, ...], int]:
+        """Insert outbox rows ``(event_id, body, created, attempts, due, job_token)`` for
+        this destination and drop the oldest beyond the bound (lock and transaction held)."""
+        ids = []
+        for event_id, body, created, attempts, due, token in rows:
+            cur = conn.execute(
+                "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
+                " lease_until, next_attempt_at, destination, job_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, body, created, now, attempts, self.owner,
+                 now + self.lease_seconds, due, self.destination, token),
+            )
+            ids.append(int(cur.lastrowid or 0))
+        if not rows:
+            return (), 0
+        (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        excess = max(0, int(count) - self.max_events)
+        if excess:
+            conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " ORDER BY created, id LIMIT ?)",
+                (excess,),
+            )
+        return tuple(ids), excess
 
     def _take_back_from_the_dead(self, conn: sqlite3.Connection, now: float) -> None:
         """Expire the leases of owners on this host whose process is gone."""
@@ -336,8 +513,8 @@ class Spool:
             row[0]
             for row in conn.execute(
                 "SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
-                " AND owner != ? AND lease_until >= ?",
-                (self.owner, now),
+                " AND owner != ? AND lease_until >= ? AND destination IS ?",
+                (self.owner, now, self.destination),
             )
         ]
         for owner in others:
@@ -346,7 +523,8 @@ class Spool:
 
     def lease(self, limit: int, now: float,
               exclude: Collection[int] = ()) -> list[SpooledEvent]:
-        """Take up to ``limit`` events due at ``now``, oldest first, and hold them for a while.
+        """Take up to ``limit`` of this destination's events due at ``now``, oldest first,
+        and hold them for a while.
 
         Leasable: owned by this spool, or with an expired lease, or owned by a
         process on this host that no longer exists. Due: ``next_attempt_at`` has
@@ -357,10 +535,11 @@ class Spool:
             self._take_back_from_the_dead(conn, now)
             rows = conn.execute(
                 "SELECT id, event_id, body, created, attempts FROM outbox"
-                " WHERE (owner = ? OR owner IS NULL OR lease_until < ?)"
+                " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?)"
                 " AND (next_attempt_at <= ? OR next_attempt_at > ?)"
                 " ORDER BY created, id LIMIT ?",
-                (self.owner, now, now, now + SCHEDULE_HORIZON, limit + len(exclude)),
+                (self.destination, self.owner, now, now, now + SCHEDULE_HORIZON,
+                 limit + len(exclude)),
             ).fetchall()
             rows = [r for r in rows if r[0] not in exclude][:limit]
             if rows:
@@ -368,16 +547,16 @@ class Spool:
                     "UPDATE outbox SET owner = ?, lease_until = ? WHERE id = ?",
                     [(self.owner, now + self.lease_seconds, r[0]) for r in rows],
                 )
-        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
-                for r in rows]
+        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]),
+                             self.destination) for r in rows]
 
     def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
-        """The earliest ``next_attempt_at`` among events this spool could lease."""
+        """The earliest ``next_attempt_at`` among this destination's events it could lease."""
         rows = self._guarded(lambda: self._conn.execute(
             "SELECT id, next_attempt_at FROM outbox"
-            " WHERE owner = ? OR owner IS NULL OR lease_until < ?"
+            " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?)"
             " ORDER BY next_attempt_at LIMIT ?",
-            (self.owner, now, len(exclude) + 1)).fetchall())
+            (self.destination, self.owner, now, len(exclude) + 1)).fetchall())
         for row_id, due_at in rows:
             if row_id not in exclude:
                 due = float(due_at)
@@ -398,14 +577,11 @@ class Spool:
                     " WHERE id = ?", [(due, r) for r, due in settlement.rescheduled])
             for event, status, reason in settlement.dead:
                 conn.execute(
-                    "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (event.event_id, event.body, event.created, status, reason, now))
+                    "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at,"
+                    " destination) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (event.event_id, event.body, event.created, status, reason, now,
+                     event.destination))
                 conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
-
-    def delivered(self, row_ids: Sequence[int]) -> None:
-        """Remove delivered events."""
-        self.settle(Settlement(delivered=tuple(row_ids)), time.time())
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
@@ -420,10 +596,71 @@ class Spool:
             return int(cur.rowcount or 0)
         return self._guarded(run)
 
+    # -- running jobs ---------------------------------------------------------------
+
+    def recover_abandoned(self, now: float) -> int:
+        """Turn the running jobs whose process is gone into their failure events.
+
+        One transaction: of processes starting on the file at once, exactly one
+        reports each job. A job whose owner ran under another host name (which
+        cannot be probed) counts as abandoned after :data:`ABANDONED_AFTER`. The
+        events keep the destination their job was logged for.
+        """
+        with self._transaction("recover running jobs in") as conn:
+            rows = conn.execute("SELECT token, event_id, body, created, owner, destination"
+                                " FROM running_job WHERE owner != ?", (self.owner,)).fetchall()
+            gone = [r for r in rows if _abandoned(str(r[4]), float(r[3]), now, self.owner)]
+            for token, event_id, body, created, _owner, destination in gone:
+                conn.execute("DELETE FROM running_job WHERE token = ?", (token,))
+                conn.execute(
+                    "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
+                    " lease_until, next_attempt_at, destination, job_token)"
+                    " VALUES (?, ?, ?, ?, 0, NULL, 0, 0, ?, ?)",
+                    (event_id, body, created, now, destination, token))
+        return len(gone)
+
+    def abandon_running(self, restamp: Restamp, now: float) -> int:
+        """Turn this spool's own running jobs into failure events for sending now
+        (shutdown), restamped by ``restamp``."""
+        with self._transaction("update") as conn:
+            rows = conn.execute("SELECT token, event_id, body FROM running_job"
+                                " WHERE owner = ?", (self.owner,)).fetchall()
+            conn.execute("DELETE FROM running_job WHERE owner = ?", (self.owner,))
+            self._insert(conn, [(str(event_id), restamp(bytes(body), now), now, 0, 0.0,
+                                 str(token)) for token, event_id, body in rows], now)
+        return len(rows)
+
+    def running(self) -> list[RunningJob]:
+        """Jobs kept as running (any owner), oldest first: for inspection."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT token, event_id, body, created FROM running_job ORDER BY created"
+        ).fetchall())
+        return [RunningJob(str(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
+
+    # -- inspection -------------------------------------------------------------------
+
     def pending_count(self) -> int:
-        """Events waiting in the outbox (any owner)."""
+        """Events waiting for this spool's destination."""
+        return self._guarded(lambda: int(self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE destination IS ?",
+            (self.destination,)).fetchone()[0]))
+
+    def unaddressed_count(self) -> int:
+        """Events kept by release 0.1.x, which name no destination."""
+        return self._guarded(lambda: int(self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE destination IS NULL").fetchone()[0]))
+
+    def total_count(self) -> int:
+        """Events waiting, for every destination."""
         return self._guarded(
             lambda: int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]))
+
+    def counts_by_destination(self) -> dict[Optional[str], int]:
+        """Events waiting, by destination (None: release 0.1.x's unaddressed rows)."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT destination, count(*) FROM outbox GROUP BY destination"
+            " ORDER BY destination").fetchall())
+        return {(None if d is None else str(d)): int(n) for d, n in rows}
 
     def dead_letter_count(self) -> int:
         """Events in the dead-letter table."""
@@ -431,20 +668,22 @@ class Spool:
             lambda: int(self._conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]))
 
     def pending(self, limit: int = 1_000_000) -> list[SpooledEvent]:
-        """Read (without leasing) pending events, oldest first: for inspection and export."""
+        """Read (without leasing) pending events of every destination, oldest first: for
+        inspection and export."""
         rows = self._guarded(lambda: self._conn.execute(
-            "SELECT id, event_id, body, created, attempts FROM outbox ORDER BY created, id"
-            " LIMIT ?", (limit,)).fetchall())
-        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]))
-                for r in rows]
+            "SELECT id, event_id, body, created, attempts, destination FROM outbox"
+            " ORDER BY created, id LIMIT ?", (limit,)).fetchall())
+        return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]),
+                             None if r[5] is None else str(r[5])) for r in rows]
 
     def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
         """Read dead-lettered events, oldest first."""
         rows = self._guarded(lambda: self._conn.execute(
-            "SELECT id, event_id, body, created, status, reason, dead_at FROM dead_letter"
-            " ORDER BY id LIMIT ?", (limit,)).fetchall())
+            "SELECT id, event_id, body, created, status, reason, dead_at, destination"
+            " FROM dead_letter ORDER BY id LIMIT ?", (limit,)).fetchall())
         return [DeadLetter(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]),
-                           None if r[4] is None else int(r[4]), str(r[5]), float(r[6]))
+                           None if r[4] is None else int(r[4]), str(r[5]), float(r[6]),
+                           None if r[7] is None else str(r[7]))
                 for r in rows]
 
     def purge(self, *, dead_letters_only: bool = False) -> int:
@@ -489,7 +728,9 @@ class Spool:
 
         The parent held the lock across the fork, so the inherited connection is
         idle; closing it resets SQLite's per-process lock bookkeeping, which a
-        new connection beside it would otherwise share in a stale state.
+        new connection beside it would otherwise share in a stale state. The
+        child is a process of its own: a new owner tag, and none of the parent's
+        running jobs.
 
         Raises:
             SpoolError: the file cannot be reopened.
@@ -505,16 +746,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a file of an older schema up to this one, in one transaction.
 
     Release 0.1.0's outbox had no ``next_attempt_at``: the column is added with
-    0, so every event it kept is due at once.
+    0, so every event it kept is due at once. Release 0.1.x's rows had no
+    ``destination``: they stay unaddressed (NULL), and no handler sends them.
     """
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if int(version) >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-        if "next_attempt_at" not in columns:
-            conn.execute("ALTER TABLE outbox ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0")
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "outbox" in tables:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+            for name, declaration in (("next_attempt_at", "REAL NOT NULL DEFAULT 0"),
+                                      ("destination", "TEXT"), ("job_token", "TEXT")):
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {declaration}")
+        if "dead_letter" in tables:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(dead_letter)")}
+            if "destination" not in columns:
+                conn.execute("ALTER TABLE dead_letter ADD COLUMN destination TEXT")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -526,6 +777,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class _MemoryRow:
     event: SpooledEvent
     due: float = 0.0
+    job_token: Optional[str] = None
 
 
 class MemorySpool:
@@ -534,11 +786,13 @@ class MemorySpool:
     path: Optional[Path] = None
 
     def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS,
-                 max_age: float = DEFAULT_MAX_AGE) -> None:
+                 max_age: float = DEFAULT_MAX_AGE, destination: Optional[str] = None) -> None:
         self.max_events = max_events
         self.max_age = max_age
+        self.destination = destination
         self._lock = threading.Lock()
         self._rows: OrderedDict[int, _MemoryRow] = OrderedDict()
+        self._running: dict[str, RunningJob] = {}
         self._dead: list[DeadLetter] = []
         self._next_id = _MEMORY_ID_BASE
 
@@ -547,18 +801,42 @@ class MemorySpool:
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Keep events in memory; drop the oldest beyond ``max_events``."""
+        return self.write(Write(events=tuple(events)), now)
+
+    def write(self, write: Write, now: float) -> AddResult:
+        """Keep events and running jobs; close finished jobs (as :meth:`Spool.write`)."""
         with self._lock:
-            ids = []
-            for event_id, body, created in events:
-                self._next_id += 1
-                self._rows[self._next_id] = _MemoryRow(
-                    SpooledEvent(self._next_id, event_id, body, created, 0))
-                ids.append(self._next_id)
-            dropped = 0
-            while len(self._rows) > self.max_events:
-                self._rows.popitem(last=False)
-                dropped += 1
-        return AddResult(tuple(ids), dropped)
+            for job in write.started:  # started before finished, as in Spool.write
+                self._running[job.token] = job
+            superseded = 0
+            for token in write.finished:
+                self._running.pop(token, None)
+                stale = [rid for rid, r in self._rows.items()
+                         if r.job_token == token and r.event.attempts == 0]
+                for rid in stale:
+                    del self._rows[rid]
+                superseded += len(stale)
+            ids = self._insert([(e, 0.0, None) for e in write.events])
+            dropped = self._bound()
+        return AddResult(ids, dropped, superseded)
+
+    def _insert(self, rows: Sequence[tuple[tuple[str, bytes, float], float, Optional[str]]]
+                ) -> tuple[int, ...]:
+        ids = []
+        for (event_id, body, created), due, token in rows:
+            self._next_id += 1
+            self._rows[self._next_id] = _MemoryRow(
+                SpooledEvent(self._next_id, event_id, body, created, 0, self.destination),
+                due, token)
+            ids.append(self._next_id)
+        return tuple(ids)
+
+    def _bound(self) -> int:
+        dropped = 0
+        while len(self._rows) > self.max_events:
+            self._rows.popitem(last=False)
+            dropped += 1
+        return dropped
 
     def _ordered(self) -> list[_MemoryRow]:
         return sorted(self._rows.values(), key=lambda r: (r.event.created, r.event.row_id))
@@ -591,22 +869,36 @@ class MemorySpool:
                 if row is not None:
                     e = row.event
                     self._rows[rid] = _MemoryRow(
-                        SpooledEvent(e.row_id, e.event_id, e.body, e.created, e.attempts + 1),
-                        due)
+                        SpooledEvent(e.row_id, e.event_id, e.body, e.created, e.attempts + 1,
+                                     e.destination), due, row.job_token)
             for event, status, reason in settlement.dead:
                 self._rows.pop(event.row_id, None)
                 self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
-                                             event.created, status, reason, now))
+                                             event.created, status, reason, now,
+                                             event.destination))
             del self._dead[:-self.max_events]
-
-    def delivered(self, row_ids: Sequence[int]) -> None:
-        """Forget delivered events."""
-        self.settle(Settlement(delivered=tuple(row_ids)), time.time())
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
         """Move an event to the (bounded) dead-letter list."""
         self.settle(Settlement(dead=((event, status, reason),)), now)
+
+    def recover_abandoned(self, now: float) -> int:
+        """Nothing to recover: no other process's jobs are kept here."""
+        return 0
+
+    def unaddressed_count(self) -> int:
+        """None: memory holds only this handler's events."""
+        return 0
+
+    def abandon_running(self, restamp: Restamp, now: float) -> int:
+        """Turn the running jobs into failure events now (at shutdown)."""
+        with self._lock:
+            jobs, self._running = list(self._running.values()), {}
+            self._insert([((job.event_id, restamp(job.body, now), now), 0.0, job.token)
+                          for job in jobs])
+            self._bound()
+        return len(jobs)
 
     def take_all(self, exclude: Collection[int] = ()) -> list[tuple[SpooledEvent, float]]:
         """Remove and return every event not in ``exclude``, with its due time (to move
@@ -617,11 +909,21 @@ class MemorySpool:
                 del self._rows[event.row_id]
             return rows
 
-    def put_back(self, rows: Sequence[tuple[SpooledEvent, float]]) -> None:
-        """Keep again events :meth:`take_all` returned (their move to a file failed)."""
+    def take_running(self) -> list[RunningJob]:
+        """Remove and return the running jobs (to move them to a file)."""
+        with self._lock:
+            jobs, self._running = list(self._running.values()), {}
+            return jobs
+
+    def put_back(self, rows: Sequence[tuple[SpooledEvent, float]],
+                 running: Sequence[RunningJob] = ()) -> None:
+        """Keep again what :meth:`take_all` and :meth:`take_running` returned (their move
+        to a file failed)."""
         with self._lock:
             for event, due in rows:
                 self._rows[event.row_id] = _MemoryRow(event, due)
+            for job in running:
+                self._running.setdefault(job.token, job)
 
     def expire(self, now: float) -> int:
         """Drop events older than ``max_age``."""
@@ -634,6 +936,10 @@ class MemorySpool:
     def pending_count(self) -> int:
         """Events held."""
         return len(self._rows)
+
+    def running_count(self) -> int:
+        """Running jobs held."""
+        return len(self._running)
 
     def dead_letter_count(self) -> int:
         """Events dead-lettered."""
@@ -673,7 +979,8 @@ class MemorySpool:
         self._lock.release()
 
     def after_fork_child(self) -> None:
-        """In the child: the parent's in-memory backlog is the parent's to send; drop it."""
+        """In the child: the parent's in-memory backlog and jobs are the parent's; drop them."""
         self._lock = threading.Lock()
         self._rows = OrderedDict()
+        self._running = {}
         self._dead = []

@@ -173,21 +173,44 @@ def check_api_url(api_url: str, *, allow_insecure_http: bool = False) -> str:
 
     Error messages name what is wrong (the scheme, a missing host, credentials or a
     query present) and never quote the URL: a mistyped one may carry a password or
-    a key.
+    a key. A URL written without ``://`` (``127.0.0.1:8765``) is told the URL to
+    write instead, naming its host and port only when nothing else is in them.
 
     Raises:
         TransportError: not an http(s) URL, or it carries credentials or a query.
         InsecureURLError: plain http to a non-loopback host without explicit consent.
     """
+    text = api_url.strip()
     try:
-        parts = urlsplit(api_url.strip())
+        parts = urlsplit(text)
         hostname = parts.hostname
         has_credentials = bool(parts.username or parts.password or "@" in parts.netloc)
     except ValueError:
         raise TransportError("api_url is not a URL; use one such as "
                              "https://api.example.com") from None
     if parts.scheme not in ("http", "https"):
-        scheme = API_KEY_PATTERN.sub("[REDACTED]", parts.scheme[:20]) or "none"
+        if "://" not in text:
+            # 'localhost:8765' parses as scheme 'localhost': it is a host without a scheme.
+            written, loopback = None, False
+            try:
+                bare = urlsplit("//" + text)
+                host, port = bare.hostname, bare.port
+                if host and "@" not in bare.netloc and not API_KEY_PATTERN.search(text):
+                    loopback = is_loopback(host)
+                    shown = f"[{host}]" if ":" in host else host
+                    written = shown + (f":{port}" if port is not None else "")
+            except ValueError:
+                pass
+            if written is None:
+                fix = ("https://<host> (or http://127.0.0.1:8765 for the local collector on "
+                       "this machine)")
+            else:
+                fix = f"http://{written}" if loopback else f"https://{written}"
+            raise TransportError(f"api_url has no scheme (no '://'); write it as {fix}")
+        if not parts.scheme:
+            raise TransportError("api_url has no scheme before '://'; start it with https:// "
+                                 "(or http:// for loopback)")
+        scheme = API_KEY_PATTERN.sub("[REDACTED]", parts.scheme[:20])
         raise TransportError(f"api_url must start with https:// (or http:// for loopback); "
                              f"its scheme is {scheme!r}")
     if not hostname:

@@ -74,5 +74,13 @@ def api() -> Iterator[FakeApi]:
 
 
 @pytest.fixture
+def down_api() -> Iterator[FakeApi]:
+    """An API that refuses connections at its URL until ``down_api.come_up()``."""
+    server = FakeApi().start_down()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def key() -> str:
     return TEST_KEY

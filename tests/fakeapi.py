@@ -1,7 +1,10 @@
 """A fault-injecting stand-in for the MassUGC Cloud API on 127.0.0.1.
 
 Tests script its responses (``respond_with``), switch its mode (ok, slow,
-hang) and read what it captured. ``down`` is a port with nothing listening.
+hang) and read what it captured. ``FakeApi().start_down()`` holds its port
+without listening (connections are refused) until ``come_up()``: an API that
+is down and comes back at the same URL, which is where a handler's events are
+kept for.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ class FakeApi:
                 with fake._lock:
                     fake._in_flight -= 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self._server.server_bind()
         self._server.daemon_threads = True
         self.scheme = "http"
         if ssl_context is not None:  # a TLS server: the handshake happens at accept
@@ -132,12 +136,22 @@ class FakeApi:
         return f"{self.scheme}://{self.host_name}:{self.port}"
 
     def start(self) -> FakeApi:
+        self._server.server_activate()
         self._thread.start()
         return self
 
+    def start_down(self) -> FakeApi:
+        """Hold the port without listening: every connection is refused until come_up()."""
+        return self
+
+    def come_up(self) -> FakeApi:
+        """Start answering at the same URL."""
+        return self.start()
+
     def stop(self) -> None:
         self._release_hang.set()
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def respond_with(self, status: int, body: Any = None, headers: Optional[dict[str, str]] = None,

@@ -37,7 +37,7 @@ def test_the_fingerprint_may_come_from_the_environment(api: FakeApi, key: str,
     """MASSUGC_DEVICE_FINGERPRINT adds X-Device-Fingerprint when headers do not name it."""
     monkeypatch.setenv("MASSUGC_DEVICE_FINGERPRINT", FINGERPRINT)
     client = UsageClient(api_url=api.url, api_key=key)
-    assert client.log_usage_data({"event_type": "video_generation", "job_data": {}}).delivered
+    assert client.send_usage_data({"event_type": "video_generation", "job_data": {}}).delivered
     client.close()
     assert api.captured[0].headers["X-Device-Fingerprint"] == FINGERPRINT
 

@@ -95,6 +95,18 @@ def spooled_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return spool
 
 
+@pytest.fixture(scope="module")
+def spooled_for(spooled_file: Path) -> str:
+    """The destination the spooled events were logged for (the down port's URL)."""
+    store = Spool(spooled_file)
+    try:
+        (destination,) = store.counts_by_destination()
+    finally:
+        store.close()
+    assert destination is not None
+    return destination
+
+
 @pytest.fixture
 def spool(spooled_file: Path, tmp_path: Path) -> Path:
     """A private copy of the spool (with its WAL) for one test."""
@@ -561,9 +573,10 @@ def test_every_subcommands_help_describes_its_actions_and_options(
 
 
 def test_spool_replay_delivers_everything_and_empties_the_spool(
-        env: dict[str, str], spool: Path, collector: Collector) -> None:
+        env: dict[str, str], spool: Path, collector: Collector, spooled_for: str) -> None:
     """spool replay against a live API: all delivered once, a progress bar, spool empty."""
-    result = spool_cli(spool, "replay", "--api-url", collector.url, env=with_key(env))
+    result = spool_cli(spool, "replay", "--api-url", collector.url, "--from", spooled_for,
+                       env=with_key(env))
     assert result.returncode == 0, result.stderr
     assert f"replayed {SPOOLED} event(s)" in result.stdout
     assert f"replay [{'#' * 30}] {SPOOLED}/{SPOOLED}" in result.stderr
@@ -574,12 +587,13 @@ def test_spool_replay_delivers_everything_and_empties_the_spool(
 
 
 def test_spool_replay_keeps_the_original_event_times(env: dict[str, str], spool: Path,
-                                                     api: FakeApi) -> None:
+                                                     api: FakeApi, spooled_for: str) -> None:
     """spool replay sends the bodies as spooled: times are those of the events, not now."""
     exported = spool_cli(spool, "export", env=env)
     created = {json.loads(line)["event"]["job_data"]["run_id"]: json.loads(line)["created"]
                for line in exported.stdout.splitlines()}
-    result = spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
+    result = spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for,
+                       env=with_key(env))
     assert result.returncode == 0, result.stderr
     for captured in api.captured:
         body = captured.json
@@ -588,10 +602,11 @@ def test_spool_replay_keeps_the_original_event_times(env: dict[str, str], spool:
 
 
 def test_spool_replay_with_a_refused_key_stops_and_keeps_every_event(
-        env: dict[str, str], spool: Path, api: FakeApi) -> None:
+        env: dict[str, str], spool: Path, api: FakeApi, spooled_for: str) -> None:
     """spool replay on 401: stops at once, exit 1, says so, every event stays spooled."""
     api.respond_with(401, {"error": "invalid_api_key", "message": "unknown key"}, times=10)
-    result = spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
+    result = spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for,
+                       env=with_key(env))
     assert result.returncode == 1
     assert "HTTP 401" in result.stderr
     assert f"{SPOOLED} still pending" in result.stdout
@@ -600,10 +615,11 @@ def test_spool_replay_with_a_refused_key_stops_and_keeps_every_event(
 
 
 def test_spool_replay_dead_letters_a_rejected_event(env: dict[str, str], spool: Path,
-                                                    api: FakeApi) -> None:
+                                                    api: FakeApi, spooled_for: str) -> None:
     """spool replay: a 422 dead-letters that event; the rest are delivered; status shows it."""
     api.respond_with(422, {"error": "validation_error", "message": "bad job_data"})
-    result = spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
+    result = spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for,
+                       env=with_key(env))
     assert result.returncode == 0, result.stderr
     assert "1 rejected and dead-lettered" in result.stdout
     status = spool_cli(spool, "status", env=env)
@@ -612,9 +628,9 @@ def test_spool_replay_dead_letters_a_rejected_event(env: dict[str, str], spool: 
 
 
 def test_spool_replay_without_a_key_changes_nothing(env: dict[str, str], spool: Path,
-                                                    api: FakeApi) -> None:
+                                                    api: FakeApi, spooled_for: str) -> None:
     """spool replay with no key: exit 1, the key hint, nothing sent, nothing removed."""
-    result = spool_cli(spool, "replay", "--api-url", api.url, env=env)
+    result = spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for, env=env)
     assert result.returncode == 1
     assert "MASSUGC_API_KEY" in result.stderr
     assert api.captured == []
@@ -625,8 +641,9 @@ def test_spool_replay_leaves_events_a_running_app_holds(env: dict[str, str], tmp
                                                         collector: Collector) -> None:
     """spool replay while the app still holds its events: exit 1, says why and when to retry."""
     spool = tmp_path / "live.sqlite3"
+    app_url = f"http://127.0.0.1:{free_port()}"
     with subprocess.Popen(
-            [sys.executable, SCENARIO_APP, "--url", f"http://127.0.0.1:{free_port()}",
+            [sys.executable, SCENARIO_APP, "--url", app_url,
              "--spool", str(spool), "--forever", "--interval", "0.01"],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True) as app:
@@ -634,7 +651,8 @@ def test_spool_replay_leaves_events_a_running_app_holds(env: dict[str, str], tmp
             assert app.stdout is not None
             for _ in range(3):
                 app.stdout.readline()
-            result = spool_cli(spool, "replay", "--api-url", collector.url, env=with_key(env))
+            result = spool_cli(spool, "replay", "--api-url", collector.url, "--from",
+                               app_url + "/api/desktop/usage/log", env=with_key(env))
         finally:
             app.kill()
             app.communicate()
@@ -680,11 +698,12 @@ def test_spool_export_to_stdout_is_json_lines_only(env: dict[str, str], spool: P
 
 
 def test_spool_export_dead_lists_only_dead_letters(env: dict[str, str], spool: Path,
-                                                   api: FakeApi) -> None:
+                                                   api: FakeApi, spooled_for: str) -> None:
     """spool export --dead: just the dead-lettered events, with status and reason."""
     api.respond_with(422, {"error": "validation_error", "message": "bad job_data"})
     api.respond_with(503, {"error": "unavailable", "message": "down"}, times=50)
-    spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
+    spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for,
+                       env=with_key(env))
     result = spool_cli(spool, "export", "--dead", env=env)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["state"], r["status"]) for r in rows] == [("dead_letter", 422)]
@@ -740,11 +759,12 @@ def test_spool_purge_with_yes_deletes_without_asking(env: dict[str, str],
 
 
 def test_spool_purge_dead_only_keeps_pending_events(env: dict[str, str], spool: Path,
-                                                    api: FakeApi) -> None:
+                                                    api: FakeApi, spooled_for: str) -> None:
     """spool purge --dead-only --yes removes dead letters and leaves pending events."""
     api.respond_with(422, {"error": "validation_error", "message": "bad"})
     api.respond_with(503, {"error": "unavailable", "message": "down"}, times=50)
-    spool_cli(spool, "replay", "--api-url", api.url, env=with_key(env))
+    spool_cli(spool, "replay", "--api-url", api.url, "--from", spooled_for,
+                       env=with_key(env))
     result = spool_cli(spool, "purge", "--dead-only", "--yes", env=env)
     assert result.returncode == 0, result.stderr
     assert "deleted 1 event(s)" in result.stdout

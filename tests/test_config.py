@@ -330,3 +330,85 @@ def test_the_configuration_check_is_a_library_function(tmp_path: Path) -> None:
     verdict = check_configuration(bad, probe=False)
     assert not verdict.ok
     assert any("insecure" in p and "https" in p for p in verdict.problems)
+
+
+# -- the machine never stops the app ----------------------------------------------------
+
+
+def test_an_unknown_massugc_env_falls_back_to_the_default_and_says_so_once(
+        app_env: Path, monkeypatch: pytest.MonkeyPatch, api: FakeApi,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """MASSUGC_ENV=staging (no such environment): the default one is used, cloud reporting
+    works, and one warning (on the configured console) names the variable and the fallback."""
+    monkeypatch.setenv("MASSUGC_ENV", "staging")
+    configure(REFERENCE_YAML)
+    (cloud,) = jobs_handlers(CloudHandler)
+    logging.getLogger("massugc.jobs").error("job failed", extra={**JOB, "error_message": "x"})
+    assert cloud.flush(10)
+    assert api.captured
+    notices = [line for line in capsys.readouterr().err.splitlines() if "MASSUGC_ENV" in line]
+    assert len(notices) == 1
+    assert "WARNING" in notices[0] and "'development'" in notices[0]
+
+
+def test_a_frozen_app_with_no_environment_named_runs_production(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sys.frozen and no MASSUGC_ENV (the desktop shell sets none): production."""
+    monkeypatch.setattr("sys.frozen", True, raising=False)
+    assert load_environment(REFERENCE_YAML)[1] == "production"
+    monkeypatch.setenv("MASSUGC_ENV", "test")
+    assert load_environment(REFERENCE_YAML)[1] == "test"
+
+
+def test_frozen_environment_in_the_file_chooses_the_frozen_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """frozen_environment: names the environment of a frozen app; unfrozen, the default."""
+    config = tmp_path / "logging.yaml"
+    config.write_text("default_environment: dev\nfrozen_environment: shipped\nenvironments:\n"
+                      "  dev: {version: 1}\n  shipped: {version: 1}\n", encoding="utf-8")
+    assert load_environment(config)[1] == "dev"
+    monkeypatch.setattr("sys.frozen", True, raising=False)
+    assert load_environment(config)[1] == "shipped"
+
+
+def test_a_log_directory_that_cannot_be_created_leaves_that_handler_out(
+        app_env: Path, monkeypatch: pytest.MonkeyPatch, api: FakeApi,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """production with MASSUGC_LOG_DIR under a file (as unwritable as a read-only install
+    folder, even for root): configure() returns, the JSON file handler is left out with
+    one warning, and job events still reach the API."""
+    blocker = app_env / "not-a-directory"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("MASSUGC_LOG_DIR", str(blocker / "logs"))
+    config = configure(REFERENCE_YAML, env="production")
+    assert "json_file" not in config["handlers"]
+    assert not [h for h in all_handlers() if isinstance(h, logging.FileHandler)]
+    (cloud,) = jobs_handlers(CloudHandler)
+    logging.getLogger("massugc.jobs").error("job failed", extra={**JOB, "error_message": "x"})
+    assert cloud.flush(10)
+    assert api.captured
+    (notice,) = [line for line in capsys.readouterr().err.splitlines() if "json_file" in line]
+    assert "MASSUGC_LOG_DIR" in notice
+
+
+def test_log_files_default_to_the_platforms_user_log_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MASSUGC_LOG_DIR the JSON file goes to platformdirs' user log directory, not
+    to the working directory (the install folder of a shipped app)."""
+    import platformdirs
+
+    monkeypatch.delenv("MASSUGC_LOG_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    config = load_config(REFERENCE_YAML, env="production")
+    expected = Path(platformdirs.user_log_dir("massugc-logging", appauthor=False))
+    assert Path(config["handlers"]["json_file"]["filename"]) == expected / "massugc.jsonl"
+    assert str(tmp_path / "state") in str(expected)
+
+
+def test_a_misspelt_class_still_raises_config_error(tmp_path: Path) -> None:
+    """A mistake in the file itself raises, as dictConfig does: developers see it at once."""
+    config = tmp_path / "logging.yaml"
+    config.write_text("version: 1\nhandlers:\n  cloud:\n    class: massugc_logging.CloudHandlr\n"
+                      "root:\n  handlers: [cloud]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="CloudHandlr"):
+        configure(config)

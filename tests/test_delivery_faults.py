@@ -52,13 +52,13 @@ def deliver_next_run(api: FakeApi, spool: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_exit_while_four_threads_log_into_a_down_api_accounts_for_every_event(
-        api: FakeApi, tmp_path: Path) -> None:
+        down_api: FakeApi, tmp_path: Path) -> None:
     """Every event emit accepted ends delivered, in the spool, or counted as dropped."""
     spool = tmp_path / "spool.sqlite3"
     result = run_python(f"""
         import json, logging, threading, time
         from massugc_logging import CloudHandler
-        handler = CloudHandler(api_url="http://127.0.0.1:{free_port()}", api_key="{KEY}",
+        handler = CloudHandler(api_url="{down_api.url}", api_key="{KEY}",
                                spool_path={str(spool)!r}, shutdown_timeout=1,
                                spool_max_events=1_000_000)
         log = logging.getLogger("massugc.jobs")
@@ -89,10 +89,11 @@ def test_exit_while_four_threads_log_into_a_down_api_accounts_for_every_event(
     assert report["emitted"] > 1000
     assert report["emitted"] == report["spooled"] + dropped, report
     store = Spool(spool)
-    kept = store.pending_count()
+    kept = store.total_count()
     store.close()
     assert kept == report["spooled"] - report["sent"], report
-    assert len(deliver_next_run(api, spool)) == kept
+    down_api.come_up()
+    assert len(deliver_next_run(down_api, spool)) == kept
 
 
 class TricklingApi:
@@ -340,9 +341,11 @@ def test_last_error_clears_once_delivery_has_recovered(api: FakeApi, tmp_path: P
     handler.close()
 
 
-def test_a_0_1_0_spool_file_opens_and_its_events_are_delivered(api: FakeApi,
-                                                               tmp_path: Path) -> None:
-    """A spool written by release 0.1.0 (no per-event schedule) is migrated in place."""
+def test_a_0_1_0_spool_file_opens_and_its_events_stay_unaddressed(
+        api: FakeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A spool written by release 0.1.0 (no per-event schedule, no destination) is migrated
+    in place; its events name no destination, so no handler sends them (they could have
+    been logged for any API), and the handler says how to send them."""
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
     conn.executescript(SCHEMA_0_1_0)
@@ -357,12 +360,16 @@ def test_a_0_1_0_spool_file_opens_and_its_events_are_delivered(api: FakeApi,
                  " VALUES ('dead', x'7b7d', 1.0, 422, 'bad', 2.0)")
     conn.commit()
     conn.close()
-    assert deliver_next_run(api, path) == {"old-0", "old-1", "old-2"}
-    spool = Spool(path)
+    caplog.set_level(logging.INFO, logger="massugc_logging")
+    assert deliver_next_run(api, path) == set()
+    assert "spool replay --from unaddressed" in caplog.text
+    spool = Spool(path)  # no destination: the unaddressed rows
     assert [d.event_id for d in spool.dead_letters()] == ["dead"]
+    assert sorted(e.event_id for e in spool.lease(10, time.time())) == ["id-0", "id-1", "id-2"]
+    assert spool.counts_by_destination() == {None: 3}
     spool.close()
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert check.execute("PRAGMA user_version").fetchone()[0] == 3
     check.close()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeapi import FakeApi, free_port
+from fakeapi import FakeApi
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).parent / "scenario_app.py")
@@ -29,12 +29,13 @@ def received_runs(api: FakeApi) -> Counter[str]:
 
 
 def test_server_down_for_a_whole_run_then_the_next_run_delivers_everything(
-        api: FakeApi, tmp_path: Path) -> None:
+        down_api: FakeApi, tmp_path: Path) -> None:
     """A run with the API down spools; the next run with it up delivers each event once."""
+    api = down_api
     spool = tmp_path / "spool.sqlite3"
-    first = run_app("--url", f"http://127.0.0.1:{free_port()}", "--spool", spool,
-                    "--events", 40, "--shutdown-timeout", 1)
+    first = run_app("--url", api.url, "--spool", spool, "--events", 40, "--shutdown-timeout", 1)
     assert first.returncode == 0, first.stderr
+    api.come_up()
     second_started = datetime.datetime.now(datetime.timezone.utc)
     second = run_app("--url", api.url, "--spool", spool, "--flush", 10)
     assert second.returncode == 0, second.stderr
@@ -57,12 +58,13 @@ def test_server_down_for_a_whole_run_then_the_next_run_delivers_everything(
     assert max(sent_times) < second_started  # the first run's times, not the replay's
 
 
-def test_kill_9_mid_stream_loses_nothing_emitted_100ms_before(api: FakeApi,
+def test_kill_9_mid_stream_loses_nothing_emitted_100ms_before(down_api: FakeApi,
                                                               tmp_path: Path) -> None:
     """After kill -9, a new process delivers every event whose emit returned 100 ms earlier."""
+    api = down_api
     spool = tmp_path / "spool.sqlite3"
     proc = subprocess.Popen(
-        [sys.executable, APP, "--url", f"http://127.0.0.1:{free_port()}", "--spool", str(spool),
+        [sys.executable, APP, "--url", api.url, "--spool", str(spool),
          "--forever", "--interval", "0.002"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -78,6 +80,7 @@ def test_kill_9_mid_stream_loses_nothing_emitted_100ms_before(api: FakeApi,
     proc.stdout.close()
     must_arrive = {f"run-{i}" for i, when in emitted if when <= killed_at - 0.1}
     assert len(must_arrive) > 100
+    api.come_up()
     second = run_app("--url", api.url, "--spool", spool, "--flush", 20)
     assert second.returncode == 0, second.stderr
     assert api.wait_for(lambda c: must_arrive <= {x.json["job_data"]["run_id"] for x in c}, 10)
@@ -119,10 +122,12 @@ def test_fork_child_events_are_delivered_and_the_parent_backlog_is_not_duplicate
 
 @pytest.mark.parametrize("mode", ["slow", "down"])
 def test_exit_with_1000_pending_is_bounded_and_the_next_run_delivers_them(
-        api: FakeApi, tmp_path: Path, mode: str) -> None:
+        api: FakeApi, down_api: FakeApi, tmp_path: Path, mode: str) -> None:
     """Exit takes at most shutdown_timeout + 1 s with a slow or dead API; nothing is lost."""
     spool = tmp_path / "spool.sqlite3"
-    url = api.url if mode == "slow" else f"http://127.0.0.1:{free_port()}"
+    if mode == "down":
+        api = down_api
+    url = api.url
     api.mode, api.delay = "slow", 0.2
     proc = subprocess.Popen(
         [sys.executable, APP, "--url", url, "--spool", str(spool), "--events", "1000",
@@ -142,6 +147,8 @@ def test_exit_with_1000_pending_is_bounded_and_the_next_run_delivers_them(
     assert done_at is not None
     assert exited_at - done_at < 2 + 1
     api.mode = "ok"
+    if mode == "down":
+        api.come_up()
     second = run_app("--url", api.url, "--spool", spool, "--flush", 30)
     assert second.returncode == 0, second.stderr
     assert set(received_runs(api)) == {f"run-{i}" for i in range(1000)}

@@ -3,6 +3,7 @@ the logging.yaml bundled with --add-data, run from another directory."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -20,8 +21,11 @@ pytestmark = pytest.mark.slow
 
 def test_the_example_app_frozen_with_pyinstaller_delivers_its_events(tmp_path: Path,
                                                                      key: str) -> None:
-    """pyinstaller --onefile --add-data logging.yaml:. examples/app.py, then the binary:
-    both of its events reach the local collector."""
+    """pyinstaller --onefile --add-data logging.yaml:. examples/app.py, then the binary,
+    started as the desktop shell starts it (no MASSUGC_ENV, no log directory, the key in the
+    app's own file, the working directory its install folder): it runs the production
+    environment, writes its log file in the user's log directory, and both of its events
+    reach the API."""
     pytest.importorskip("PyInstaller")
     separator = ";" if os.name == "nt" else ":"
     build = subprocess.run(
@@ -35,15 +39,25 @@ def test_the_example_app_frozen_with_pyinstaller_delivers_its_events(tmp_path: P
         capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL)
     assert build.returncode == 0, build.stderr[-3000:]
     binary = tmp_path / "dist" / ("app.exe" if os.name == "nt" else "app")
-    elsewhere = tmp_path / "run"
-    elsewhere.mkdir()
+    install_folder = tmp_path / "Program Files" / "MassUGC"
+    install_folder.mkdir(parents=True)
+    home = tmp_path / "home"
+    (home / ".zyra-video-agent").mkdir(parents=True)
+    (home / ".zyra-video-agent" / ".massugc_api_key").write_text(
+        base64.b64encode(key.encode()).decode())
     with Collector().start() as collector:
-        env = {**os.environ, "MASSUGC_API_URL": collector.url, "MASSUGC_API_KEY": key,
-               "MASSUGC_SPOOL_PATH": str(tmp_path / "spool.sqlite3"),
-               "MASSUGC_ENV": "production", "MASSUGC_LOG_DIR": str(tmp_path / "logs")}
-        run = subprocess.run([str(binary)], cwd=elsewhere, env=env, capture_output=True,
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASSUGC_")}
+        env.update({"HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
+                    "XDG_STATE_HOME": str(home / "state"),
+                    "XDG_CONFIG_HOME": str(home / "config"),
+                    # The one thing not as shipped: the API is the local collector.
+                    "MASSUGC_API_URL": collector.url})
+        run = subprocess.run([str(binary)], cwd=install_folder, env=env, capture_output=True,
                              text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
         assert run.returncode == 0, run.stderr[-3000:]
         bodies = [e["body"] for e in collector.events()]
     assert len(bodies) == 2
     assert all(validate_event(b) == [] for b in bodies)
+    log_file = home / "state" / "massugc-logging" / "log" / "massugc.jsonl"
+    assert log_file.is_file()  # production's JSON file, in the user's log directory
+    assert list(install_folder.iterdir()) == []  # nothing written in the install folder

@@ -226,16 +226,17 @@ def test_emit_is_thread_safe_under_concurrent_app_threads(api: FakeApi,
 
 
 
-def test_an_event_emitted_after_close_is_kept_for_the_next_run(api: FakeApi, tmp_path: Path,
-                                                               key: str) -> None:
+def test_an_event_emitted_after_close_is_kept_for_the_next_run(down_api: FakeApi,
+                                                               tmp_path: Path, key: str) -> None:
     """After close() there is no thread, but the event still lands in the durable spool."""
+    api = down_api
     spool = tmp_path / "spool.sqlite3"
-    handler = CloudHandler(api_url=f"http://127.0.0.1:{free_port()}", api_key=key,
-                           spool_path=spool, shutdown_timeout=0.2)
+    handler = CloudHandler(api_url=api.url, api_key=key, spool_path=spool, shutdown_timeout=0.2)
     log = jobs_logger(handler)
     handler.close()
     log.error("job failed", extra={**JOB, "run_id": "late"})
     assert handler.stats()["spooled"] == 1
+    api.come_up()
     successor = CloudHandler(api_url=api.url, api_key=key, spool_path=spool)
     assert successor.flush(5)
     assert [c.json["job_data"]["run_id"] for c in api.captured] == ["late"]

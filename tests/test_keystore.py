@@ -9,6 +9,7 @@ import os
 import pickle
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -354,11 +355,48 @@ def test_keyring_wins_over_key_file(tmp_path: Path) -> None:
     assert store.resolve() == (ApiKey(KEY), "keyring")
 
 
-def test_key_file_wins_over_legacy_file(tmp_path: Path) -> None:
-    """The key file beats the legacy file."""
+def set_mtime(path: Path, when: float) -> None:
+    os.utime(path, (when, when))
+
+
+def test_the_key_file_wins_over_an_older_legacy_file(tmp_path: Path) -> None:
+    """Of the key file and the app's file, the one written last wins: here the key file."""
     store = make_store(tmp_path)
-    write_key_file(store, KEY + "\n")
     write_legacy(store, base64.b64encode(OTHER_KEY.encode()).decode())
+    write_key_file(store, KEY + "\n")
+    set_mtime(store.legacy_file, 1_000_000)
+    set_mtime(store.key_file, 2_000_000)
+    assert store.resolve() == (ApiKey(KEY), "file")
+
+
+def test_a_legacy_file_written_after_the_key_file_wins(tmp_path: Path) -> None:
+    """The app's Settings page wrote a new key after the package's store did: it is used."""
+    store = make_store(tmp_path)
+    store.store(KEY)
+    write_legacy(store, base64.b64encode(OTHER_KEY.encode()).decode())
+    set_mtime(store.legacy_file, time.time() + 5)
+    assert store.resolve() == (ApiKey(OTHER_KEY), "legacy-file")
+
+
+def test_a_keyring_key_stored_after_the_legacy_file_wins(tmp_path: Path) -> None:
+    """A key stored in the keyring records when it was written, and wins over an older
+    app file; a newer app file wins over it."""
+    fake = FakeKeyring()
+    store = make_store(tmp_path, keyring_module=fake)
+    write_legacy(store, base64.b64encode(OTHER_KEY.encode()).decode())
+    set_mtime(store.legacy_file, time.time() - 60)
+    store.store(KEY)
+    assert store.resolve() == (ApiKey(KEY), "keyring")
+    set_mtime(store.legacy_file, time.time() + 60)
+    assert store.resolve() == (ApiKey(OTHER_KEY), "legacy-file")
+
+
+def test_a_broken_legacy_file_never_hides_a_stored_key(tmp_path: Path) -> None:
+    """A newer app file that holds no key does not stop the stored key being used."""
+    store = make_store(tmp_path)
+    store.store(KEY)
+    write_legacy(store, "%%% not a key %%%")
+    set_mtime(store.legacy_file, time.time() + 60)
     assert store.resolve() == (ApiKey(KEY), "file")
 
 
@@ -629,7 +667,9 @@ def test_store_replaces_an_existing_key_and_leaves_no_temp_files(tmp_path: Path)
     store.store(OTHER_KEY)
     store.store(ApiKey(KEY))
     assert store.get() == ApiKey(KEY)
-    assert [p.name for p in store.config_dir.iterdir()] == ["api_key"]
+    assert sorted(p.name for p in store.config_dir.iterdir()) == ["api_key",
+                                                                   "api_key.meta.json"]
+    assert KEY not in (store.config_dir / "api_key.meta.json").read_text()
 
 
 def test_store_refuses_an_invalid_key_and_writes_nothing(tmp_path: Path) -> None:
@@ -773,14 +813,14 @@ def test_migrate_legacy_moves_the_key_into_the_store(tmp_path: Path) -> None:
     assert store.resolve() == (ApiKey(KEY), "file")
 
 
-def test_migrate_legacy_to_keyring_and_remove_legacy(tmp_path: Path) -> None:
-    """With a keyring, migration stores there and can delete the legacy file."""
+def test_migrate_legacy_to_keyring_never_deletes_the_apps_file(tmp_path: Path) -> None:
+    """With a keyring, migration stores there; the app's file stays (the app checks it)."""
     fake = FakeKeyring()
     store = make_store(tmp_path, keyring_module=fake)
     write_legacy(store, base64.b64encode(KEY.encode()).decode())
-    assert store.migrate_legacy(remove_legacy=True)
+    assert store.migrate_legacy()
     assert fake.entries[("massugc-logging", "api_key")] == KEY
-    assert not store.legacy_file.exists()
+    assert store.legacy_file.exists()
 
 
 def test_migrate_legacy_without_legacy_file_is_false(tmp_path: Path) -> None:
@@ -788,23 +828,38 @@ def test_migrate_legacy_without_legacy_file_is_false(tmp_path: Path) -> None:
     assert not make_store(tmp_path).migrate_legacy()
 
 
-def test_migrate_legacy_never_overwrites_a_stored_key(tmp_path: Path) -> None:
-    """A key already in the store wins; the differing legacy file is kept."""
+def test_migrate_legacy_keeps_a_stored_key_written_after_the_apps_file(tmp_path: Path) -> None:
+    """A key stored after the app's file was written is newer: migration copies nothing."""
     store = make_store(tmp_path)
-    store.store(OTHER_KEY)
     write_legacy(store, base64.b64encode(KEY.encode()).decode())
-    assert not store.migrate_legacy(remove_legacy=True)
+    set_mtime(store.legacy_file, time.time() - 60)
+    store.store(OTHER_KEY)
+    assert not store.migrate_legacy()
     assert store.get() == ApiKey(OTHER_KEY)
     assert store.legacy_file.exists()
 
 
-def test_migrate_legacy_removes_a_duplicate_legacy_file(tmp_path: Path) -> None:
-    """If the store already holds the same key, remove_legacy deletes the old file."""
+def test_a_migrated_copy_follows_the_apps_file(tmp_path: Path) -> None:
+    """After key migrate, a key changed in the app's file is used, and once the app deletes
+    its file the migrated copy is not used either."""
     store = make_store(tmp_path)
-    store.store(KEY)
     write_legacy(store, base64.b64encode(KEY.encode()).decode())
-    assert not store.migrate_legacy(remove_legacy=True)
-    assert not store.legacy_file.exists()
+    assert store.migrate_legacy()
+    assert store.get() == ApiKey(KEY)
+    write_legacy(store, base64.b64encode(OTHER_KEY.encode()).decode())
+    set_mtime(store.legacy_file, time.time() + 5)
+    assert store.resolve() == (ApiKey(OTHER_KEY), "legacy-file")
+    store.legacy_file.unlink()
+    assert store.resolve() == (None, "none")
+
+
+def test_a_key_set_by_hand_outlives_the_apps_file(tmp_path: Path) -> None:
+    """A key stored with key set (not a copy of the app's) stays when the app's file goes."""
+    store = make_store(tmp_path)
+    write_legacy(store, base64.b64encode(KEY.encode()).decode())
+    store.store(OTHER_KEY)
+    store.legacy_file.unlink()
+    assert store.resolve() == (ApiKey(OTHER_KEY), "file")
 
 
 def test_migrate_invalid_legacy_file_raises_and_keeps_it(tmp_path: Path) -> None:
@@ -812,7 +867,7 @@ def test_migrate_invalid_legacy_file_raises_and_keeps_it(tmp_path: Path) -> None
     store = make_store(tmp_path)
     write_legacy(store, "%%% not a key %%%")
     with pytest.raises(InvalidApiKey):
-        store.migrate_legacy(remove_legacy=True)
+        store.migrate_legacy()
     assert store.legacy_file.exists()
     assert not store.key_file.exists()
 

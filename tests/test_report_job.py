@@ -53,12 +53,25 @@ def test_an_exception_reports_a_failure_with_it_and_propagates() -> None:
         "RuntimeError: ffmpeg exited with code 1: moov atom not found")
 
 
-def test_a_block_left_without_a_call_is_a_success() -> None:
-    """No succeeded(), no failed(), no exception: a success without an output."""
-    with capture_events(log) as events, report_job(log, JOB):
-        pass
-    (event,) = events
-    assert event["job_data"]["success"] is True and event["job_data"]["output_path"] is None
+def test_a_block_left_without_a_call_is_a_failure_never_an_unseen_success(
+        caplog: Any) -> None:
+    """No succeeded(), no failed(), no exception (an early return): a failure that says so,
+    and one local warning naming the file and line of the with."""
+    caplog.set_level(logging.WARNING, logger="massugc_logging")
+
+    def run_job() -> None:
+        with report_job(log, JOB):  # the line the warning names
+            return  # the app's runner returns early on an invalid configuration
+
+    with capture_events(log) as events:
+        run_job()
+        run_job()
+    assert [e["job_data"]["success"] for e in events] == [False, False]
+    assert "ended without reporting an outcome" in events[0]["job_data"]["error_message"]
+    warnings = [r for r in caplog.records if "report_job at" in r.getMessage()]
+    assert len(warnings) == 1  # said once for this place
+    line = run_job.__code__.co_firstlineno + 1
+    assert f"{__file__}:{line}" in warnings[0].getMessage()
 
 
 @pytest.mark.parametrize("calls", [

@@ -205,7 +205,7 @@ def test_close_releases_the_claim_on_unsent_events(tmp_path: Path, key: str) -> 
     logging.getLogger("massugc.jobs").addHandler(handler)
     logging.getLogger("massugc.jobs").error("job failed", extra=JOB)
     handler.close()
-    other = Spool(path, lease_seconds=600)
+    other = Spool(path, destination=handler.destination, lease_seconds=600)
     # Not yet past the 120 s lease, but released: due once its own retry time has come.
     assert len(other.lease(10, time.time() + 61)) == 1
     other.close()

@@ -185,7 +185,7 @@ def test_an_expired_certificate_is_refused_with_its_own_reason(ca: trustme.CA, c
                      not_after=now - datetime.timedelta(days=1))
     try:
         client = UsageClient(api_url=server.url, api_key=key, ca_bundle=str(ca_pem))
-        outcome = client.log_usage_data({"event_type": "video_generation", "job_data": {}})
+        outcome = client.send_usage_data({"event_type": "video_generation", "job_data": {}})
         client.close()
     finally:
         server.stop()

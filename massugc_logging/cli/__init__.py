@@ -97,15 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     spool = sub.add_parser(
         "spool", help="inspect, replay, export or purge the spool",
-        description="The spool keeps events not yet delivered. Actions: status (what is "
-        "kept, oldest and newest, dead letters); replay (deliver what is kept now, with the "
-        "handler's own delivery engine); export (JSON lines, --dead or --all for dead "
-        "letters); purge (delete, asks first; --dead-only, --yes).")
+        description="The spool keeps events not yet delivered, each for the API it was "
+        "logged for. Actions: status (what is kept, for which API, oldest and newest, dead "
+        "letters); replay (deliver what is kept for --api-url now, with the handler's own "
+        "delivery engine; --from to send events logged for another); export (JSON lines, "
+        "--dead or --all for dead letters); purge (delete, asks first; --dead-only, --yes).")
     spool.add_argument("action", choices=sorted(_SPOOL_ACTIONS),
                        help="status, replay, export or purge")
     spool.add_argument("--spool", help="spool file (default: $MASSUGC_SPOOL_PATH, else the "
                                        "platform's data directory)")
     _add_api_options(spool)
+    spool.add_argument("--from", dest="from_destination", metavar="DESTINATION",
+                       help="replay: send the events logged for DESTINATION (as status lists "
+                       "it), 'unaddressed' (kept by release 0.1) or 'any', instead of those "
+                       "logged for --api-url")
     spool.add_argument("--output", "-o", help="export: write JSON lines to this file")
     spool.add_argument("--dead", action="store_true", help="export: dead-lettered events only")
     spool.add_argument("--all", action="store_true", help="export: pending and dead-lettered")
@@ -117,13 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         "key", help="set, show (masked), remove or migrate the API key",
         description="Actions: set (read the key from a hidden prompt or one line of standard "
         "input, and store it); show (masked, with where it comes from); remove; migrate "
-        "(move the app's old base64 key file into the key store).")
+        "(copy the app's base64 key file into the key store; the app's file stays and is "
+        "followed: the newer of the two keys is used).")
     key.add_argument("action", choices=["set", "show", "remove", "migrate"],
                      help="set, show, remove or migrate")
     key.add_argument("--legacy-path", help="the app's old base64 key file")
     key.add_argument("--legacy", action="store_true", help="remove: the legacy file too")
     key.add_argument("--remove-legacy", action="store_true",
-                     help="migrate: delete the legacy file afterwards")
+                     help="migrate: kept for 0.1 scripts; the app's file is never deleted "
+                     "(the app reads it)")
     key.set_defaults(func=cmd_key)
     return parser
 

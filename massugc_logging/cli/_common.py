@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
-from massugc_logging.checks import KEY_HINT, key_problem
+from massugc_logging.checks import KEY_HINT, ca_bundle_problem, key_problem, no_key_problem
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.keystore import KeyStore, KeyStoreError
 from massugc_logging.outbox import default_spool_path
@@ -17,6 +17,7 @@ from massugc_logging.transport import (
     InsecureURLError,
     Transport,
     TransportError,
+    check_api_url,
 )
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -27,8 +28,10 @@ _key_problem = key_problem
 class _Output:
     """Plain-text output: results on stdout, progress and problems on stderr."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.out, self.err = out, err
+    def __init__(self, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
+        # The streams of the moment, not of import time (a test may have replaced them).
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -69,22 +72,36 @@ def _url_problem(exc: Exception) -> str:
 
 
 def _transport(args: argparse.Namespace, out: _Output) -> Any:
-    """A transport for the configured API and key, or None after saying why."""
+    """A transport for the configured API and key, or None after saying why.
 
+    What is wrong is named in the order a user fixes it: the key, the URL, then
+    the CA bundle (``--ca-bundle``, else ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE``).
+    """
+    url = _api_url(args)
+    insecure = bool(getattr(args, "allow_insecure_http", False))
+    ca_bundle = getattr(args, "ca_bundle", None)
     try:
         key, _source = KeyStore().resolve(getattr(args, "api_key", None))
     except KeyStoreError as exc:
         out.problem(_key_problem(exc))
         return None
     if key is None:
-        out.problem(f"no API key: {_KEY_HINT}")
+        out.problem(no_key_problem(url))
         return None
     try:
-        return Transport(_api_url(args), key,
+        check_api_url(url, allow_insecure_http=insecure)
+    except TransportError as exc:
+        out.problem(_url_problem(exc))
+        return None
+    untrusted = ca_bundle_problem(ca_bundle, "--ca-bundle")
+    if untrusted is not None:
+        out.problem(untrusted)
+        return None
+    try:
+        return Transport(url, key,
                          endpoint=getattr(args, "endpoint", None) or DEFAULT_ENDPOINT,
-                         timeout=(3.05, 10.0),
-                         allow_insecure_http=getattr(args, "allow_insecure_http", False),
-                         ca_bundle=getattr(args, "ca_bundle", None))
+                         timeout=(3.05, 10.0), allow_insecure_http=insecure,
+                         ca_bundle=ca_bundle)
     except (TransportError, ValueError) as exc:
         out.problem(_url_problem(exc))
         return None

@@ -26,8 +26,10 @@ from massugc_logging.config import (
     ConfigError,
     configure,
 )
+from massugc_logging.diagnostics import LOGGER_NAME
 from massugc_logging.groups import most_active_first
 from massugc_logging.handler import CloudHandler
+from massugc_logging.transport import TransportError, check_api_url
 
 _WORKFLOWS = ("avatar", "massugc", "randomized")
 _DEMO_FAILURES = (
@@ -132,6 +134,43 @@ def _cloud_handlers(log: logging.Logger) -> list[CloudHandler]:
     return found
 
 
+class _Said(logging.Handler):
+    """What this package says (warnings and errors) while the configuration is applied."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+def _held_problem(handler: CloudHandler, config: Path, applied: Any, said: list[str],
+                  collector_url: str) -> str:
+    """Why ``handler`` (held: it cannot send at all) sends nothing, and what to change."""
+    name = handler.name or "cloud"
+    reason = " ".join(m for m in said if m.startswith("CloudHandler")) or \
+        f"its delivery state is {handler.stats()['state']!r}."
+    specs = applied.get("handlers") if isinstance(applied, dict) else None
+    spec = specs.get(handler.name) if isinstance(specs, dict) else None
+    spec = spec if isinstance(spec, dict) else {}
+    try:
+        check_api_url(str(spec.get("api_url") or collector_url),
+                      allow_insecure_http=bool(spec.get("allow_insecure_http")))
+    except TransportError:
+        return (f"the cloud handler {name!r} of {config} (development) sent nothing because "
+                f"its API URL is refused; the handler said: {reason} The demo points "
+                "MASSUGC_API_URL at the local collector: write api_url: "
+                "${MASSUGC_API_URL:-http://127.0.0.1:8765} there, as the reference logging.yaml "
+                "does")
+    return (f"the cloud handler {name!r} of {config} (development) sent nothing; the handler "
+            f"said: {reason} Run 'massugc-logging check {config} --env development' to see "
+            "what to fix")
+
+
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     """Run simulated jobs through logging.yaml into a local collector; verify delivery."""
     config = Path(args.config) if args.config else _reference_config()
@@ -159,12 +198,17 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                    "MASSUGC_CONSOLE_LEVEL": "WARNING"}
         saved = {k: os.environ.get(k) for k in environ}
         os.environ.update(environ)
+        # A cloud handler says what stops it (a refused URL, say) once, while it is made.
+        said = _Said()
+        package_log = logging.getLogger(LOGGER_NAME)
+        package_log.addHandler(said)
         try:
-            configure(config, env="development")
+            applied = configure(config, env="development")
         except ConfigError as exc:
             out.problem(str(exc))
             return EXIT_PROBLEM
         finally:
+            package_log.removeHandler(said)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -177,6 +221,12 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                         "record to a massugc_logging.CloudHandler; add one (see the reference "
                         "logging.yaml)")
             return EXIT_PROBLEM
+        held = [h for h in handlers if h.stats()["state"] == "held"]
+        if held:
+            out.problem(_held_problem(held[0], config, applied, said.messages, collector.url))
+            return EXIT_PROBLEM
+        for message in said.messages:  # as Python would have shown them without a handler
+            print(message, file=out.err, flush=True)
         jobs = demo_jobs(args.jobs, user)
         log.propagate = False  # job lines stay off the console; alerts and problems show
         alerts = _AlertCounter()
@@ -187,7 +237,10 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
             else:
                 log.info("job succeeded", extra=fields)
             out.progress(i, len(jobs), "jobs")
+        flushing = time.monotonic()
         delivered = all([h.flush(30) for h in handlers])
+        waited = time.monotonic() - flushing
+        states = ", ".join(sorted({str(h.stats()["state"]) for h in handlers}))
         events = collector.events()
         by_run: dict[str, int] = {}
         for e in events:
@@ -231,9 +284,12 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                     while True:
                         time.sleep(3600)
             return EXIT_OK
-        if not delivered:
+        if not delivered and waited >= 29:
             out.problem("not every event was delivered within 30 s; the console lines above "
                         "say why")
+        elif not delivered:
+            out.problem(f"not every event could be delivered (the cloud handler is {states}); "
+                        "the console lines above say why")
         out.problem("not every event arrived exactly once; see the table above, and run "
                     "'massugc-logging check' on the configuration")
         return EXIT_PROBLEM

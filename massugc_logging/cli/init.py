@@ -14,6 +14,8 @@ from massugc_logging.cli._common import (
 from massugc_logging.config import (
     packaged_config_path,
 )
+from massugc_logging.contract import LOCAL_COLLECTOR_KEY
+from massugc_logging.keystore import ENV_VAR
 
 
 def _reference_config() -> Optional[Path]:
@@ -40,4 +42,7 @@ def cmd_init(args: argparse.Namespace, out: _Output) -> int:
         return EXIT_PROBLEM
     out.say(f"wrote {target}: environments development, test and production; pick one with "
             "MASSUGC_ENV, check it with 'massugc-logging check'")
+    out.say(f"API key: for development (the local collector, 'massugc-logging serve') any "
+            f"well-formed key works, e.g. {ENV_VAR}={LOCAL_COLLECTOR_KEY}; for production store "
+            "yours with 'massugc-logging key set'")
     return EXIT_OK

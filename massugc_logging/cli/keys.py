@@ -63,8 +63,15 @@ def cmd_key(args: argparse.Namespace, out: _Output) -> int:
             if os.environ.get(ENV_VAR, "").strip():
                 out.say(f"note: {ENV_VAR} is still set in this environment; unset it too")
         elif args.action == "migrate":
-            moved = store.migrate_legacy(remove_legacy=args.remove_legacy)
-            out.say("migrated the legacy key" if moved else "nothing to migrate")
+            moved = store.migrate_legacy()
+            out.say(f"copied the app's key from {store.legacy_file} into the key store; the "
+                    "app's file stays, and a key changed or removed there is followed"
+                    if moved else "nothing to migrate: the key store already holds the newest key"
+                    if store.legacy_file.exists() else
+                    f"nothing to migrate: no key file of the app at {store.legacy_file}")
+            if args.remove_legacy:
+                out.say(f"note: {store.legacy_file} is kept: the desktop app reads it to know "
+                        "it has a key (remove a key with 'massugc-logging key remove --legacy')")
     except KeyStoreError as exc:
         out.problem(_key_problem(exc))
         return EXIT_PROBLEM

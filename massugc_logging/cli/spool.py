@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from massugc_logging.cli._common import (
     EXIT_OK,
@@ -20,7 +20,10 @@ from massugc_logging.decisions import EventAction
 from massugc_logging.delivery import DeliveryEngine
 from massugc_logging.outcome import Outcome
 from massugc_logging.payload import format_utc
-from massugc_logging.spool import Spool, SpoolError
+from massugc_logging.spool import UNADDRESSED, Spool, SpoolError
+
+#: ``--from any``: every event in the file, whatever API it was logged for.
+ANY_DESTINATION = "any"
 
 
 def _open_spool(args: argparse.Namespace, out: _Output) -> Any:
@@ -68,6 +71,13 @@ def _spool_status(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     dead = spool.dead_letters()
     out.say(f"spool:          {spool.path}")
     out.say(f"pending events: {len(pending)}")
+    for destination, count in spool.counts_by_destination().items():
+        name = destination or f"{UNADDRESSED} (kept by release 0.1; see spool replay --from)"
+        out.say(f"  {count:>6}  for {name}")
+    running = spool.running()
+    if running:
+        out.say(f"running jobs:   {len(running)} (each becomes a failure event if its app "
+                "has stopped)")
     if pending:
         out.say(f"oldest:         {_iso(pending[0].created)}")
         out.say(f"newest:         {_iso(pending[-1].created)}")
@@ -78,12 +88,51 @@ def _spool_status(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
+def _replayed_destinations(spool: Any, args: argparse.Namespace, sending_to: str
+                           ) -> list[Optional[str]]:
+    """The destinations whose events this replay sends: those logged for the API it sends
+    to, unless ``--from`` names others (a destination, ``unaddressed`` or ``any``)."""
+    chosen = getattr(args, "from_destination", None)
+    if chosen is None:
+        return [sending_to]
+    if chosen == ANY_DESTINATION:
+        return list(spool.counts_by_destination())
+    return [None if chosen == UNADDRESSED else chosen.strip().rstrip("/")]
+
+
 def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
-    """Deliver what the spool holds now, with the handler's own delivery engine."""
+    """Deliver what the spool holds now, with the handler's own delivery engine: the events
+    logged for the API it sends to, or (``--from``) those logged for another."""
     transport = _transport(args, out)
     if transport is None:
         return EXIT_PROBLEM
-    total = spool.pending_count()
+    try:
+        sources = _replayed_destinations(spool, args, transport.url)
+        return _replay_from(spool, sources, transport, out)
+    finally:
+        transport.close()
+
+
+def _replay_from(file: Any, sources: list[Optional[str]], transport: Any, out: _Output) -> int:
+    """Replay the events of each destination in ``sources`` through ``transport``."""
+    views = [Spool(file.path, destination=source) for source in sources]
+    try:
+        total = sum(view.pending_count() for view in views)
+        if total == 0:
+            held = file.counts_by_destination()
+            out.say(f"nothing to replay for {transport.url}" + (
+                "; the spool holds events for: " + ", ".join(
+                    f"{d or UNADDRESSED} ({n})" for d, n in held.items()) +
+                " (send those with --from DESTINATION, or --from any)" if held else ""))
+            return EXIT_OK
+        return _replay_views(views, total, transport, out)
+    finally:
+        for view in views:
+            view.close()
+
+
+def _replay_views(views: list[Spool], total: int, transport: Any, out: _Output) -> int:
+    """Drain each view through the delivery engine; report what became of the events."""
     tally = {"sent": 0, "rejected": 0}
     failures: list[Outcome] = []
 
@@ -96,15 +145,16 @@ def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
             failures.append(outcome)
         out.progress(tally["sent"] + tally["rejected"], total, "replay")
 
-    engine = DeliveryEngine(spool, lambda e: transport.send(e.body, e.event_id),
-                            max_in_flight=1, on_settled=settled)
     out.progress(0, total, "replay")
-    try:
-        engine.drain(deadline=time.time() + _REPLAY_SECONDS)
+    deadline = time.time() + _REPLAY_SECONDS
+    for view in views:
+        engine = DeliveryEngine(view, lambda e: transport.send(e.body, e.event_id),
+                                max_in_flight=1, on_settled=settled)
+        engine.drain(deadline=deadline)
         engine.stop()
-    finally:
-        transport.close()
-    left = spool.pending_count()
+        if failures and engine.state.mode.value != "sending":
+            break  # the API as a whole refused: the other destinations would fare no better
+    left = sum(view.pending_count() for view in views)
     if left and failures:
         out.problem(f"stopped: {_describe(failures[-1])}; the rest stays in the spool")
     elif left:
@@ -121,12 +171,13 @@ def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     for event in spool.pending():
         rows.append({"state": "pending", "event_id": event.event_id,
                      "created": _iso(event.created), "attempts": event.attempts,
-                     "event": json.loads(event.body)})
+                     "destination": event.destination, "event": json.loads(event.body)})
     if args.dead or args.all:
         for dead in spool.dead_letters():
             rows.append({"state": "dead_letter", "event_id": dead.event_id,
                          "created": _iso(dead.created), "status": dead.status,
-                         "reason": dead.reason, "event": json.loads(dead.body)})
+                         "reason": dead.reason, "destination": dead.destination,
+                         "event": json.loads(dead.body)})
     if args.dead and not args.all:
         rows = [r for r in rows if r["state"] == "dead_letter"]
     try:
@@ -149,7 +200,7 @@ def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
 def _spool_purge(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     dead = spool.dead_letter_count()
     what = (f"{dead} dead-lettered event(s)" if args.dead_only else
-            f"{spool.pending_count()} pending and {dead} dead-lettered event(s)")
+            f"{spool.total_count()} pending and {dead} dead-lettered event(s)")
     if not args.yes:
         print(f"Delete {what} in {spool.path}? They will never be sent. [y/N] ",
               end="", file=out.err, flush=True)

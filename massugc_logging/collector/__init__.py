@@ -14,6 +14,7 @@ Its parts: :mod:`.store` (the SQLite table and its queries), :mod:`.core`
 
 from massugc_logging.collector.core import Collector, Ingested, serve_forever
 from massugc_logging.collector.query import DEFAULT_WINDOW_S
-from massugc_logging.collector.store import EventFilter
+from massugc_logging.collector.store import DatabaseUnusable, EventFilter, NotACollectorDatabase
 
-__all__ = ["DEFAULT_WINDOW_S", "Collector", "EventFilter", "Ingested", "serve_forever"]
+__all__ = ["DEFAULT_WINDOW_S", "Collector", "DatabaseUnusable", "EventFilter", "Ingested",
+           "NotACollectorDatabase", "serve_forever"]

@@ -23,7 +23,8 @@ from typing import Any, Optional, Union, cast
 
 from massugc_logging.groups import Failure, failure_signature
 
-__all__ = ["EventFilter", "EventStore", "format_time", "parse_time"]
+__all__ = ["DatabaseUnusable", "EventFilter", "EventStore", "NotACollectorDatabase",
+           "format_time", "parse_time"]
 
 _CREATE_TABLE = """CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,6 +42,39 @@ _CREATE_KEY_INDEX = (
 #: Columns added after 0.1.0, with their types; filled from the body for older rows.
 _DERIVED_COLUMNS = (("occurred_at", "REAL"), ("error_message", "TEXT"), ("signature", "TEXT"))
 _CREATE_TIME_INDEX = "CREATE INDEX IF NOT EXISTS events_occurred_at ON events (occurred_at)"
+
+
+class DatabaseUnusable(Exception):
+    """The collector cannot keep its events in ``path``: ``reason`` says why.
+
+    Raised when the file (or its directory) cannot be created, opened or written.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"cannot keep the collector's events in {self.path} ({self.reason})"
+
+
+class NotACollectorDatabase(DatabaseUnusable):
+    """``path`` holds something else: not SQLite, damaged, or another program's tables."""
+
+    def __str__(self) -> str:
+        return f"{self.path} is not a collector database ({self.reason})"
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _open_problem(path: Path, exc: Exception) -> DatabaseUnusable:
+    """What an error while opening ``path`` means: the place, or the file's contents."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError) and (
+            "unable to open" in text or "readonly" in text or "disk i/o" in text.lower()):
+        return DatabaseUnusable(path, text)
+    return NotACollectorDatabase(path, text)
 
 
 def format_time(epoch: float) -> str:
@@ -104,24 +138,71 @@ def _derived(body: Mapping[str, Any], received: float) -> tuple[float, Optional[
     return occurred, message if isinstance(message, str) else None
 
 
+def _check_place(path: Path) -> None:
+    """Make ``path``'s directory and refuse a file that is not SQLite, before opening it."""
+    if path.is_dir():
+        raise DatabaseUnusable(path, "it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnusable(path, f"its directory cannot be created: "
+                                     f"{exc.strerror or type(exc).__name__}") from None
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseUnusable(path, f"it cannot be read: "
+                                     f"{exc.strerror or type(exc).__name__}") from None
+    if head and head != _SQLITE_HEADER:
+        raise NotACollectorDatabase(path, "it is not an SQLite file")
+
+
 class EventStore:
     """Stored events and the queries the collector answers from them."""
 
     def __init__(self, db_path: Union[str, Path, None]) -> None:
-        if db_path is None:
-            target = ":memory:"
-        else:
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            target = str(db_path)
+        """Open (or create) the database; ``None`` keeps it in memory.
+
+        Raises:
+            NotACollectorDatabase: the file is not SQLite, is damaged, or holds
+                another program's tables (it is left as it was).
+            DatabaseUnusable: the file or its directory cannot be created or opened.
+        """
+        path = None if db_path is None else Path(db_path)
+        if path is not None:
+            _check_place(path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            target, check_same_thread=False, isolation_level=None, timeout=5.0
-        )
-        with self._lock:
-            self._conn.execute(_CREATE_TABLE)
-            self._conn.execute(_CREATE_KEY_INDEX)
-            self._add_derived_columns()
-            self._conn.execute(_CREATE_TIME_INDEX)
+        try:
+            self._conn = sqlite3.connect(
+                ":memory:" if path is None else str(path), check_same_thread=False,
+                isolation_level=None, timeout=5.0,
+            )
+        except sqlite3.Error as exc:
+            raise _open_problem(cast(Path, path), exc) from None
+        try:
+            with self._lock:
+                if path is not None:
+                    self._check_tables(path)
+                self._conn.execute(_CREATE_TABLE)
+                self._conn.execute(_CREATE_KEY_INDEX)
+                self._add_derived_columns()
+                self._conn.execute(_CREATE_TIME_INDEX)
+        except BaseException as exc:
+            self._conn.close()
+            if path is None or not isinstance(exc, (sqlite3.Error, ValueError)):
+                raise
+            raise _open_problem(path, exc) from None
+
+    def _check_tables(self, path: Path) -> None:
+        """Refuse a database of another program: adding a table to it would change it."""
+        tables = {row[0] for row in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        if tables and "events" not in tables:
+            listed = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+            raise NotACollectorDatabase(path, f"it holds another program's tables: {listed}")
 
     def _add_derived_columns(self) -> None:
         """Bring a file from an earlier version up to date (under the lock)."""

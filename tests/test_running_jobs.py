@@ -1,0 +1,164 @@
+"""Running jobs in the spool: kept when a report_job block starts, replaced by the outcome,
+turned into one failure when their process is gone or the app shuts down."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Union
+
+import pytest
+
+from massugc_logging.outbox import FallbackOutbox
+from massugc_logging.payload import restamp_failure
+from massugc_logging.spool import (
+    MemorySpool,
+    RunningJob,
+    Spool,
+    Write,
+)
+
+DEST = "https://api.example/api/desktop/usage/log"
+
+
+def body(run_id: str, message: str = "stopped") -> bytes:
+    return json.dumps({"event_type": "video_generation", "timestamp": "2026-01-01T00:00:00.000Z",
+                       "job_data": {"run_id": run_id, "success": False,
+                                    "error_message": message,
+                                    "failure_time": "2026-01-01T00:00:00.000Z"}}).encode()
+
+
+def job(token: str, started: float = 1000.0) -> RunningJob:
+    return RunningJob(token, f"event-{token}", body(token), started)
+
+
+def dead_owner() -> str:
+    """The owner tag of a process that has ended (a reaped child)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return f"{socket.gethostname()}|{proc.stdout.strip()}||abc"
+
+
+Store = Union[Spool, MemorySpool]
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        return Spool(tmp_path / "s.sqlite3", destination=DEST)
+    return MemorySpool(destination=DEST)
+
+
+def test_a_job_that_starts_and_ends_in_one_write_leaves_nothing_running(store: Store) -> None:
+    """Start and outcome in the same intake batch: the outcome is kept, the job is not."""
+    store.write(Write(events=(("outcome", b"{}", 1.0),), started=(job("t1"),),
+                      finished=("t1",)), 2000.0)
+    assert store.abandon_running(lambda b, now: b, 3000.0) == 0
+    assert [e.event_id for e in store.lease(10, 3000.0)] == ["outcome"]
+
+
+def test_shutdown_turns_open_jobs_into_restamped_failures(store: Store) -> None:
+    """abandon_running: each open job becomes its failure event, with the new message and
+    the shutdown's time; a finished job does not."""
+    store.write(Write(started=(job("open"), job("done"))), 2000.0)
+    store.write(Write(events=(("done-outcome", b"{}", 1.0),), finished=("done",)), 2001.0)
+    when = 1_800_000_000.0
+    assert store.abandon_running(lambda b, now: restamp_failure(b, "shut down", now), when) == 1
+    events = store.lease(10, when)
+    stand_in = next(e for e in events if e.event_id == "event-open")
+    data = json.loads(stand_in.body)
+    assert data["job_data"]["error_message"] == "shut down"
+    assert data["job_data"]["failure_time"] == data["timestamp"] == "2027-01-15T08:00:00.000Z"
+    assert store.abandon_running(lambda b, now: b, when) == 0
+
+
+def test_a_late_outcome_supersedes_a_stand_in_not_yet_sent(store: Store) -> None:
+    """The real outcome of a job turned into a shutdown failure replaces it while unsent."""
+    store.write(Write(started=(job("late"),)), 2000.0)
+    store.abandon_running(lambda b, now: b, 2001.0)
+    result = store.write(Write(events=(("real", b"{}", 1.0),), finished=("late",)), 2002.0)
+    assert result.superseded == 1
+    assert [e.event_id for e in store.lease(10, 3000.0)] == ["real"]
+
+
+def test_jobs_of_a_process_that_is_gone_become_one_failure_each(tmp_path: Path) -> None:
+    """recover_abandoned: a dead owner's running jobs go to the outbox once, for the
+    destination they were logged for; a second recovery finds nothing."""
+    path = tmp_path / "s.sqlite3"
+    crashed = Spool(path, destination=DEST, owner=dead_owner())
+    crashed.write(Write(started=(job("a"), job("b"))), 2000.0)
+    crashed.close()
+    other = Spool(path, destination="http://127.0.0.1:8765/api/desktop/usage/log")
+    assert other.recover_abandoned(3000.0) == 2
+    assert other.recover_abandoned(3000.0) == 0
+    assert other.lease(10, 3000.0) == []  # not this handler's destination
+    assert other.counts_by_destination() == {DEST: 2}
+    other.close()
+    mine = Spool(path, destination=DEST)
+    assert sorted(e.event_id for e in mine.lease(10, 3000.0)) == ["event-a", "event-b"]
+    mine.close()
+
+
+def test_a_live_owners_running_jobs_are_left_alone(tmp_path: Path) -> None:
+    """Another live process's jobs (here another spool of this process) are still running."""
+    path = tmp_path / "s.sqlite3"
+    alive = Spool(path, destination=DEST)
+    alive.write(Write(started=(job("busy"),)), 2000.0)
+    other = Spool(path, destination=DEST)
+    assert other.recover_abandoned(time.time()) == 0
+    assert [j.token for j in other.running()] == ["busy"]
+    alive.close()
+    other.close()
+
+
+def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
+    """An owner whose pid is alive but whose process started at another time is gone."""
+    import os
+
+    path = tmp_path / "s.sqlite3"
+    # This pid is alive, but the tag names a different start: a reused pid.
+    impostor = f"{socket.gethostname()}|{os.getppid()}|0@not-this-boot|abc"
+    Spool(path, destination=DEST, owner=impostor).write(Write(started=(job("x"),)), 2000.0)
+    survivor = Spool(path, destination=DEST)
+    assert survivor.recover_abandoned(3000.0) == 1
+    survivor.close()
+
+
+def test_a_job_finished_while_memory_stood_in_is_not_reported_abandoned(
+        tmp_path: Path) -> None:
+    """Started in the file, finished while the file was busy: when the file is back, its
+    running row goes too, so no later start reports the job as abandoned."""
+    path = tmp_path / "s.sqlite3"
+    opened: list[Spool] = []
+
+    def open_file() -> Spool:
+        spool = Spool(path, destination=DEST, busy_timeout=0.1)
+        opened.append(spool)
+        return spool
+
+    outbox = FallbackOutbox(open_file, MemorySpool(destination=DEST), path=path,
+                            on_problem=lambda exc: None, on_recovered=lambda n: None)
+    outbox.write(Write(started=(job("j"),)), 2000.0)
+    import sqlite3
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    outbox.write(Write(events=(("outcome", b"{}", 1.0),), finished=("j",)), 2001.0)
+    assert outbox.using_memory
+    locker.execute("ROLLBACK")
+    locker.close()
+    outbox.write(Write(events=(("later", b"{}", 2.0),)), 2002.0)
+    assert not outbox.using_memory
+    check = Spool(path, destination=DEST, owner=dead_owner())
+    assert check.running() == []
+    assert sorted(e.event_id for e in check.pending()) == ["later", "outcome"]
+    check.close()
+    outbox.close()
+
+
+def test_a_restamp_of_something_that_is_not_an_event_changes_nothing() -> None:
+    """restamp_failure leaves a body it cannot read as it is."""
+    assert restamp_failure(b"not json", "x", 1.0) == b"not json"
