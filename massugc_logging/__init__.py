@@ -5,6 +5,7 @@ records tagged ``event_type=video_generation`` into MassUGC Cloud API events
 and delivers them from its own threads, durably, without slowing the app.
 """
 
+from massugc_logging._exiting import shutdown
 from massugc_logging._version import __version__
 from massugc_logging.client import UsageClient
 from massugc_logging.config import ConfigError, configure
@@ -32,4 +33,5 @@ __all__ = [
     "configure",
     "report_job",
     "set_api_key",
+    "shutdown",
 ]

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 import logging.config
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from massugc_logging.config import describe_dictconfig_error, load_environment
 from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
 from massugc_logging.handler import CloudHandler
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
+from massugc_logging.outbox import resolve_spool_path
+from massugc_logging.spool import recall_from_file
 from massugc_logging.transport import (
     InsecureURLError,
     OutcomeKind,
@@ -137,6 +141,34 @@ def ca_bundle_problem(ca_bundle: Optional[str], fix: str = "ca_bundle",
             "of certificates)")
 
 
+def remembered_state(spool_path: Any, api_url: str) -> list[str]:
+    """What the spool remembers of the API, in words: the route that answers, and a hold
+    in force (a pause, the circuit, a key in use elsewhere, successes held for credits)."""
+    path = resolve_spool_path(spool_path)
+    if path is None:
+        return []
+    now = time.time()
+    learnt = recall_from_file(path, api_url, now)
+    lines = []
+    if "route" in learnt:
+        lines.append(f"the API answered on {learnt['route']} (remembered in the spool)")
+    try:
+        health = json.loads(learnt.get("health", "{}"))
+        age = now - float(health.get("written_at", now))
+        resume_in = float(health.get("resume_in", 0.0)) - age
+        credits_in = float(health.get("credits_in", 0.0)) - age
+    except (ValueError, TypeError, AttributeError):
+        return lines
+    mode = health.get("mode")
+    if mode and mode != "sending":
+        lines.append(f"sending is held: {mode}" + (
+            f", for {resume_in:.0f} s more" if resume_in > 0 else ", until the next probe"))
+    if credits_in > 0:
+        lines.append(f"successes are held: insufficient_credits, for {credits_in:.0f} s more "
+                     "(failure reports still flow)")
+    return lines
+
+
 def key_problem(exc: KeyStoreError) -> str:
     """A key-store error with what to do about it (the key itself is never in it)."""
     if isinstance(exc, InvalidApiKey):
@@ -204,6 +236,9 @@ def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: b
         problems.append(f"handler {name!r}: {exc}")
         return
     notes.append(f"handler {name!r}: trusting {transport.trust.description}")
+    notes.extend(f"handler {name!r}: {line}"
+                 for line in remembered_state(kwargs.get("spool_path", "default"),
+                                              transport.api_url))
     if probe:
         outcome = transport.probe()
         if outcome.kind is OutcomeKind.UNTRUSTED:

@@ -23,10 +23,11 @@ from typing import Any, Optional, Union
 from massugc_logging.contract import DEFAULT_ENDPOINT, DEFAULT_EVENT_TYPE, PRODUCTION_API_URL
 from massugc_logging.keystore import ApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.payload import encode_event, event_id_for
+from massugc_logging.payload import encode_event, event_id_for, lossless_text
 from massugc_logging.redaction import (
     DEFAULT_ERROR_MESSAGE_LIMIT,
     DEFAULT_FIELD_LIMIT,
+    KnownSecrets,
     Redactor,
     system_redactor,
 )
@@ -60,6 +61,8 @@ class UsageClient:
             ca_bundle=ca_bundle, user_agent=user_agent, headers=app_headers(headers),
         )
         self._redactor = redactor or system_redactor()
+        #: The key, scrubbed from the payload in any common encoding.
+        self._secrets = KnownSecrets([key.reveal()] if key is not None else [])
 
     def __repr__(self) -> str:
         return f"<UsageClient {self._transport.url}>"
@@ -70,7 +73,8 @@ class UsageClient:
         return self._transport.url
 
     def scrub(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """A copy of ``payload`` with every ``job_data`` string redacted and capped."""
+        """A copy of ``payload`` with every ``job_data`` string redacted and capped (a UUID,
+        a path, an enum, a Decimal or a datetime as its text first)."""
         event = dict(payload)
         job = event.get("job_data")
         if isinstance(job, Mapping):
@@ -78,8 +82,9 @@ class UsageClient:
             for name, value in job.items():
                 limit = DEFAULT_ERROR_MESSAGE_LIMIT if name == "error_message" else \
                     DEFAULT_FIELD_LIMIT
-                clean[name] = (self._redactor.redact_and_cap(value, limit)
-                               if isinstance(value, str) else value)
+                text = value if isinstance(value, str) else lossless_text(value)
+                clean[name] = value if text is None else self._redactor.redact_and_cap(
+                    text, limit, known_secrets=self._secrets)
             event["job_data"] = clean
         return event
 
@@ -99,6 +104,8 @@ class UsageClient:
             event = self.scrub(payload)
             job = event.get("job_data") if isinstance(event.get("job_data"), Mapping) else {}
             run_id = job.get("run_id") if isinstance(job, Mapping) else None
+            if run_id is not None and not isinstance(run_id, str):
+                run_id = lossless_text(run_id)
             success = bool(job.get("success")) if isinstance(job, Mapping) else False
             event_id = event_id_for(
                 str(event.get("event_type") or DEFAULT_EVENT_TYPE),

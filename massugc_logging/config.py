@@ -158,13 +158,12 @@ def select_environment(document: Any, path: Path, env: Optional[str], *,
         raise ConfigError(f"{path}{_line_of(path, 'environments')}: 'environments' must map "
                           "names (development, test, production...) to dictConfig mappings; "
                           "see the reference logging.yaml")
-    fallback = _default_environment(document, environments)
+    fallback, notices = _default_environment(document, environments, path)
     from_variable = os.environ.get(ENV_VARIABLE) if not env else None
     name = env or from_variable or fallback
     if not name:
         raise ConfigError(f"{path}: no environment chosen; pass env=... (or --env), "
                           f"set {ENV_VARIABLE}, or add default_environment: to the file")
-    notices: list[str] = []
     if name not in environments:
         known = ", ".join(str(k) for k in environments)
         if not strict and from_variable and fallback in environments:
@@ -185,16 +184,20 @@ def select_environment(document: Any, path: Path, env: Optional[str], *,
     return dict(chosen), str(name), notices
 
 
-def _default_environment(document: Mapping[str, Any],
-                         environments: Mapping[str, Any]) -> Optional[str]:
+def _default_environment(document: Mapping[str, Any], environments: Mapping[str, Any],
+                         path: Path) -> tuple[Optional[str], list[str]]:
     """The environment used when none is named: ``frozen_environment`` (default
-    ``production``, if the file has one) in a frozen app, else ``default_environment``."""
+    ``production``, if the file has one) in a frozen app, else ``default_environment``;
+    and a notice when a frozen app's environment is missing."""
+    notices: list[str] = []
     if getattr(sys, "frozen", False):
         frozen = document.get("frozen_environment", DEFAULT_FROZEN_ENVIRONMENT)
         if frozen in environments:
-            return str(frozen)
+            return str(frozen), notices
+        notices.append(f"{path}: this app is frozen, but the file has no {frozen!r} "
+                       "environment (frozen_environment); using default_environment")
     default = document.get("default_environment")
-    return None if default is None else str(default)
+    return (None if default is None else str(default)), notices
 
 
 def default_log_dir() -> str:
@@ -212,7 +215,7 @@ class _Environ(dict):  # type: ignore[type-arg]
 
     def get(self, key: Any, default: Any = None) -> Any:
         found = super().get(key)
-        if found is None and key == LOG_DIR_VARIABLE:
+        if not found and key == LOG_DIR_VARIABLE:  # unset or empty: never the root
             found = self[key] = default_log_dir()
         return default if found is None else found
 
@@ -299,6 +302,8 @@ def _leave_out_handler(config: dict[str, Any], name: str) -> None:
     for user in users:
         if isinstance(user, dict) and isinstance(user.get("handlers"), list):
             user["handlers"] = [h for h in user["handlers"] if h != name]
+        if isinstance(user, dict) and user.get("target") == name:
+            del user["target"]  # a MemoryHandler buffering for it: it keeps its buffer
 
 
 def load_environment(

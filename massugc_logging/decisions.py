@@ -15,8 +15,13 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   request instead (also at most once per round): nothing there is the event's
   fault.
 - Signals about the whole API pause everything: ``Retry-After``, a refused key
-  (401/403), a certificate that does not verify (the circuit opens at once:
-  retrying fast cannot help, probing slowly finds the fix), and the circuit.
+  (401/403, and 403 ``device_mismatch``: the key is in use on another device),
+  a certificate that does not verify and a usage-log path that answers 404 on
+  every known route (the circuit opens at once: retrying fast cannot help,
+  probing slowly finds the fix), and the circuit.
+- 403 ``insufficient_credits`` holds only the events that cost credits (the
+  successes) for ``auth_pause``; failure reports cost nothing and keep flowing.
+  A new key ends it, as it ends a pause for a refused key.
   The event that brought the signal stays due: the pause, not its own schedule,
   holds it back, so it goes first when sending resumes.
 - The circuit opens on evidence, not on one unlucky streak: a run of
@@ -44,13 +49,20 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   API comes back flaky after a long outage: it is taken for a full one until
   the memory is spent, up to about a quarter of an hour of slower delivery with
   nothing lost.
+- What sending has learnt outlives the process: :func:`memory_of` says what a
+  process starting on the same spool should know (a pause and its end, the
+  circuit's probe count and memory, a hold on credits), :func:`memory_lasts`
+  how long that stays true, and :func:`recalled` resumes from it, so a
+  restarted fleet neither probes sooner nor waits longer than it had to.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.retry import (
@@ -73,6 +85,12 @@ class Mode(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"
     RATE_LIMITED = "rate_limited"
     AUTH_PAUSED = "auth_paused"
+    #: The API said the key is in use on another device (403 ``device_mismatch``).
+    DEVICE_MISMATCH = "device_mismatch"
+
+
+#: Modes in which sending waits for a key to change (or the pause to pass).
+KEY_MODES = (Mode.AUTH_PAUSED, Mode.DEVICE_MISMATCH)
 
 
 class EventAction(enum.Enum):
@@ -111,6 +129,8 @@ class SendState:
         reduced_at: when ``limit`` was last halved; failures of requests sent
             before then are the same signal and do not halve it again.
         window: ``(second, successes, failures)`` buckets over ``circuit_window``.
+        credits_until: events that cost credits are held until then (403
+            ``insufficient_credits``); the others keep flowing.
     """
 
     max_in_flight: int = 4
@@ -124,6 +144,7 @@ class SendState:
     window: tuple[tuple[int, int, int], ...] = ()
     remembered: int = 0
     closed_at: float = -math.inf
+    credits_until: float = -math.inf
 
     @classmethod
     def initial(cls, max_in_flight: int) -> SendState:
@@ -141,6 +162,11 @@ class SendState:
         if self.mode is not Mode.SENDING:
             return 1  # one probe at a time
         return max(1, min(self.max_in_flight, int(self.limit)))
+
+    def credits_held(self, now: float) -> bool:
+        """Whether events that cost credits must wait at ``now`` (a hold further ahead than
+        any is ever set can only come from a clock set back: it is over)."""
+        return now < self.credits_until <= now + PAUSE_HORIZON
 
     def failure_share(self, now: float, span: float) -> tuple[int, int]:
         """``(failures, outcomes)`` over the last ``span`` seconds."""
@@ -210,11 +236,17 @@ def on_outcome(
     """
     if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PERMANENT):
         return _answered(policy, state, outcome, sent_at=sent_at, now=now)
-    if outcome.kind is OutcomeKind.UNTRUSTED:
+    if outcome.kind is OutcomeKind.NO_CREDITS:
+        # The API is up and answered: only the events that cost credits wait.
+        _, answered = _answered(policy, state, outcome, sent_at=sent_at, now=now)
+        held = replace(answered, credits_until=max(state.credits_until, now + policy.auth_pause))
+        return EventDecision(EventAction.RETRY, now), held
+    if outcome.kind in (OutcomeKind.UNTRUSTED, OutcomeKind.NO_ROUTE):
         return _untrusted(policy, state, sent_at=sent_at, now=now, rng=rng)
-    if outcome.kind is OutcomeKind.AUTH:
+    if outcome.kind in (OutcomeKind.AUTH, OutcomeKind.DEVICE_MISMATCH):
+        mode = Mode.AUTH_PAUSED if outcome.kind is OutcomeKind.AUTH else Mode.DEVICE_MISMATCH
         resume = now + policy.auth_pause
-        paused = replace(state, mode=Mode.AUTH_PAUSED, resume_at=max(state.resume_at, resume),
+        paused = replace(state, mode=mode, resume_at=max(state.resume_at, resume),
                          opened_at=now if state.mode is Mode.SENDING else state.opened_at)
         return EventDecision(EventAction.RETRY, now), paused
     return _failed(policy, state, outcome, attempts=attempts, sent_at=sent_at, now=now, rng=rng)
@@ -264,7 +296,7 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
                          opened_at=now if state.mode is Mode.SENDING else state.opened_at)
         return EventDecision(EventAction.RETRY, now), paused
 
-    if state.mode is Mode.AUTH_PAUSED and not probing:
+    if state.mode in KEY_MODES and not probing:
         return EventDecision(EventAction.RETRY, now), after  # sent before the pause began
 
     if state.mode is not Mode.SENDING:
@@ -291,8 +323,8 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
 
 def _untrusted(policy: RetryPolicy, state: SendState, *, sent_at: float, now: float,
                rng: Random) -> tuple[EventDecision, SendState]:
-    """The certificate did not verify: no amount of fast retrying helps; open the
-    circuit at once and probe at its pace until the trust is fixed."""
+    """The certificate did not verify, or no usage-log path exists: no amount of fast
+    retrying helps; open the circuit at once and probe at its pace until it is fixed."""
     window = _counted(state, now, policy.circuit_window, ok=False)
     if state.mode is Mode.CIRCUIT_OPEN:
         probes = state.failed_probes + (1 if sent_at >= state.opened_at else 0)
@@ -306,8 +338,56 @@ def _untrusted(policy: RetryPolicy, state: SendState, *, sent_at: float, now: fl
 
 
 def on_new_key(state: SendState) -> SendState:
-    """A new API key was set: a pause for the refused key ends now."""
-    if state.mode is Mode.AUTH_PAUSED:
+    """A new API key was set: a pause for the refused key (or a key in use on another
+    device) ends now, and so does a hold for missing credits."""
+    state = replace(state, credits_until=-math.inf)
+    if state.mode in KEY_MODES:
         return replace(state, mode=Mode.SENDING, resume_at=0.0, limit=1.0, failed_probes=0,
                        remembered=0)
     return state
+
+
+def memory_of(state: SendState, now: float) -> Optional[dict[str, Any]]:
+    """What a process starting on the same spool should know of the API's health, in
+    seconds from ``now``: a pause (the circuit with its probe count, ``Retry-After``, a
+    refused key, a key in use elsewhere), what a closed circuit still remembers, a hold on
+    credits. None when sending is simply open (nothing worth keeping)."""
+    credits_in = max(0.0, state.credits_until - now) if state.credits_held(now) else 0.0
+    if state.mode is Mode.SENDING and not state.remembered and not credits_in:
+        return None
+    paused = state.mode is not Mode.SENDING
+    return {"mode": state.mode.value,
+            "resume_in": round(max(0.0, state.resume_at - now), 3) if paused else 0.0,
+            "failed_probes": state.failed_probes, "remembered": state.remembered,
+            "credits_in": round(credits_in, 3)}
+
+
+def memory_lasts(policy: RetryPolicy, memory: Mapping[str, Any]) -> float:
+    """How long a memory stays true: until its pause ends, and one probe spacing more so
+    that a process starting just after still knows how far the probes had spread."""
+    return max(float(memory.get("resume_in", 0.0)),
+               float(memory.get("credits_in", 0.0))) + policy.probe_interval_cap
+
+
+def recalled(policy: RetryPolicy, state: SendState, memory: Mapping[str, Any], *, age: float,
+             now: float) -> SendState:
+    """``state`` picking up where a process that wrote ``memory`` ``age`` seconds ago left
+    off: no sooner and no later than the memory says. A memory that cannot be read is
+    ignored."""
+    try:
+        mode = Mode(str(memory["mode"]))
+        resume_in = float(memory.get("resume_in", 0.0)) - age
+        credits_in = float(memory.get("credits_in", 0.0)) - age
+        probes = max(0, int(memory.get("failed_probes", 0)))
+        remembered = min(max(0, int(memory.get("remembered", 0))), memory_bound(policy))
+    except (KeyError, TypeError, ValueError):
+        return state
+    if not all(math.isfinite(v) for v in (resume_in, credits_in)):
+        return state
+    credits_until = now + credits_in if credits_in > 0 else -math.inf
+    if mode is Mode.SENDING:
+        return replace(state, remembered=remembered, closed_at=now if remembered else
+                       state.closed_at, limit=1.0, credits_until=credits_until)
+    return replace(state, mode=mode, resume_at=now + max(0.0, min(resume_in, PAUSE_HORIZON)),
+                   failed_probes=probes, opened_at=-math.inf, limit=1.0,
+                   credits_until=credits_until)

@@ -20,19 +20,31 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from massugc_logging._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.counters import Counters
-from massugc_logging.decisions import EventAction, Mode, SendState, on_new_key, on_outcome
+from massugc_logging.decisions import (
+    KEY_MODES,
+    EventAction,
+    Mode,
+    SendState,
+    memory_lasts,
+    memory_of,
+    on_new_key,
+    on_outcome,
+    recalled,
+)
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.payload import costs_credits
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.spool import Outbox, Settlement, SpooledEvent, SpoolError
 from massugc_logging.trust import FIX as TLS_FIX
@@ -59,6 +71,12 @@ class _InFlight:
     event: SpooledEvent
     sent_at: float
     worker: Optional[int]
+    #: Which key was in use when the request started (see ``key_changed``).
+    key_generation: int = 0
+
+
+#: Answers about the key: they speak of the key a request was sent with.
+_KEY_ANSWERS = (OutcomeKind.AUTH, OutcomeKind.DEVICE_MISMATCH, OutcomeKind.NO_CREDITS)
 
 
 class DeliveryEngine:
@@ -69,7 +87,11 @@ class DeliveryEngine:
         send: posts one event and returns its outcome (never raises).
         policy: the retry settings.
         max_in_flight: the most requests at once while the API is healthy.
-        clock: wall-clock seconds (the outbox schedules are wall-clock too).
+        clock: the seconds the engine decides by: monotonic in the handler, so a wall
+            clock set back or forward never stalls sending nor hurries it.
+        wall: wall-clock seconds, for what the outbox keeps across restarts (due times,
+            leases, expiry); default the same as ``clock``. Due times are translated
+            between the two when they cross.
         rng: floats in [0, 1), for jitter.
         counters, diagnostics: where outcomes are counted and problems said once.
         on_settled: called after each outcome with the event, the outcome and what became
@@ -77,6 +99,8 @@ class DeliveryEngine:
         destination: how messages name where events go (the API's URL).
         unreachable_hint: added to the message that the API cannot be reached (the local
             collector's handler names the command that starts it).
+        memory_key: the API's base URL, under which what sending learns of the API's
+            health is kept in the outbox for the next process (None: not kept).
     """
 
     def __init__(
@@ -87,24 +111,29 @@ class DeliveryEngine:
         policy: Optional[RetryPolicy] = None,
         max_in_flight: int = 4,
         clock: Callable[[], float] = time.time,
+        wall: Optional[Callable[[], float]] = None,
         rng: Callable[[], float] = random.random,
         counters: Optional[Counters] = None,
         diagnostics: Optional[Diagnostics] = None,
         on_settled: Optional[Callable[[SpooledEvent, Outcome, EventAction], None]] = None,
         destination: str = "the API",
         unreachable_hint: str = "",
+        memory_key: Optional[str] = None,
     ) -> None:
         self.outbox = outbox
         self.send = send
         self.policy = policy or RetryPolicy()
         self.max_in_flight = max(1, int(max_in_flight))
         self.clock = clock
+        self.wall = wall or clock
         self.rng = rng
         self.counters = counters or Counters()
         self.diagnostics = diagnostics or Diagnostics()
         self._on_settled = on_settled
         self.destination = destination
         self._unreachable_hint = unreachable_hint
+        self._memory_key = memory_key
+        self._memory_written: Optional[tuple[Any, ...]] = None
         self._lock = threading.Lock()
         self.state = SendState.initial(self.max_in_flight)
         self.hold: Optional[Hold] = None
@@ -115,6 +144,7 @@ class DeliveryEngine:
         self._rescheduled: list[tuple[int, float]] = []
         self._dead: list[tuple[SpooledEvent, Optional[int], str]] = []
         self._stopped = False
+        self._key_generation = 0
         self._last_expire = -_EXPIRE_EVERY
         self._backing_off = False
 
@@ -133,18 +163,20 @@ class DeliveryEngine:
                 if not self._ready:
                     return None
             event = self._ready.popleft()
-            self._in_flight[event.row_id] = _InFlight(event, now, worker)
+            self._in_flight[event.row_id] = _InFlight(event, now, worker, self._key_generation)
             return event
 
     def _refill(self, now: float) -> None:
         """Record outcomes so far, then lease the next due events (lock held)."""
         self._record_settled(now)
         try:
+            wall = self.wall()
             if now - self._last_expire >= _EXPIRE_EVERY:
                 self._last_expire = now
-                self.counters.drop("expired", self.outbox.expire(now))
+                self.counters.drop("expired", self.outbox.expire(wall))
             held = set(self._in_flight)
-            self._ready.extend(self.outbox.lease(LEASE_BATCH, now, held))
+            self._ready.extend(self.outbox.lease(LEASE_BATCH, wall, held,
+                                                 costly=not self.state.credits_held(now)))
         except SpoolError as exc:
             self._outbox_problem(exc)
 
@@ -163,12 +195,29 @@ class DeliveryEngine:
                         "no complete answer within the request deadline"))
             if self._stopped:
                 return EventAction.RETRY  # after close: the next run settles it
+            if outcome.kind in _KEY_ANSWERS and (
+                    outcome.status is None or flight is None
+                    or flight.key_generation != self._key_generation):
+                # Sent with a key that has been replaced (or removed on its way out): what
+                # the API said of that key says nothing of the one in use now.
+                self._record(event, Outcome(OutcomeKind.TRANSIENT, reason=outcome.reason),
+                             EventAction.RETRY, self.wall())
+                return EventAction.RETRY
             before = self.state
             decision, self.state = on_outcome(
                 self.policy, before, outcome, attempts=event.attempts + 1, sent_at=sent_at,
                 now=now, rng=self.rng)
-            self._record(event, outcome, decision.action, decision.retry_at)
+            # The event's due time is kept across restarts: on the wall clock.
+            self._record(event, outcome, decision.action,
+                         self.wall() + (decision.retry_at - now))
             self._report(before, self.state, outcome)
+            after = self.state
+            if (after.mode, after.failed_probes, after.credits_until) != (
+                    before.mode, before.failed_probes, before.credits_until):
+                self._remember(now)
+            if self.state.credits_held(now) and not before.credits_held(now):
+                # Successes leased before the hold would only meet the same answer.
+                self._ready = deque(e for e in self._ready if not costs_credits(e.body))
             if self._unrecorded() >= SETTLE_BATCH:
                 self._record_settled(now)
         if self._on_settled is not None:
@@ -195,6 +244,13 @@ class DeliveryEngine:
         else:
             self.counters.add("retried")
             self._rescheduled.append((event.row_id, retry_at))
+            if outcome.kind is OutcomeKind.TRANSIENT and outcome.status is not None \
+                    and 200 <= outcome.status < 300:
+                self.diagnostics.say_once(
+                    "send:not-the-api", logging.WARNING,
+                    "CloudHandler: %s (HTTP %s from %s). The event is kept and sent again; "
+                    "nothing counts as delivered until the API itself answers.",
+                    outcome.reason, outcome.status, self.destination)
 
     def _unrecorded(self) -> int:
         return len(self._delivered) + len(self._rescheduled) + len(self._dead)
@@ -207,9 +263,46 @@ class DeliveryEngine:
                                 tuple(self._dead))
         self._delivered, self._rescheduled, self._dead = [], [], []
         try:
-            self.outbox.settle(settlement, now)
+            self.outbox.settle(settlement, self.wall())
         except SpoolError as exc:
             self._outbox_problem(exc)
+
+    def _remember(self, now: float) -> None:
+        """Keep what a restarted process should know of the API's health in the outbox,
+        when it changed (lock held): a pause, the circuit's probes, a hold on credits."""
+        if self._memory_key is None:
+            return
+        memory = memory_of(self.state, now)
+        state = self.state
+        mark = None if memory is None else (memory["mode"], memory["failed_probes"],
+                                            memory["remembered"], round(state.resume_at, 1),
+                                            round(state.credits_until, 1))
+        if mark == self._memory_written:
+            return
+        wall = self.wall()
+        try:
+            if memory is None:
+                self.outbox.remember(self._memory_key, "health", "{}", wall)  # forgotten
+            else:
+                self.outbox.remember(self._memory_key, "health",
+                                     json.dumps({**memory, "written_at": wall}),
+                                     wall + memory_lasts(self.policy, memory))
+            self._memory_written = mark
+        except SpoolError as exc:
+            self._outbox_problem(exc)
+
+    def recall(self, remembered: str) -> None:
+        """Pick up where a process that kept ``remembered`` (its :meth:`_remember` text)
+        left off, as long as nothing has happened in this one yet."""
+        try:
+            memory = json.loads(remembered)
+            age = max(0.0, self.wall() - float(memory["written_at"]))
+        except (ValueError, TypeError, KeyError):
+            return
+        with self.diagnostics.deferred(), self._lock:
+            now = self.clock()
+            self.state = recalled(self.policy, self.state, memory, age=age, now=now)
+            self._memory_written = None
 
     def _outbox_problem(self, exc: SpoolError) -> None:
         self.diagnostics.count("spool_errors")
@@ -219,13 +312,20 @@ class DeliveryEngine:
 
     def _report(self, before: SendState, after: SendState, outcome: Outcome) -> None:
         """Say each change of the API's health once, on the local logger (lock held)."""
+        if outcome.kind is OutcomeKind.NO_CREDITS:
+            self.diagnostics.say_once(
+                "send:credits", logging.WARNING,
+                "The MassUGC Cloud API says the account has no credits left, or no plan that "
+                "allows this (%s). Reports of successful jobs, which cost credits, wait in the "
+                "spool and are tried again every %.0f s (at once when the key changes); "
+                "failure reports cost nothing and keep flowing.",
+                outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause)
         if after.mode is Mode.SENDING:
             if before.mode is not Mode.SENDING:
                 self.counters.clear_error()
-                self.diagnostics.forget("send:transient")
-                self.diagnostics.forget("send:auth")
-                self.diagnostics.forget("send:circuit")
-                self.diagnostics.forget("send:untrusted")
+                for key in ("send:transient", "send:auth", "send:circuit", "send:untrusted",
+                            "send:route", "send:device", "send:not-the-api"):
+                    self.diagnostics.forget(key)
                 self.diagnostics.say_once("send:resumed", logging.INFO,
                                           "CloudHandler: delivery to the API resumed.")
             return
@@ -236,6 +336,21 @@ class DeliveryEngine:
                 "CloudHandler cannot deliver: %s; %s. Retrying cannot help until this is "
                 "fixed; every event is kept in the spool and the API is tried again at most "
                 "%.0f s apart.", outcome.reason, TLS_FIX, self.policy.probe_interval_cap)
+        elif outcome.kind is OutcomeKind.NO_ROUTE:
+            self.diagnostics.say_once(
+                "send:route", logging.ERROR,
+                "CloudHandler cannot deliver: %s. Every event is kept in the spool, and the "
+                "API is tried again at most %.0f s apart.", outcome.reason,
+                self.policy.probe_interval_cap)
+        elif after.mode is Mode.DEVICE_MISMATCH:
+            self.diagnostics.say_once(
+                "send:device", logging.ERROR,
+                "The MassUGC Cloud API says this API key is in use on another device (%s). "
+                "Sending is paused for %.0f s and every event is kept in the spool. Enter the "
+                "key again in the app's Settings on this device (or set a new one with "
+                "'massugc-logging key set'); if it stays refused, ask MassUGC support to "
+                "release it from the other device.",
+                outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause)
         elif after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
             self.diagnostics.say_once(
                 "send:auth", logging.ERROR,
@@ -265,8 +380,10 @@ class DeliveryEngine:
         with self.diagnostics.deferred(), self._lock:
             if self.hold in (Hold.NO_KEY, Hold.BAD_KEY):
                 self.hold = None
+            self._key_generation += 1
             self.state = on_new_key(self.state)
-            self.diagnostics.forget("send:auth")
+            for key in ("send:auth", "send:device", "send:credits"):
+                self.diagnostics.forget(key)
 
     def set_hold(self, hold: Optional[Hold]) -> None:
         """Hold all sending for a configuration problem (None lifts it)."""
@@ -278,6 +395,7 @@ class DeliveryEngine:
         with self.diagnostics.deferred(), self._lock:
             now = self.clock()
             self._record_settled(now)
+            self._remember(now)
             self._stopped = True
             self._ready.clear()
 
@@ -295,12 +413,22 @@ class DeliveryEngine:
     def waiting_for_key(self) -> bool:
         """True while sending waits for a usable key: none, a malformed one, or one the API
         refused (read without the lock: a hint for how often to look at the key store)."""
-        return self.hold in (Hold.NO_KEY, Hold.BAD_KEY) or self.state.mode is Mode.AUTH_PAUSED
+        state = self.state
+        return self.hold in (Hold.NO_KEY, Hold.BAD_KEY) or state.mode in KEY_MODES \
+            or state.credits_held(self.clock())
+
+    def holds(self) -> dict[str, float]:
+        """Holds on part of the events in force now, and the seconds each has left:
+        ``insufficient_credits`` while the successes wait."""
+        state, now = self.state, self.clock()
+        if not state.credits_held(now):
+            return {}
+        return {"insufficient_credits": round(state.credits_until - now, 1)}
 
     def has_pending(self) -> bool:
         """Whether the outbox holds events for this engine (held or not)."""
         try:
-            return self.outbox.next_due(self.clock()) is not None
+            return self.outbox.next_due(self.wall()) is not None
         except SpoolError:
             return False
 
@@ -329,8 +457,9 @@ class DeliveryEngine:
             if self._ready:
                 return max(now, self.state.resume_at)
             self._record_settled(now)
+            self._remember(now)
             try:
-                due = self.outbox.next_due(now, set(self._in_flight))
+                due = self._next_due(now)
             except SpoolError as exc:
                 self._outbox_problem(exc)
                 due = now + 1.0
@@ -341,6 +470,23 @@ class DeliveryEngine:
                 return None
             return max(due, self.state.resume_at)
 
+    def _next_due(self, now: float) -> Optional[float]:
+        """When the next event may go, on the engine's clock (lock held): while successes
+        are held for credits, the others when due and the successes when the hold ends."""
+        flying = set(self._in_flight)
+        wall = self.wall()
+
+        def due(costly: bool = True) -> Optional[float]:
+            found = self.outbox.next_due(wall, flying, costly=costly)
+            return None if found is None else now + (found - wall)
+
+        if not self.state.credits_held(now):
+            return due()
+        free, every = due(costly=False), due()
+        held = None if every is None else max(every, self.state.credits_until)
+        known = [t for t in (free, held) if t is not None]
+        return min(known) if known else None
+
     def quiet(self) -> bool:
         """True when nothing is in flight and the outbox holds nothing for this engine."""
         with self.diagnostics.deferred(), self._lock:
@@ -349,7 +495,7 @@ class DeliveryEngine:
             now = self.clock()
             self._record_settled(now)
             try:
-                empty = self.outbox.next_due(now) is None
+                empty = self.outbox.next_due(self.wall()) is None
             except SpoolError:
                 return False
             if empty:

@@ -61,6 +61,7 @@ from massugc_logging.payload import (
     restamp_failure,
 )
 from massugc_logging.payload_config import payload_settings
+from massugc_logging.redaction import KnownSecrets
 from massugc_logging.retry import RetryPolicy
 from massugc_logging.sigterm import install_sigterm_flush
 from massugc_logging.spool import (
@@ -90,6 +91,9 @@ STOPPED_MESSAGE = ("The app stopped while the job was running: its process ended
                    "job reported an outcome (failure_time is when the job started)")
 #: ``error_message`` of a job still running when the app shut down.
 SHUTDOWN_MESSAGE = "The app was shut down while the job was running"
+
+#: Where events are kept while the handler's ``api_url`` cannot be used.
+UNUSABLE_DESTINATION = "unusable-api-url"
 
 #: Every CloudHandler not yet closed, for :func:`set_api_key`.
 _LIVE_HANDLERS: weakref.WeakSet[CloudHandler] = weakref.WeakSet()
@@ -154,7 +158,8 @@ class CloudHandler(UnlockedHandler):
             number in flight starts at one, grows with each round of successes,
             halves on failures, and is one (a probe) while the circuit is open.
         retry: a :class:`RetryPolicy` or a mapping of its settings.
-        spool_max_events, spool_max_age: the spool's bounds (count, seconds).
+        spool_max_events, spool_max_age, spool_max_bytes: the spool's bounds (count,
+            seconds, bytes: 10,000 events, 7 days, 50 MB); the oldest go first, counted.
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         ca_bundle: trust the CA certificates in this PEM file or directory (default:
             ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, else the system trust store).
@@ -194,6 +199,7 @@ class CloudHandler(UnlockedHandler):
         retry: Union[RetryPolicy, Mapping[str, Any], None] = None,
         spool_max_events: Optional[int] = None,
         spool_max_age: Optional[float] = None,
+        spool_max_bytes: Optional[int] = None,
         allow_insecure_http: bool = False,
         ca_bundle: Optional[str] = None,
         user_agent: Optional[str] = None,
@@ -226,11 +232,13 @@ class CloudHandler(UnlockedHandler):
         self._last_flush_deadline = 0.0
         self._lost_at_last_flush = 0
 
+        #: The keys this handler has sent with: scrubbed, in any encoding, from all it sends.
+        self._secrets = KnownSecrets()
         self.settings = payload_settings(
             event_type=self._event_type, source=source, version=version,
             extra_fields=extra_fields, redact_patterns=redact_patterns,
             error_message_limit=error_message_limit, field_limit=field_limit,
-            classification_rules=classification_rules,
+            classification_rules=classification_rules, known_secrets=self._secrets,
         )
 
         url = api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL
@@ -242,18 +250,22 @@ class CloudHandler(UnlockedHandler):
                 allow_insecure_http=bool(allow_insecure_http),
                 max_connections=self._max_in_flight, ca_bundle=ca_bundle,
                 user_agent=user_agent, headers=app_headers(headers),
+                on_route=self._remember_route,
             )
         except Exception as exc:  # a bad URL or timeout: keep events, say so once
             self._transport = None
             hold = Hold.BAD_URL
             self.diagnostics.say_once(
                 "config:url", logging.ERROR,
-                "CloudHandler cannot send: %s. Events are kept in the spool until this is fixed.",
-                exc,
+                "CloudHandler cannot send: %s. Events are kept in the spool; once the URL is "
+                "fixed, send them with 'massugc-logging spool replay --from %s'.", exc,
+                _unusable_destination(endpoint),
             )
         #: Where this handler's events go; the spool keeps them for this destination only.
-        self.destination = (self._transport.url if self._transport is not None
-                            else destination_of(str(url), str(endpoint)))
+        #: An unusable URL is not written anywhere: it may hold a password.
+        self.destination = (destination_of(self._transport.api_url, self._transport.url[
+            len(self._transport.api_url):]) if self._transport is not None
+            else _unusable_destination(endpoint))
         self._keys = _key_follower(api_key, key_store)
         self._key_lock = threading.Lock()
 
@@ -262,6 +274,11 @@ class CloudHandler(UnlockedHandler):
             limits["max_events"] = int(spool_max_events)
         if spool_max_age is not None:
             limits["max_age"] = float(spool_max_age)
+        if spool_max_bytes is not None:
+            limits["max_bytes"] = int(spool_max_bytes)
+        # No event is ever scheduled further ahead than its longest backoff: a due time
+        # beyond that comes from a wall clock set back, and is due now.
+        limits["schedule_horizon"] = self.policy.backoff_cap + 1.0
         self._spool_limits = limits
         self._outbox = open_outbox(spool_path, limits, self.diagnostics, self.counters.drop,
                                    self.destination)
@@ -283,8 +300,9 @@ class CloudHandler(UnlockedHandler):
                 if transport is not None and is_loopback(transport.host) else "")
         self._engine = DeliveryEngine(
             self._outbox, self._send_one, policy=self.policy, max_in_flight=self._max_in_flight,
-            clock=time.time, rng=self._rng, counters=self.counters,
+            clock=time.monotonic, wall=time.time, rng=self._rng, counters=self.counters,
             diagnostics=self.diagnostics, destination=self.destination, unreachable_hint=hint,
+            memory_key=transport.api_url if transport is not None else None,
         )
         self._engine.set_hold(hold)
         self._workers = DeliveryWorkers(
@@ -307,6 +325,7 @@ class CloudHandler(UnlockedHandler):
             return
         transport.set_key(state.key)
         if state.key is not None:
+            self._secrets.add(state.key.reveal())
             self.diagnostics.forget("config:no-key")
             self.diagnostics.forget("config:bad-key")
             self._engine.key_changed()
@@ -357,21 +376,44 @@ class CloudHandler(UnlockedHandler):
             return KEY_CHECK_WHILE_HELD
         return None
 
+    # -- what sending learns about the API ------------------------------------------
+
+    def _remember_route(self, endpoint: str) -> None:
+        """On a delivery thread: the API answered on ``endpoint``, not the configured path;
+        keep it for this API URL, for the next runs too, and say so once."""
+        transport = self._transport
+        if transport is None:
+            return
+        self.diagnostics.say_once(
+            "route:" + endpoint, logging.WARNING,
+            "CloudHandler: %s answers on %s, not on %s; events go there from now on (and in "
+            "the next runs). Set endpoint: %s to say so in the configuration.",
+            transport.api_url, endpoint, transport.endpoints[0], endpoint)
+        with contextlib.suppress(Exception):
+            self._outbox.remember(transport.api_url, "route", endpoint, float("inf"))
+
+    def _recall(self) -> None:
+        """On the intake thread at start: use what earlier runs learnt about the API (the
+        route that answers; a pause, the circuit's probes, a hold on credits)."""
+        transport = self._transport
+        if transport is None:
+            return
+        learnt = self._outbox.recall(transport.api_url, time.time())
+        if "route" in learnt:
+            transport.use_route(learnt["route"])
+        if "health" in learnt:
+            self._engine.recall(learnt["health"])
+            self._workers.wake()
+
     # -- running jobs -------------------------------------------------------------
 
     def _on_start(self) -> None:
         """On the intake thread at start: jobs left running by a process that is gone
         become their failure events; events of release 0.1.x, which name no destination,
         are pointed out."""
-        unaddressed = self._outbox.unaddressed_count()
-        if unaddressed:
-            self.diagnostics.say_once(
-                "spool:unaddressed", logging.WARNING,
-                "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
-                "not say which API they were logged for, so no handler sends them. Send them "
-                "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
-                "delete them with 'massugc-logging spool purge'.", self._outbox.path,
-                unaddressed)
+        self._outbox.start(time.time())
+        self._recall()
+        self._point_out_other_destinations()
         found = self._outbox.recover_abandoned(time.time())
         if found:
             self.diagnostics.count("jobs_recovered", found)
@@ -380,6 +422,31 @@ class CloudHandler(UnlockedHandler):
                 "CloudHandler: %d job(s) were still running when the app last stopped; each "
                 "is reported as a failure.", found)
             self._workers.wake()
+
+    def _point_out_other_destinations(self) -> None:
+        """Say once what the spool keeps that this handler does not send: events of release
+        0.1 (no destination) and events logged for other APIs, which wait for a handler of
+        theirs, or for 'spool replay --from', within the spool's age bound."""
+        counts = self._outbox.counts_by_destination()
+        unaddressed = counts.pop(None, 0)
+        counts.pop(self.destination, None)
+        if unaddressed:
+            self.diagnostics.say_once(
+                "spool:unaddressed", logging.WARNING,
+                "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
+                "not say which API they were logged for, so no handler sends them. Send them "
+                "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
+                "delete them with 'massugc-logging spool purge'.", self._outbox.path,
+                unaddressed)
+        if counts:
+            self.diagnostics.say_once(
+                "spool:others", logging.INFO,
+                "CloudHandler: the spool %s also holds events logged for other APIs (%s); "
+                "this handler sends only those for %s. They wait for a handler of theirs; "
+                "if one is this API under an earlier address, send them here with "
+                "'massugc-logging spool replay --from DESTINATION --api-url URL'.",
+                self._outbox.path, "; ".join(f"{d}: {n}" for d, n in sorted(counts.items())),
+                self.destination)
 
     def _abandon_open_jobs(self) -> None:
         """On the intake thread, last thing at exit: jobs still running are reported as
@@ -486,18 +553,24 @@ class CloudHandler(UnlockedHandler):
         if path is None:
             self.counters.drop("closed")
             return
+        written = False
         try:
             prepared = self._prepare((record, capture_exception(record.exc_info)))
-            spool = Spool(path, destination=self.destination, **self._spool_limits)
+            # No thread is left to wait on a lock: a busy file is a drop, counted at once.
+            spool = Spool(path, destination=self.destination, busy_timeout=0.0,
+                          **self._spool_limits)
             try:
                 spool.write(_write_of(prepared), time.time())
-                spool.release()  # no thread here will send it: any process may
+                written = True
+                if prepared.event is not None:
+                    self.counters.add("spooled")
+                with contextlib.suppress(SpoolError):  # busy: the claim lapses by itself
+                    spool.release()  # no thread here will send it: any process may
             finally:
                 spool.close()
-            if prepared.event is not None:
-                self.counters.add("spooled")
         except Exception:
-            self.counters.drop("closed")
+            if not written:
+                self.counters.drop("closed")
 
     # -- what the intake and delivery threads call back ---------------------------
 
@@ -650,6 +723,7 @@ class CloudHandler(UnlockedHandler):
             "last_error": counts["last_error"],
             "last_status": counts["last_status"],
             "state": self._engine.status(),
+            "holds": self._engine.holds(),
             "destination": self.destination,
             "key_source": self._keys.state.source,
             "in_flight": self._engine.in_flight(),
@@ -677,6 +751,12 @@ def _key_follower(api_key: Optional[Union[str, ApiKey]],
         except ValueError as exc:
             return KeyFollower(key_store, KeyState(None, "argument", str(exc)))
     return KeyFollower(key_store)
+
+
+def _unusable_destination(endpoint: Any) -> str:
+    """Where events wait while ``api_url`` cannot be used (never the URL itself, which may
+    hold a password)."""
+    return UNUSABLE_DESTINATION + "/" + str(endpoint).strip().lstrip("/")
 
 
 def _write_of(prepared: Prepared) -> Write:

@@ -48,6 +48,10 @@ class Prepared:
     started: Optional[RunningJob] = None
     finished: Optional[str] = None
 
+#: The least time ``stop`` gives the thread to take the stop and run ``then``.
+_STOP_GRACE = 0.2
+
+
 class _Stop:
     """The last item: stop after writing what came before, then run ``then``."""
 
@@ -164,7 +168,9 @@ class Intake:
         if self._thread is None:
             return True
         self._queue.put(_Stop(then))
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        # At least a moment, even when the deadline is spent: an idle thread takes the
+        # stop at once and runs ``then`` (one transaction).
+        self._thread.join(max(_STOP_GRACE, deadline - time.monotonic()))
         if self._thread.is_alive():
             self._abandon = True
             self._thread.join(0.05)

@@ -7,8 +7,18 @@ not given up for the rest of the run:
   backup, an antivirus scan): events go to memory meanwhile, every later write
   tries the file again with a short wait, and the first one that succeeds moves
   the memory backlog back into the file;
-- **broken** (corrupt, read-only, disk full, gone): the file is tried again
-  after a growing pause (1 s, doubling to a minute), reopened if need be.
+- **broken** (corrupt, read-only, disk full): the file is tried again after a
+  growing pause (1 s, doubling to a minute), reopened if need be;
+- **gone** (deleted, moved or replaced while in use, by a cleaner tool or a
+  user: noticed at the next write, by the file's identity): what the old file
+  still holds for this handler is read back through its open connection into
+  memory, and the file is recreated at the next try.
+
+No write waits long for a lock: the handler's spool gives up after a quarter
+of a second and memory takes the events meanwhile, so no thread that
+``close()`` waits for is held for seconds by another program's lock. The file
+is opened by the intake thread (``start``), never by the thread that made the
+handler.
 
 Row ids of the memory spool lie far above SQLite's, so outcomes find their way
 back to the store that holds the event; an event moved to the file while the
@@ -42,11 +52,17 @@ from massugc_logging.spool import (
     Write,
 )
 
+#: How long a write of the handler's spool waits for another program's lock before
+#: memory takes the events (our own transactions take milliseconds).
+HANDLER_BUSY_TIMEOUT = 0.25
 #: While the file is busy, each write waits this long for the lock before using memory.
 BUSY_RETRY_WAIT = 0.2
+#: While the file is busy, delivery (leases, outcomes) tries it again at most this often:
+#: the writes of new events find out first, and delivery never queues behind the lock.
+BUSY_DELIVERY_RETRY = 1.0
 _BROKEN_RETRY_FIRST = 1.0
 #: At close, how long moving the memory backlog to a busy file may wait for its lock.
-_CLOSE_WAIT = 1.0
+_CLOSE_WAIT = 0.25
 _BROKEN_RETRY_CAP = 60.0
 
 
@@ -73,6 +89,8 @@ class FallbackOutbox:
         on_recovered: told when the file is in use again, with how many events moved back.
         on_dropped: told of events lost, by reason (the file's bound; memory at close).
         clock: monotonic seconds, for the retry pauses.
+        open_now: open the file here; else memory takes the events until :meth:`start`.
+        busy_timeout: how long the file's writes wait for another program's lock.
     """
 
     def __init__(
@@ -85,6 +103,8 @@ class FallbackOutbox:
         on_recovered: Callable[[int], None],
         on_dropped: Callable[[str, int], None] = lambda reason, n: None,
         clock: Callable[[], float] = time.monotonic,
+        open_now: bool = True,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         self.path: Optional[Path] = path
         self._open_file = open_file
@@ -105,12 +125,37 @@ class FallbackOutbox:
         self._retry_at = 0.0
         self._pause = _BROKEN_RETRY_FIRST
         self._leased_from_memory: set[int] = set()
+        #: File row ids handed out by lease and not yet settled.
+        self._leased_from_file: set[int] = set()
+        #: Row ids of a file that was deleted or replaced: their outcomes are not written to
+        #: its successor (their events were read back into memory).
+        self._orphans: set[int] = set()
         #: Memory row id -> file row id, for events moved while the engine held them.
         self._moved: dict[int, int] = {}
+        self._busy_timeout = busy_timeout
+        self._started = open_now
+        if open_now:
+            self._open()
+
+    def _open(self) -> None:
         try:
-            self._file = open_file()
+            self._file = self._open_file()
         except SpoolError as exc:
             self._degrade(exc)
+
+    @_locked
+    def start(self, now: float) -> None:
+        """Open the file (on the intake thread) and move to it what memory took meanwhile."""
+        if self._started:
+            return
+        self._started = True
+        self._open()
+        if self._file is not None:
+            self._degraded = True  # what memory holds moves to the file now
+            try:
+                self._recovered(self._file, now, quiet=True)
+            except SpoolError as exc:
+                self._degrade(exc)
 
     def __repr__(self) -> str:
         where = "memory" if self._degraded else "file"
@@ -128,8 +173,10 @@ class FallbackOutbox:
         first = not self._degraded
         self._degraded = True
         self._busy = exc.busy
+        if exc.gone and self._file is not None:
+            self._salvage(self._file)
         if exc.busy:
-            self._retry_at = self._clock()
+            self._retry_at = self._clock() + BUSY_DELIVERY_RETRY
             if self._file is not None:
                 self._file.set_busy_timeout(BUSY_RETRY_WAIT)
         else:
@@ -141,14 +188,34 @@ class FallbackOutbox:
         if first:
             self._on_problem(exc)
 
-    def _file_needs_reopening(self) -> bool:
-        return self.path is not None and not self.path.exists()
+    def _salvage(self, file: Spool) -> None:
+        """The file is gone: read back what it held for this handler into memory, and
+        close it (the next try creates a new one)."""
+        events, jobs = file.salvage()
+        self._memory.keep(events, jobs)
+        self._orphans |= self._leased_from_file
+        self._leased_from_file = set()
+        self._unsettled = Settlement()  # its rows are in memory now, under new ids
+        self._moved = {}
+        file.close()
+        self._file = None
 
-    def _usable_file(self) -> Optional[Spool]:
-        """The file, if it is in use or due for another try (reopened if need be)."""
+    def _file_needs_reopening(self) -> bool:
+        return self.path is not None and (not self.path.exists() or (
+            self._file is not None and not self._file.still_there()))
+
+    def _usable_file(self, *, writing: bool = False) -> Optional[Spool]:
+        """The file, if it is in use or due for another try (reopened if need be).
+
+        While it is busy, every write of new events tries it again (with a short wait:
+        the first write after the lock goes lands in the file), and delivery's own
+        calls try it at most every :data:`BUSY_DELIVERY_RETRY` seconds.
+        """
+        if not self._started:
+            return None
         if not self._degraded:
             return self._file
-        if self._clock() < self._retry_at:
+        if not (writing and self._busy) and self._clock() < self._retry_at:
             return None
         if self._file is None:
             try:
@@ -160,8 +227,9 @@ class FallbackOutbox:
                 return None
         return self._file
 
-    def _recovered(self, file: Spool, now: float) -> None:
-        """The file took a write: move the memory backlog to it and restore the busy wait."""
+    def _recovered(self, file: Spool, now: float, *, quiet: bool = False) -> None:
+        """The file took a write: move the memory backlog to it and restore the busy wait
+        (``quiet``: the file was just opened; there is no recovery to tell of)."""
         if not self._degraded:
             return
         movable = self._memory.take_all()
@@ -176,15 +244,16 @@ class FallbackOutbox:
         if movable:
             if added.dropped_full:
                 self._on_dropped("spool_full", added.dropped_full)
-            for (event, _), new_id in zip(movable, added.row_ids):
-                if event.row_id in self._leased_from_memory:
-                    self._moved[event.row_id] = new_id
+            for kept, new_id in zip(movable, added.row_ids):
+                if kept.event.row_id in self._leased_from_memory:
+                    self._moved[kept.event.row_id] = new_id
             self._leased_from_memory.clear()
         self._degraded = False
         self._busy = False
         self._pause = _BROKEN_RETRY_FIRST
-        file.set_busy_timeout(DEFAULT_BUSY_TIMEOUT)
-        self._on_recovered(len(movable))
+        file.set_busy_timeout(self._busy_timeout)
+        if not quiet:
+            self._on_recovered(len(movable))
 
     def _try_the_file_again(self, now: float) -> None:
         """While degraded, with events in memory: move them to the file if it is usable
@@ -213,18 +282,15 @@ class FallbackOutbox:
     @_locked
     def write(self, write: Write, now: float) -> AddResult:
         """Write ahead to the file; to memory while it cannot be used."""
-        file = self._usable_file()
+        file = self._usable_file(writing=True)
         if file is not None:
             try:
-                result = file.write(write, now)
+                # What memory held goes first: a job kept as running there must be in the
+                # file before this batch's outcome closes it.
+                self._recovered(file, now)
+                return file.write(write, now)
             except SpoolError as exc:
                 self._degrade(exc)
-            else:
-                try:
-                    self._recovered(file, now)
-                except SpoolError as exc:
-                    self._degrade(exc)
-                return result
         self._finished_meanwhile.extend(write.finished)
         return self._memory.write(write, now)
 
@@ -242,14 +308,38 @@ class FallbackOutbox:
             return 0
 
     @_locked
-    def unaddressed_count(self) -> int:
-        """Events kept by release 0.1.x in the file, which name no destination."""
-        if self._file is None:
-            return 0
-        try:
-            return self._file.unaddressed_count()
-        except SpoolError:
-            return 0
+    def remember(self, api_url: str, name: str, value: str, until: float) -> None:
+        """Keep what sending learnt about an API: in the file, and in memory meanwhile."""
+        self._memory.remember(api_url, name, value, until)
+        file = self._usable_file()
+        if file is not None:
+            try:
+                file.remember(api_url, name, value, until)
+            except SpoolError as exc:
+                self._degrade(exc)
+
+    @_locked
+    def recall(self, api_url: str, now: float) -> dict[str, str]:
+        """What earlier runs (the file) and this one (memory) learnt about an API."""
+        found: dict[str, str] = {}
+        file = self._usable_file()
+        if file is not None:
+            try:
+                found.update(file.recall(api_url, now))
+            except SpoolError as exc:
+                self._degrade(exc)
+        found.update(self._memory.recall(api_url, now))
+        return found
+
+    @_locked
+    def counts_by_destination(self) -> dict[Optional[str], int]:
+        """Events waiting in the file, by destination (memory's are this handler's)."""
+        counts = self._memory.counts_by_destination()
+        if self._file is not None:
+            with contextlib.suppress(SpoolError):
+                for destination, n in self._file.counts_by_destination().items():
+                    counts[destination] = counts.get(destination, 0) + n
+        return counts
 
     @_locked
     def abandon_running(self, restamp: Restamp, now: float) -> int:
@@ -264,30 +354,32 @@ class FallbackOutbox:
         return count
 
     @_locked
-    def lease(self, limit: int, now: float,
-              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+    def lease(self, limit: int, now: float, exclude: Collection[int] = (), *,
+              costly: bool = True) -> list[SpooledEvent]:
         """Due events from memory and file together, oldest first."""
         self._try_the_file_again(now)
-        rows = self._memory.lease(limit, now, exclude)
+        rows = self._memory.lease(limit, now, exclude, costly=costly)
         file = self._usable_file()
         if file is not None:
             try:
-                rows = rows + file.lease(limit, now, self._on_file(exclude))
+                rows = rows + file.lease(limit, now, self._on_file(exclude), costly=costly)
             except SpoolError as exc:
                 self._degrade(exc)
         rows.sort(key=lambda e: (e.created, e.row_id))
         rows = rows[:limit]
         self._leased_from_memory.update(e.row_id for e in rows if e.row_id >= _MEMORY_ID_BASE)
+        self._leased_from_file.update(e.row_id for e in rows if e.row_id < _MEMORY_ID_BASE)
         return rows
 
     @_locked
-    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+    def next_due(self, now: float, exclude: Collection[int] = (), *,
+                 costly: bool = True) -> Optional[float]:
         """The earliest due time across memory and file."""
-        times = [self._memory.next_due(now, exclude)]
+        times = [self._memory.next_due(now, exclude, costly=costly)]
         file = self._usable_file()
         if file is not None:
             try:
-                times.append(file.next_due(now, self._on_file(exclude)))
+                times.append(file.next_due(now, self._on_file(exclude), costly=costly))
             except SpoolError as exc:
                 self._degrade(exc)
         known = [t for t in times if t is not None]
@@ -307,11 +399,18 @@ class FallbackOutbox:
             rescheduled=tuple(r for r in settlement.rescheduled if in_memory(r[0])),
             dead=tuple(d for d in settlement.dead if in_memory(d[0].row_id)),
         )
+        def on_this_file(row_id: int) -> bool:
+            return not in_memory(row_id) and row_id not in self._orphans
+
         on_file = Settlement(
-            delivered=tuple(r for r in settlement.delivered if not in_memory(r)),
-            rescheduled=tuple(r for r in settlement.rescheduled if not in_memory(r[0])),
-            dead=tuple(d for d in settlement.dead if not in_memory(d[0].row_id)),
+            delivered=tuple(r for r in settlement.delivered if on_this_file(r)),
+            rescheduled=tuple(r for r in settlement.rescheduled if on_this_file(r[0])),
+            dead=tuple(d for d in settlement.dead if on_this_file(d[0].row_id)),
         )
+        settled = {*settlement.delivered, *(r for r, _ in settlement.rescheduled),
+                   *(d[0].row_id for d in settlement.dead)}
+        self._leased_from_file -= settled
+        self._orphans -= settled
         self._memory.settle(memory, now)
         self._leased_from_memory.difference_update(memory.delivered)
         self._leased_from_memory.difference_update(r for r, _ in memory.rescheduled)
@@ -371,8 +470,10 @@ class FallbackOutbox:
 
     @_locked
     def release(self) -> None:
-        """Give up this process's claims on the file's events."""
-        if self._file is not None:
+        """Give up this process's claims on the file's events (not while it is locked by
+        another program: closing never waits for it; the claims then lapse with their
+        leases, or at once for a process that has ended)."""
+        if self._file is not None and not self._degraded:
             with contextlib.suppress(SpoolError):
                 self._file.release()
 
@@ -413,6 +514,8 @@ class FallbackOutbox:
         self._lock = threading.RLock()
         self._memory.after_fork_child()
         self._leased_from_memory = set()
+        self._leased_from_file = set()
+        self._orphans = set()
         self._moved = {}
         self._finished_meanwhile = []
         if self._file is not None:
@@ -458,11 +561,22 @@ def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnos
     path = resolve_spool_path(spool_path)
     if path is None:
         return MemorySpool(destination=destination, **limits)
-    return FallbackOutbox(lambda: Spool(path, destination=destination, **limits),
+    def dropped(reason: str, n: int) -> None:
+        on_dropped(reason, n)
+        if reason == "closed_in_memory":
+            diagnostics.say_once(
+                "spool:closed-in-memory", logging.ERROR,
+                "CloudHandler could not write %d event(s) to its spool at exit (the file was "
+                "locked or unusable the whole time); they are lost. The count is in "
+                "stats()['dropped'].", n)
+
+    return FallbackOutbox(lambda: Spool(path, destination=destination,
+                                        busy_timeout=HANDLER_BUSY_TIMEOUT, **limits),
                           MemorySpool(destination=destination, **limits), path=path,
+                          open_now=False, busy_timeout=HANDLER_BUSY_TIMEOUT,
                           on_problem=lambda exc: spool_problem(diagnostics, exc),
                           on_recovered=lambda moved: _spool_recovered(diagnostics, moved),
-                          on_dropped=on_dropped)
+                          on_dropped=dropped)
 
 
 def spool_problem(diagnostics: Diagnostics, exc: SpoolError) -> None:

@@ -22,6 +22,14 @@ class OutcomeKind(enum.Enum):
     #: The server's TLS certificate did not verify: retrying cannot help until the
     #: trust is fixed (a CA bundle, or the CA in the system's store).
     UNTRUSTED = "untrusted_certificate"
+    #: No usage-log path answers at the API (404 or 405 on every known one): the
+    #: route is wrong, not the event.
+    NO_ROUTE = "no_route"
+    #: 403 ``device_mismatch``: the key is in use on another device.
+    DEVICE_MISMATCH = "device_mismatch"
+    #: 403 ``insufficient_credits``: events that cost credits (successes) must wait;
+    #: failure reports cost none.
+    NO_CREDITS = "insufficient_credits"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ anything can strip ``exc_info``); everything else runs on the listener.
 from __future__ import annotations
 
 import datetime as _dt
+import decimal
+import enum
 import json
 import math
 import os
@@ -152,6 +154,19 @@ def format_utc(created: float) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
 
 
+#: How a success looks in a body this module encoded (compact JSON): inside a string the
+#: quotes would be escaped, so only the field itself can match.
+_SUCCESS_FIELD = b'"success":true'
+
+
+def costs_credits(body: bytes) -> bool:
+    """Whether an event reports a success, which costs the user credits (failures do not).
+
+    Reads the compact JSON that :func:`encode_event` writes, without parsing it.
+    """
+    return _SUCCESS_FIELD in body
+
+
 def restamp_failure(body: bytes, message: str, when: float) -> bytes:
     """A failure event's body with a new ``error_message`` and its times set to ``when``.
 
@@ -197,16 +212,42 @@ def _out_of_range(name: str, warnings: list[str]) -> None:
     warnings.append(f"job field {name!r} is an integer outside 64 bits; sent as null")
 
 
+def lossless_text(value: Any) -> Optional[str]:
+    """The text a value stands for without loss, for the values apps pass as job fields:
+    a ``uuid.UUID`` (a ``run_id``), a path, a ``str``-valued enum member, a ``Decimal``,
+    a ``datetime`` (UTC ISO 8601; a naive one is taken as local time) or a ``date``.
+    None for anything else (and for a ``str``, which needs no conversion)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, str) else None
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, _dt.datetime):
+        try:
+            moment = value.astimezone(_dt.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None
+        return moment.isoformat().replace("+00:00", "Z")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    return None
+
+
 def _text_field(
     name: str, value: Any, default: Any, limit: int, scrub: Scrub, warnings: list[str]
 ) -> Any:
-    """A string job field: strings kept, scalars turned to text, anything else the default."""
+    """A string job field: strings kept, lossless text forms used (a UUID ``run_id``, a
+    path), scalars turned to text with a warning, anything else the default."""
     if value is None:
         return default
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)  # an output_path given as a Path is a path, not a mistake
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        converted = lossless_text(value)
+        if converted is not None:
+            value = converted
     if isinstance(value, str):
         text = value
     elif _int_out_of_range(value):
@@ -237,10 +278,12 @@ def _known_extra_field(name: str, value: Any, types: tuple[type, ...], limit: in
     if (bool in types and isinstance(value, bool)) or (int in types and is_int_like):
         return value
     if str in types:
-        if not isinstance(value, str):
+        text = value if isinstance(value, str) else lossless_text(value)
+        if text is None:
             warnings.append(f"job field {name!r} should be a string, got "
                             f"{type(value).__name__}; sent as text")
-        return scrub(_clean(value if isinstance(value, str) else safe_str(value)), limit)
+            text = safe_str(value)
+        return scrub(_clean(text), limit)
     warnings.append(f"job field {name!r} should be {' or '.join(t.__name__ for t in types)}, "
                     f"got {type(value).__name__}; sent as null")
     return None
@@ -265,8 +308,11 @@ def _extra_field(name: str, value: Any, limit: int, scrub: Scrub, warnings: list
         return None
     if isinstance(value, str):
         return scrub(_clean(value), limit)
-    warnings.append(f"job field {name!r} has type {type(value).__name__}; sent as text")
-    return scrub(_clean(safe_str(value)), limit)
+    text = lossless_text(value)
+    if text is None:
+        warnings.append(f"job field {name!r} has type {type(value).__name__}; sent as text")
+        text = safe_str(value)
+    return scrub(_clean(text), limit)
 
 
 def _record_message(record: Any, warnings: list[str]) -> str:

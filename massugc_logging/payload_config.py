@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from massugc_logging.classify import Classifier
 from massugc_logging.contract import DEFAULT_EVENT_TYPE, DEFAULT_EVENT_VERSION, DEFAULT_SOURCE
 from massugc_logging.payload import ExceptionSummary, PayloadSettings
-from massugc_logging.redaction import system_redactor
+from massugc_logging.redaction import KnownSecrets, Redactor, system_redactor
 
 
 def payload_settings(
@@ -29,12 +29,15 @@ def payload_settings(
     error_message_limit: int = 4096,
     field_limit: int = 256,
     classification_rules: Sequence[Mapping[str, Any]] = (),
+    known_secrets: Optional[KnownSecrets] = None,
 ) -> PayloadSettings:
     """The payload settings a :class:`CloudHandler` builds from these arguments.
 
     Shared with :mod:`massugc_logging.testing`, so captured events are built
     exactly as sent: this machine's redactor (failing closed, with a small cache
     for the short strings that repeat from job to job) and the classifier.
+    ``known_secrets`` (the handler's API key, in any encoding) is scrubbed after the
+    rules, outside the cache: the key can change while the handler runs.
     """
     redactor = system_redactor(tuple(redact_patterns))
     return PayloadSettings(
@@ -44,7 +47,8 @@ def payload_settings(
         extra_fields=tuple(str(f) for f in extra_fields),
         error_message_limit=int(error_message_limit),
         field_limit=int(field_limit),
-        scrub=_fail_closed(_cached_for_short_text(redactor.redact_and_cap)),
+        scrub=_fail_closed(_with_known_secrets(
+            _cached_for_short_text(redactor.redact_and_cap), redactor, known_secrets)),
         categorize=_categorizer(classification_rules),
     )
 
@@ -59,6 +63,23 @@ def _cached_for_short_text(scrub: Callable[[str, int], str]) -> Callable[[str, i
 
     def scrub_text(text: str, limit: int) -> str:
         return cached(text, limit) if len(text) <= _CACHED_TEXT_CHARS else scrub(text, limit)
+
+    return scrub_text
+
+
+def _with_known_secrets(scrub: Callable[[str, int], str], redactor: Redactor,
+                        known: Optional[KnownSecrets]) -> Callable[[str, int], str]:
+    """Scrub the known secrets from what the rules left; where one was found, the rules
+    run once more on the result (as :meth:`Redactor.redact` does with known secrets)."""
+    if known is None:
+        return scrub
+
+    def scrub_text(text: str, limit: int) -> str:
+        done = scrub(text, limit)
+        if not known:
+            return done
+        cleaned = known.scrub(done)
+        return done if cleaned is done else redactor.redact_and_cap(cleaned, limit)
 
     return scrub_text
 

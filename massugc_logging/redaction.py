@@ -1,7 +1,8 @@
 """Scrub secrets and personal data from text before it leaves the machine.
 
-This module is pure: values in, values out. Only :func:`system_redactor` reads
-the environment (home directory and host name), once, when it is called.
+This module is pure: values in, values out (a :class:`KnownSecrets` only
+remembers the secrets it is given). Only :func:`system_redactor` reads the
+environment (home directory and host name), once, when it is called.
 
 What is redacted, in the order it is applied, and what replaces it:
 
@@ -38,6 +39,17 @@ What is redacted, in the order it is applied, and what replaces it:
   the whole query string and fragment of *every* ``scheme://`` URL, so signed
   URLs cannot leak -> ``https://host/path?[REDACTED]`` (scheme, host and path
   are kept).
+* last, and only when the caller passes a :class:`KnownSecrets`: every
+  appearance of a secret the process knows by value (its API key) ->
+  ``[REDACTED]``, whatever its shape: as it is or its part after ``massugc_``,
+  base64 (standard or URL-safe, padded or not, at any byte alignment inside a
+  longer encoded text), percent-encoded, hex in either case, wrapped across
+  lines or split by spaces, or cut down to a run of 16 or more of its
+  characters. When that step replaced anything the rules above run once more,
+  because a replacement changes what some of them look at around a match
+  (in ``<the key in hex>/home/bob`` the generic home rule skips a path glued
+  to a word, and scrubs it once the hex is gone), and redacting must stay
+  idempotent.
 
 Markers: :data:`REDACTED` ``[REDACTED]``, :data:`HOME_REPLACEMENT` ``~``,
 :data:`HOST_REPLACEMENT` ``<host>``, and :data:`TRUNCATION_MARKER`
@@ -46,21 +58,26 @@ Markers: :data:`REDACTED` ``[REDACTED]``, :data:`HOME_REPLACEMENT` ``~``,
 
 Every built-in pattern is linear: repetitions are bounded or anchored on a
 literal whose start cannot recur inside the run, so adversarial input cannot
-trigger catastrophic backtracking. Redacting is idempotent
-(``redact(redact(x)) == redact(x)``) as long as the extra patterns do not
-match the markers themselves.
+trigger catastrophic backtracking. :class:`KnownSecrets` uses no regex over its
+secrets: it looks the text's 16-character windows up in precomputed sets, also
+linear. Redacting is idempotent (``redact(redact(x)) == redact(x)``) as long
+as the extra patterns do not match the markers themselves.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import os
 import re
 import socket
-from collections.abc import Sequence
+import string
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
+from urllib.parse import quote, quote_plus
 
 __all__ = [
     "DEFAULT_ERROR_MESSAGE_LIMIT",
@@ -69,6 +86,7 @@ __all__ = [
     "HOST_REPLACEMENT",
     "REDACTED",
     "TRUNCATION_MARKER",
+    "KnownSecrets",
     "Redactor",
     "cap",
     "system_redactor",
@@ -464,6 +482,279 @@ def _compile_extra(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
+# --- secrets known by value ---------------------------------------------------
+
+#: The shortest run of a known secret (or of one of its encodings) that is
+#: scrubbed: much shorter runs turn up in ordinary text by chance.
+_MIN_SECRET_RUN = 16
+#: How many secrets a :class:`KnownSecrets` keeps, the most recently added.
+_MAX_KNOWN_SECRETS = 8
+_MASSUGC_KEY_PREFIX = "massugc_"
+
+# The scan looks one 8-character block up every 9 characters: every
+# 16-character window wholly contains exactly one such block, so only the few
+# windows around a block that belongs to some secret are looked up in full.
+_BLOCK = 8
+_BLOCK_STRIDE = _MIN_SECRET_RUN + 1 - _BLOCK
+
+_WHITESPACE = re.compile(r"\s+")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_TO_URLSAFE_BASE64 = str.maketrans("+/", "-_")
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/-_")
+_ASCII_LOWERCASE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+#: At most this many ``=`` end a base64 text.
+_BASE64_MAX_PADDING = 2
+
+
+class _SecretIndex(NamedTuple):
+    """What a scan needs to know about the secrets; immutable, so a scan takes no lock."""
+
+    secrets: tuple[str, ...]
+    #: Every 16-character window of every case-sensitive variant -> whether the
+    #: variant is base64, whose neighbouring characters hold a few of its bits.
+    windows: Mapping[str, bool]
+    #: Lower-case 16-character windows of the hex variants, found in either case.
+    folded_windows: frozenset[str]
+    #: Every window's 8-character blocks, A-Z lower-cased: the first, cheap filter.
+    blocks: frozenset[str]
+
+
+def _secret_parts(secret: str) -> tuple[str, ...]:
+    """The secret, and for a MassUGC key also its part after ``massugc_`` (which is public)."""
+    rest = secret[len(_MASSUGC_KEY_PREFIX) :]
+    if secret.startswith(_MASSUGC_KEY_PREFIX) and len(rest) >= _MIN_SECRET_RUN:
+        return (secret, rest)
+    return (secret,)
+
+
+def _aligned_base64(data: bytes) -> tuple[str, ...]:
+    """The standard base64 characters that depend on ``data`` alone, at each of its 3 alignments.
+
+    Inside a longer encoded text, ``data`` can start at any byte offset modulo
+    3; at each, the characters that also hold bits of the neighbouring bytes
+    differ from text to text and are left out.
+    """
+    encodings = []
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        first = -(-8 * offset // 6)  # the first character holding no bit of the bytes before
+        end = 8 * (offset + len(data)) // 6  # past the last one holding no bit of the bytes after
+        encodings.append(encoded[first:end])
+    return tuple(encodings)
+
+
+def _percent_encodings(text: str) -> set[str]:
+    """``text`` as ``quote`` and ``quote_plus`` write it, with upper- and lower-case escapes."""
+    forms = {quote(text, safe=""), quote(text), quote_plus(text)}
+    return forms | {_PERCENT_ESCAPE.sub(lambda m: m.group(0).lower(), form) for form in forms}
+
+
+def _ascii_lower(text: str) -> str:
+    """``text`` with only A-Z lower-cased: ``str.lower`` may change its length (``İ``)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWERCASE)
+
+
+def _windows(variant: str) -> set[str]:
+    """Every run of :data:`_MIN_SECRET_RUN` characters of ``variant``."""
+    return {
+        variant[start : start + _MIN_SECRET_RUN]
+        for start in range(len(variant) - _MIN_SECRET_RUN + 1)
+    }
+
+
+def _index_secrets(secrets: tuple[str, ...]) -> _SecretIndex:
+    """Precompute the windows of every variant of every secret."""
+    windows: dict[str, bool] = {}
+    folded: set[str] = set()
+    for secret in secrets:
+        for part in _secret_parts(secret):
+            data = part.encode("utf-8")
+            # Text is scanned with its whitespace removed, so the plain secret is too.
+            for variant in {"".join(part.split()), *_percent_encodings(part)}:
+                for window in _windows(variant):
+                    windows.setdefault(window, False)
+            for standard in _aligned_base64(data):
+                for variant in (standard, standard.translate(_TO_URLSAFE_BASE64)):
+                    for window in _windows(variant):
+                        windows[window] = True
+                for variant in _percent_encodings(standard):
+                    for window in _windows(variant):
+                        windows.setdefault(window, False)
+            folded |= _windows(data.hex())
+    blocks = {
+        _ascii_lower(window)[start : start + _BLOCK]
+        for window in (*windows, *folded)
+        for start in range(_MIN_SECRET_RUN - _BLOCK + 1)
+    }
+    return _SecretIndex(secrets, windows, frozenset(folded), frozenset(blocks))
+
+
+_NO_SECRETS = _index_secrets(())
+
+
+def _secret_spans(compact: str, index: _SecretIndex) -> list[tuple[int, int, bool]]:
+    """The merged spans of ``compact`` made of windows of some secret's variants.
+
+    Each span says whether a base64 variant matched in it.
+    """
+    lowered = _ascii_lower(compact)
+    last_start = len(compact) - _MIN_SECRET_RUN
+    spans: list[tuple[int, int, bool]] = []
+    for block in range(0, len(compact) - _BLOCK + 1, _BLOCK_STRIDE):
+        if lowered[block : block + _BLOCK] not in index.blocks:
+            continue
+        first_start = max(0, block + _BLOCK - _MIN_SECRET_RUN)
+        for start in range(first_start, min(block, last_start) + 1):
+            found = index.windows.get(compact[start : start + _MIN_SECRET_RUN])
+            if found is None and lowered[start : start + _MIN_SECRET_RUN] in index.folded_windows:
+                found = False
+            if found is None:
+                continue
+            # Windows are found in order of their start, so each one ends last.
+            if spans and start <= spans[-1][1]:
+                merged_start, _, merged_base64 = spans.pop()
+                spans.append((merged_start, start + _MIN_SECRET_RUN, merged_base64 or found))
+            else:
+                spans.append((start, start + _MIN_SECRET_RUN, found))
+    return spans
+
+
+def _text_spans(
+    text: str, compact: str, compact_spans: list[tuple[int, int, bool]]
+) -> list[tuple[int, int]]:
+    """Map spans of ``compact`` (``text`` without whitespace) back onto ``text``.
+
+    A span covers the whitespace inside it, so a secret wrapped across lines
+    goes whole. A base64 span also takes the character on each side that may
+    hold a few of the secret's bits, and the padding after it; it is widened in
+    ``text``, so it never reaches across whitespace into a neighbouring word.
+    """
+    piece_compact_starts = [0]
+    piece_text_starts = [0]
+    if len(compact) != len(text):
+        removed = 0
+        for gap in _WHITESPACE.finditer(text):
+            removed += gap.end() - gap.start()
+            piece_compact_starts.append(gap.end() - removed)
+            piece_text_starts.append(gap.end())
+
+    def in_text(position: int) -> int:
+        piece = bisect.bisect_right(piece_compact_starts, position) - 1
+        return piece_text_starts[piece] + position - piece_compact_starts[piece]
+
+    spans: list[tuple[int, int]] = []
+    for compact_start, compact_end, is_base64 in compact_spans:
+        start, end = in_text(compact_start), in_text(compact_end - 1) + 1
+        if is_base64:
+            start, end = _widen_base64(text, start, end)
+        if spans and start <= spans[-1][1]:
+            start = spans.pop()[0]
+        spans.append((start, end))
+    return spans
+
+
+def _widen_base64(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a base64 span over one more base64 character each side, then its padding."""
+    if start > 0 and text[start - 1] in _BASE64_CHARS:
+        start -= 1
+    if end < len(text) and text[end] in _BASE64_CHARS:
+        end += 1
+    padding_end = min(end + _BASE64_MAX_PADDING, len(text))
+    while end < padding_end and text[end] == "=":
+        end += 1
+    return start, end
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each of the ordered, disjoint ``spans`` replaced by ``[REDACTED]``."""
+    pieces = []
+    copied_up_to = 0
+    for start, end in spans:
+        pieces.append(text[copied_up_to:start])
+        pieces.append(REDACTED)
+        copied_up_to = end
+    pieces.append(text[copied_up_to:])
+    return "".join(pieces)
+
+
+class KnownSecrets:
+    """The exact secrets this process holds (its API keys), scrubbed from text in any encoding.
+
+    The rules of :class:`Redactor` find a MassUGC key by its shape, which its
+    base64, its hex or a copy wrapped across two lines do not have. Knowing the
+    value itself, this finds it as it is or its part after ``massugc_``;
+    base64-encoded (standard or URL-safe alphabet, with or without padding,
+    also inside a longer encoded text at any byte alignment); percent-encoded
+    (which leaves a MassUGC key as it is, but not the ``+`` and ``/`` of
+    standard base64); hex in either case; with whitespace or line breaks
+    anywhere inside; or cut down to 16 or more consecutive characters of any of
+    these. Each appearance becomes ``[REDACTED]``; a base64 one takes along the
+    neighbouring character that holds a few of the secret's bits, and its padding.
+
+    The 8 most recently added secrets are kept, so a key replaced at run time
+    is still scrubbed for a while and memory stays bounded. Thread-safe:
+    :meth:`add` swaps in a new immutable index under a lock and :meth:`scrub`
+    reads whichever index is current without one. A scan takes time linear in
+    the text: a 16-character window matches only if its one 8-character block
+    at a multiple of 9 is a block of some secret, and that is a set look-up.
+    """
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        """Remember each of ``values`` as :meth:`add` does."""
+        if isinstance(values, (str, bytes)):
+            raise TypeError("values must be an iterable of strings, not a single string")
+        self._lock = threading.Lock()
+        self._index = _NO_SECRETS
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        """Remember ``value`` as the most recent secret, without its surrounding whitespace.
+
+        A value shorter than 16 characters is ignored: runs that short cannot be
+        told from ordinary text. Adding a ninth secret forgets the oldest one;
+        adding one that is already known makes it the most recent again.
+        """
+        if not isinstance(value, str):
+            raise TypeError(f"a secret must be a string, not {type(value).__name__}")
+        value = value.strip()
+        if len(value) < _MIN_SECRET_RUN:
+            return
+        with self._lock:
+            known = self._index.secrets
+            if known and known[-1] == value:
+                return
+            kept = (*(secret for secret in known if secret != value), value)
+            self._index = _index_secrets(kept[-_MAX_KNOWN_SECRETS:])
+
+    def scrub(self, text: str) -> str:
+        """Return ``text`` with every appearance of a known secret replaced by ``[REDACTED]``.
+
+        Text that holds none comes back as it is (the same object).
+        """
+        index = self._index
+        if not index.secrets or len(text) < _MIN_SECRET_RUN:
+            return text
+        # str.split() is several times faster than _WHITESPACE.sub, and both
+        # count exactly the str.isspace() characters as whitespace.
+        compact = "".join(text.split())
+        if len(compact) < _MIN_SECRET_RUN:
+            return text
+        compact_spans = _secret_spans(compact, index)
+        if not compact_spans:
+            return text
+        return _replace_spans(text, _text_spans(text, compact, compact_spans))
+
+    def __bool__(self) -> bool:
+        """True when at least one secret is known."""
+        return bool(self._index.secrets)
+
+    def __repr__(self) -> str:
+        """How many secrets are known, never what they are."""
+        count = len(self._index.secrets)
+        return f"<KnownSecrets {count} secret{'' if count == 1 else 's'}>"
+
+
 # --- the public API ---------------------------------------------------------
 
 
@@ -541,8 +832,22 @@ class Redactor:
         host = "set" if self._host is not None else "unset"
         return f"Redactor(home={home}, hostname={host}, extra_patterns={len(self.extra_patterns)})"
 
-    def redact(self, text: str) -> str:
-        """Return ``text`` with every secret and personal detail this redactor knows replaced."""
+    def redact(self, text: str, *, known_secrets: Optional[KnownSecrets] = None) -> str:
+        """Return ``text`` with every secret and personal detail this redactor knows replaced.
+
+        ``known_secrets``, when given, is applied after the rules; if it replaced
+        anything, the rules run once more (see the module docstring for why).
+        """
+        redacted = self._apply_rules(text)
+        if not known_secrets:
+            return redacted
+        scrubbed = known_secrets.scrub(redacted)
+        if scrubbed is redacted:
+            return redacted
+        return self._apply_rules(scrubbed)
+
+    def _apply_rules(self, text: str) -> str:
+        """Apply the extra patterns and every built-in rule, in their documented order."""
         for extra in self._extra:
             text = extra.sub(_redact_nonempty, text)
         lowered = text.lower()
@@ -562,14 +867,17 @@ class Redactor:
             text = rule.apply(text, lowered)
         return _URL_RULE.apply(text, lowered)
 
-    def redact_and_cap(self, text: str, limit: int) -> str:
+    def redact_and_cap(
+        self, text: str, limit: int, *, known_secrets: Optional[KnownSecrets] = None
+    ) -> str:
         """Redact, then cap to ``limit`` characters; reads only a bounded prefix of huge text."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
         size = max(_PRECUT_FACTOR * limit, _PRECUT_MIN)
         if len(text) <= size:
-            return cap(self.redact(text), limit)
-        return _cut_with_marker(self.redact(_precut(text, size)), limit)
+            return cap(self.redact(text, known_secrets=known_secrets), limit)
+        head = _precut(text, size)
+        return _cut_with_marker(self.redact(head, known_secrets=known_secrets), limit)
 
 
 def system_redactor(extra_patterns: Sequence[str] = ()) -> Redactor:

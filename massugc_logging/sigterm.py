@@ -57,7 +57,8 @@ def install_sigterm_flush(diagnostics: Diagnostics, shutdown_timeout: float = 5.
     if current is not signal.SIG_DFL:
         diagnostics.say_once("sigterm:taken", logging.INFO,
                              "CloudHandler: the app has its own SIGTERM handler; "
-                             "flush_on_sigterm leaves it alone (call logging.shutdown() in it).")
+                             "flush_on_sigterm leaves it alone (call massugc_logging.shutdown() "
+                             "in it).")
         return False
     signal.signal(sigterm, _flush_then_die)
     return True

@@ -43,6 +43,7 @@ and no durability: it is used for ``spool_path: null`` and, through
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -52,15 +53,19 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, TypeVar, Union
+from typing import Any, Callable, Optional, Protocol, TypeVar, Union
+from urllib.parse import urlsplit
 
+from massugc_logging.payload import costs_credits
 from massugc_logging.processes import process_is_gone, process_start_marker
 
 DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 DEFAULT_LEASE_SECONDS = 120.0
 DEFAULT_BUSY_TIMEOUT = 5.0
-#: A schedule further ahead than this is taken as a clock that jumped back: due now.
+#: A schedule further ahead than this is taken as a clock that jumped back: due now. A
+#: handler passes its own, just over the longest backoff an event can be given.
 SCHEDULE_HORIZON = 2 * 3600.0
 #: ``PRAGMA user_version`` of this schema (0.1.0 files have 0: no per-event schedule;
 #: 0.1.x files have 2: no destination, no running jobs).
@@ -85,7 +90,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     lease_until REAL NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     destination TEXT,
-    job_token   TEXT
+    job_token   TEXT,
+    costs_credits INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created, id);
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -98,13 +104,21 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     dead_at     REAL NOT NULL,
     destination TEXT
 );
+CREATE TABLE IF NOT EXISTS api_memory (
+    api_url     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    until       REAL NOT NULL,
+    PRIMARY KEY (api_url, name)
+);
 CREATE TABLE IF NOT EXISTS running_job (
-    token       TEXT PRIMARY KEY,
+    token       TEXT NOT NULL,
     event_id    TEXT NOT NULL,
     body        BLOB NOT NULL,
     created     REAL NOT NULL,
     owner       TEXT NOT NULL,
-    destination TEXT
+    destination TEXT,
+    PRIMARY KEY (token, destination)
 );
 """
 
@@ -114,11 +128,14 @@ class SpoolError(Exception):
 
     ``busy`` is True when another connection held the file locked past the busy
     timeout: a passing condition (a backup, an antivirus scan), not a broken file.
+    ``gone`` is True when the file was deleted, moved or replaced while in use.
     """
 
-    def __init__(self, message: str, *, busy: bool = False) -> None:
+    def __init__(self, message: str, *, busy: bool = False, gone: bool = False) -> None:
         super().__init__(message)
         self.busy = busy
+        #: The file was deleted, moved or replaced under this process.
+        self.gone = gone
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -128,8 +145,20 @@ def _is_busy(exc: BaseException) -> bool:
 
 def destination_of(api_url: str, endpoint: str) -> str:
     """The address events are kept for: the API base URL and the endpoint, as one URL
-    (``https://host/api/desktop/usage/log``), without a trailing slash on the base."""
+    (``https://host/api/desktop/usage/log``), the scheme and host in lower case, without
+    a default port or a trailing slash on the base, so that one API has one address."""
     base = api_url.strip().rstrip("/")
+    try:
+        parts = urlsplit(base)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    if host and parts.scheme and "@" not in parts.netloc:
+        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+        netloc = host if ":" not in host else f"[{host}]"
+        if port is not None and port != default:
+            netloc += f":{port}"
+        base = f"{parts.scheme.lower()}://{netloc}{parts.path}"
     path = endpoint.strip()
     return base + (path if path.startswith("/") else "/" + path)
 
@@ -149,6 +178,16 @@ class SpooledEvent:
     attempts: int
     #: Where the event was logged for (None: a row of release 0.1.x).
     destination: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An event moved between stores (memory and file) with what it carries along: its
+    due time and, for the stand-in failure of a job, the job's token."""
+
+    event: SpooledEvent
+    due: float = 0.0
+    job_token: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -233,17 +272,22 @@ class Outbox(Protocol):
     def path(self) -> Optional[Path]:
         """The file behind it; None when events live in memory only."""
 
+    def start(self, now: float) -> None:
+        """Open what needs opening, on the thread that will write (never the app's)."""
+
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write ``(event_id, body, created)`` events ahead of delivery."""
 
     def write(self, write: Write, now: float) -> AddResult:
         """Write events, running jobs and finished jobs in one transaction."""
 
-    def lease(self, limit: int, now: float,
-              exclude: Collection[int] = ()) -> list[SpooledEvent]:
-        """Up to ``limit`` events due at ``now``, oldest first, not in ``exclude``."""
+    def lease(self, limit: int, now: float, exclude: Collection[int] = (), *,
+              costly: bool = True) -> list[SpooledEvent]:
+        """Up to ``limit`` events due at ``now``, oldest first, not in ``exclude``; without
+        those that cost credits when ``costly`` is False."""
 
-    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+    def next_due(self, now: float, exclude: Collection[int] = (), *,
+                 costly: bool = True) -> Optional[float]:
         """When the next event this outbox would lease becomes due; None when none is kept."""
 
     def settle(self, settlement: Settlement, now: float) -> None:
@@ -258,8 +302,14 @@ class Outbox(Protocol):
     def recover_abandoned(self, now: float) -> int:
         """Turn the running jobs of processes that are gone into their failure events."""
 
-    def unaddressed_count(self) -> int:
-        """Events kept by release 0.1.x, which name no destination (no handler sends them)."""
+    def counts_by_destination(self) -> dict[Optional[str], int]:
+        """Events waiting, by destination (None: release 0.1.x's, which name none)."""
+
+    def remember(self, api_url: str, name: str, value: str, until: float) -> None:
+        """Keep what sending learnt about an API (wall-clock ``until``) for the next run."""
+
+    def recall(self, api_url: str, now: float) -> dict[str, str]:
+        """What earlier runs learnt about an API and is still true at ``now``, by name."""
 
     def abandon_running(self, restamp: Restamp, now: float) -> int:
         """Turn this process's running jobs into failure events now (at shutdown)."""
@@ -271,12 +321,18 @@ class Outbox(Protocol):
         """Release resources; safe to call twice."""
 
 
+@functools.lru_cache(maxsize=4)
+def _start_of(pid: int) -> str:
+    """The start marker of this process, read once per pid (a forked child has its own)."""
+    return process_start_marker() or ""
+
+
 def new_owner() -> str:
     """An owner tag unique to this process and spool instance: ``host|pid|start|token``
     (``start`` names the process's start, so that a later process with the same pid is
     never taken for this one)."""
-    start = process_start_marker() or ""
-    return f"{socket.gethostname()}|{os.getpid()}|{start}|{secrets.token_hex(6)}"
+    pid = os.getpid()
+    return f"{socket.gethostname()}|{pid}|{_start_of(pid)}|{secrets.token_hex(6)}"
 
 
 def _parse_owner(owner: str) -> Optional[tuple[str, int, Optional[str]]]:
@@ -300,7 +356,10 @@ def _owner_is_dead(owner: str, me: str) -> bool:
     if host != socket.gethostname():
         return False
     if pid == os.getpid():
-        return False  # another spool of this very process: alive
+        # This very process (another spool of it), unless the owner started at another
+        # time: an earlier process that had our pid (pids are reused quickly on Windows,
+        # and an app in a container is pid 1 on every run).
+        return start is not None and start != _start_of(pid)
     return process_is_gone(pid, start)
 
 
@@ -323,10 +382,13 @@ class Spool:
         destination: where the events this spool writes are going, and the only
             events it leases (:func:`destination_of`); None for release 0.1.x's
             unaddressed rows, and for tools that only read.
-        max_events, max_age: the bounds (over the whole file).
+        max_events, max_age, max_bytes: the bounds (over the whole file); over
+            them the oldest events go first, and are counted.
         lease_seconds: how long a leased event stays this process's.
         owner: the owner tag (a new one by default).
         busy_timeout: how long a write waits for another connection's lock.
+        schedule_horizon: a due time or lease further ahead than this can only come
+            from a wall clock set back: it is over.
     """
 
     def __init__(
@@ -336,14 +398,18 @@ class Spool:
         destination: Optional[str] = None,
         max_events: int = DEFAULT_MAX_EVENTS,
         max_age: float = DEFAULT_MAX_AGE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         owner: Optional[str] = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        schedule_horizon: float = SCHEDULE_HORIZON,
     ) -> None:
         self.path: Optional[Path] = Path(path).expanduser()
         self._file = self.path
         self.destination = destination
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.schedule_horizon = schedule_horizon
         self.max_age = max_age
         self.lease_seconds = lease_seconds
         self.owner = owner or new_owner()
@@ -364,6 +430,7 @@ class Spool:
                 os.chmod(path, 0o600)
             conn = sqlite3.connect(str(path), timeout=self._busy_timeout, isolation_level=None,
                                    check_same_thread=False)
+            self._identity = _identity(path)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool file {path}: {exc}",
                              busy=_is_busy(exc)) from exc
@@ -414,6 +481,23 @@ class Spool:
             raise SpoolError(f"cannot {doing} the spool file {self._file}: {exc}",
                              busy=_is_busy(exc)) from exc
 
+    def start(self, now: float) -> None:
+        """Nothing to do: the file was opened when the spool was made."""
+
+    def still_there(self) -> bool:
+        """Whether the path still names the file this spool opened: a cleaner, a user or
+        another program may delete, replace or move it while the app runs, and writes
+        would go on into a file nobody will ever read."""
+        try:
+            return _identity(self._file) == self._identity
+        except OSError:
+            return False
+
+    def _check_identity(self) -> None:
+        if not self.still_there():
+            raise SpoolError(f"the spool file {self._file} was deleted, moved or replaced "
+                             "while in use", gone=True)
+
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Write events ``(event_id, body, created)``, owned by this process; enforce the bound.
 
@@ -434,6 +518,7 @@ class Spool:
         """
         if not write:
             return AddResult((), 0)
+        self._check_identity()
         rows = [(eid, body, created, 0, 0.0, None) for eid, body, created in write.events]
         with self._transaction("write to") as conn:
             # Started before finished: a job may start and end within one batch.
@@ -442,20 +527,21 @@ class Spool:
             ids, excess = self._insert(conn, rows, now)
         return AddResult(ids, excess, superseded)
 
-    @staticmethod
-    def _finish(conn: sqlite3.Connection, tokens: Sequence[str]) -> int:
+    def _finish(self, conn: sqlite3.Connection, tokens: Sequence[str]) -> int:
+        """Close finished jobs of this destination: their running rows, and their stand-in
+        failures that nobody has tried to send yet (lock and transaction held)."""
         if not tokens:
             return 0
-        conn.executemany("DELETE FROM running_job WHERE token = ?", [(t,) for t in tokens])
+        conn.executemany("DELETE FROM running_job WHERE token = ? AND destination IS ?",
+                         [(t, self.destination) for t in tokens])
         superseded = 0
         for token in tokens:
-            cur = conn.execute("DELETE FROM outbox WHERE job_token = ? AND attempts = 0",
-                               (token,))
+            cur = conn.execute("DELETE FROM outbox WHERE job_token = ? AND destination IS ?"
+                               " AND attempts = 0 AND owner IS NULL", (token, self.destination))
             superseded += int(cur.rowcount or 0)
         return superseded
 
-    def adopt(self, rows: Sequence[tuple[SpooledEvent, float]], now: float,
-              jobs: Write = Write()) -> AddResult:
+    def adopt(self, rows: Sequence[Kept], now: float, jobs: Write = Write()) -> AddResult:
         """Write what was kept elsewhere (in memory while this file was unusable), in one
         transaction: events with their attempt counts and due times, and the running and
         finished jobs of ``jobs``.
@@ -465,12 +551,13 @@ class Spool:
         """
         if not rows and not jobs:
             return AddResult((), 0)
+        self._check_identity()
         with self._transaction("write to") as conn:
             self._start(conn, jobs.started)
             self._finish(conn, jobs.finished)
             ids, excess = self._insert(
-                conn, [(e.event_id, e.body, e.created, e.attempts, due, None)
-                       for e, due in rows], now)
+                conn, [(k.event.event_id, k.event.body, k.event.created, k.event.attempts,
+                        k.due, k.job_token) for k in rows], now)
         return AddResult(ids, excess)
 
     def _start(self, conn: sqlite3.Connection, jobs: Sequence[RunningJob]) -> None:
@@ -489,10 +576,11 @@ class Spool:
         for event_id, body, created, attempts, due, token in rows:
             cur = conn.execute(
                 "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
-                " lease_until, next_attempt_at, destination, job_token)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " lease_until, next_attempt_at, destination, job_token, costs_credits)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (event_id, body, created, now, attempts, self.owner,
-                 now + self.lease_seconds, due, self.destination, token),
+                 now + self.lease_seconds, due, self.destination, token,
+                 int(costs_credits(body))),
             )
             ids.append(int(cur.lastrowid or 0))
         if not rows:
@@ -500,12 +588,29 @@ class Spool:
         (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
         excess = max(0, int(count) - self.max_events)
         if excess:
-            conn.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                " ORDER BY created, id LIMIT ?)",
-                (excess,),
-            )
-        return tuple(ids), excess
+            self._drop_oldest(conn, excess)
+        return tuple(ids), excess + self._bound_bytes(conn, int(count) - excess)
+
+    @staticmethod
+    def _drop_oldest(conn: sqlite3.Connection, n: int) -> None:
+        conn.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                     " ORDER BY created, id LIMIT ?)", (n,))
+
+    def _bound_bytes(self, conn: sqlite3.Connection, count: int) -> int:
+        """Drop the oldest events while the file's used pages exceed ``max_bytes``; return
+        how many went. Reading the page counts costs nothing per write, unlike summing
+        the bodies."""
+        dropped = 0
+        for _ in range(8):
+            used = _used_bytes(conn)
+            if used <= self.max_bytes or count <= 0:
+                break
+            # A guess from the mean row size, never less than one row a round.
+            n = max(1, min(count, -(-(used - self.max_bytes) * count // max(used, 1))))
+            self._drop_oldest(conn, n)
+            dropped += n
+            count -= n
+        return dropped
 
     def _take_back_from_the_dead(self, conn: sqlite3.Connection, now: float) -> None:
         """Expire the leases of owners on this host whose process is gone."""
@@ -521,25 +626,27 @@ class Spool:
             if _owner_is_dead(owner, self.owner):
                 conn.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ?", (owner,))
 
-    def lease(self, limit: int, now: float,
-              exclude: Collection[int] = ()) -> list[SpooledEvent]:
+    def lease(self, limit: int, now: float, exclude: Collection[int] = (), *,
+              costly: bool = True) -> list[SpooledEvent]:
         """Take up to ``limit`` of this destination's events due at ``now``, oldest first,
         and hold them for a while.
 
         Leasable: owned by this spool, or with an expired lease, or owned by a
         process on this host that no longer exists. Due: ``next_attempt_at`` has
         come (or lies beyond :data:`SCHEDULE_HORIZON`, which only a clock set
-        back can cause). ``exclude`` names rows the caller already holds.
+        back can cause). ``exclude`` names rows the caller already holds; with
+        ``costly=False`` events that cost credits (successes) are left.
         """
         with self._transaction("read") as conn:
             self._take_back_from_the_dead(conn, now)
             rows = conn.execute(
                 "SELECT id, event_id, body, created, attempts FROM outbox"
-                " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?)"
-                " AND (next_attempt_at <= ? OR next_attempt_at > ?)"
+                " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?"
+                " OR lease_until > ?)"
+                " AND (next_attempt_at <= ? OR next_attempt_at > ?) AND costs_credits <= ?"
                 " ORDER BY created, id LIMIT ?",
-                (self.destination, self.owner, now, now, now + SCHEDULE_HORIZON,
-                 limit + len(exclude)),
+                (self.destination, self.owner, now, now + self.lease_seconds + 1.0, now,
+                 now + self.schedule_horizon, int(costly), limit + len(exclude)),
             ).fetchall()
             rows = [r for r in rows if r[0] not in exclude][:limit]
             if rows:
@@ -550,17 +657,20 @@ class Spool:
         return [SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]),
                              self.destination) for r in rows]
 
-    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
-        """The earliest ``next_attempt_at`` among this destination's events it could lease."""
+    def next_due(self, now: float, exclude: Collection[int] = (), *,
+                 costly: bool = True) -> Optional[float]:
+        """The earliest ``next_attempt_at`` among this destination's events it could lease
+        (with ``costly=False``, among those that cost no credits)."""
         rows = self._guarded(lambda: self._conn.execute(
             "SELECT id, next_attempt_at FROM outbox"
-            " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?)"
-            " ORDER BY next_attempt_at LIMIT ?",
-            (self.destination, self.owner, now, len(exclude) + 1)).fetchall())
+            " WHERE destination IS ? AND (owner = ? OR owner IS NULL OR lease_until < ?"
+            " OR lease_until > ?) AND costs_credits <= ? ORDER BY next_attempt_at LIMIT ?",
+            (self.destination, self.owner, now, now + self.lease_seconds + 1.0, int(costly),
+             len(exclude) + 1)).fetchall())
         for row_id, due_at in rows:
             if row_id not in exclude:
                 due = float(due_at)
-                return now if due > now + SCHEDULE_HORIZON else due
+                return now if due > now + self.schedule_horizon else due
         return None
 
     def settle(self, settlement: Settlement, now: float) -> None:
@@ -582,6 +692,9 @@ class Spool:
                     (event.event_id, event.body, event.created, status, reason, now,
                      event.destination))
                 conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
+            if settlement.dead:  # the dead letters are bounded like the outbox
+                conn.execute("DELETE FROM dead_letter WHERE id <= (SELECT max(id) FROM"
+                             " dead_letter) - ?", (self.max_events,))
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
@@ -620,15 +733,48 @@ class Spool:
         return len(gone)
 
     def abandon_running(self, restamp: Restamp, now: float) -> int:
-        """Turn this spool's own running jobs into failure events for sending now
-        (shutdown), restamped by ``restamp``."""
+        """Turn the running jobs of this process (this spool's, and those of any handler of
+        this process closed earlier, such as by a reconfiguration) into failure events for
+        sending now (shutdown), restamped by ``restamp``, each for its own destination.
+
+        They go in unleased, like a recovered job's: a lease means a request in flight.
+        """
+        prefix = self.owner.rsplit("|", 1)[0] + "|"
         with self._transaction("update") as conn:
-            rows = conn.execute("SELECT token, event_id, body FROM running_job"
-                                " WHERE owner = ?", (self.owner,)).fetchall()
-            conn.execute("DELETE FROM running_job WHERE owner = ?", (self.owner,))
-            self._insert(conn, [(str(event_id), restamp(bytes(body), now), now, 0, 0.0,
-                                 str(token)) for token, event_id, body in rows], now)
+            rows = conn.execute(
+                "SELECT token, event_id, body, destination FROM running_job"
+                " WHERE substr(owner, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+            conn.execute("DELETE FROM running_job WHERE substr(owner, 1, ?) = ?",
+                         (len(prefix), prefix))
+            for token, event_id, body, destination in rows:
+                conn.execute(
+                    "INSERT INTO outbox (event_id, body, created, spooled_at, attempts, owner,"
+                    " lease_until, next_attempt_at, destination, job_token, costs_credits)"
+                    " VALUES (?, ?, ?, ?, 0, NULL, 0, 0, ?, ?, 0)",
+                    (event_id, restamp(bytes(body), now), now, now, destination, token))
         return len(rows)
+
+    def salvage(self) -> tuple[list[Kept], list[RunningJob]]:
+        """What this spool's own connection can still read of its destination's events and
+        of its running jobs (with their due times), after its file was deleted or replaced:
+        an unlinked file stays readable through an open connection."""
+        def read() -> tuple[list[Kept], list[RunningJob]]:
+            events = [Kept(SpooledEvent(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]),
+                                        int(r[4]), self.destination), float(r[5]),
+                           None if r[6] is None else str(r[6]))
+                      for r in self._conn.execute(
+                          "SELECT id, event_id, body, created, attempts, next_attempt_at,"
+                          " job_token FROM outbox WHERE destination IS ? ORDER BY created, id",
+                          (self.destination,))]
+            jobs = [RunningJob(str(r[0]), str(r[1]), bytes(r[2]), float(r[3]))
+                    for r in self._conn.execute(
+                        "SELECT token, event_id, body, created FROM running_job"
+                        " WHERE owner = ?", (self.owner,))]
+            return events, jobs
+        try:
+            return self._guarded(read)
+        except SpoolError:
+            return [], []
 
     def running(self) -> list[RunningJob]:
         """Jobs kept as running (any owner), oldest first: for inspection."""
@@ -645,10 +791,19 @@ class Spool:
             "SELECT count(*) FROM outbox WHERE destination IS ?",
             (self.destination,)).fetchone()[0]))
 
-    def unaddressed_count(self) -> int:
-        """Events kept by release 0.1.x, which name no destination."""
-        return self._guarded(lambda: int(self._conn.execute(
-            "SELECT count(*) FROM outbox WHERE destination IS NULL").fetchone()[0]))
+    def remember(self, api_url: str, name: str, value: str, until: float) -> None:
+        """Keep what sending learnt about an API (the route that answers, a pause) until
+        ``until`` (wall clock), for this and later runs."""
+        with self._transaction("write to") as conn:
+            conn.execute("INSERT OR REPLACE INTO api_memory (api_url, name, value, until)"
+                         " VALUES (?, ?, ?, ?)", (api_url, name, value, until))
+
+    def recall(self, api_url: str, now: float) -> dict[str, str]:
+        """What earlier runs learnt about ``api_url`` and is still true at ``now``."""
+        rows = self._guarded(lambda: self._conn.execute(
+            "SELECT name, value FROM api_memory WHERE api_url = ? AND until > ?",
+            (api_url, now)).fetchall())
+        return {str(name): str(value) for name, value in rows}
 
     def total_count(self) -> int:
         """Events waiting, for every destination."""
@@ -690,7 +845,8 @@ class Spool:
         """Delete everything pending (and dead-lettered); return how many rows went."""
         def run() -> int:
             total = 0
-            tables = ("dead_letter",) if dead_letters_only else ("outbox", "dead_letter")
+            tables = ("dead_letter",) if dead_letters_only else (
+                "outbox", "dead_letter", "running_job")
             for table in tables:
                 cur = self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
                 total += int(cur.rowcount or 0)
@@ -742,6 +898,41 @@ class Spool:
         self._conn = self._open()
 
 
+def recall_from_file(path: Path, api_url: str, now: float) -> dict[str, str]:
+    """What the spool file at ``path`` remembers of ``api_url`` (as :meth:`Spool.recall`),
+    read without writing anything: for ``massugc-logging check``. Empty when the file or
+    the table is not there, or the file cannot be read."""
+    if not path.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error:
+        return {}
+    try:
+        rows = conn.execute("SELECT name, value FROM api_memory WHERE api_url = ? AND until > ?",
+                            (api_url, now)).fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+    return {str(name): str(value) for name, value in rows}
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """What tells one file from another at the same path: its device and inode (on Windows,
+    the volume serial number and file index)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """The bytes of the database's pages in use (free pages left by deletes not counted)."""
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    return (int(pages) - int(free)) * int(size)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a file of an older schema up to this one, in one transaction.
 
@@ -759,7 +950,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if "outbox" in tables:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
             for name, declaration in (("next_attempt_at", "REAL NOT NULL DEFAULT 0"),
-                                      ("destination", "TEXT"), ("job_token", "TEXT")):
+                                      ("destination", "TEXT"), ("job_token", "TEXT"),
+                                      ("costs_credits", "INTEGER NOT NULL DEFAULT 0")):
                 if name not in columns:
                     conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {declaration}")
         if "dead_letter" in tables:
@@ -780,24 +972,67 @@ class _MemoryRow:
     job_token: Optional[str] = None
 
 
+class _SizedRows(OrderedDict):  # type: ignore[type-arg]
+    """Memory rows by id that keep the sum of their bodies' sizes, for the byte bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def __setitem__(self, key: int, row: _MemoryRow) -> None:
+        old = super().get(key)
+        if old is not None:
+            self.size -= len(old.event.body)
+        super().__setitem__(key, row)
+        self.size += len(row.event.body)
+
+    def __delitem__(self, key: int) -> None:
+        self.size -= len(self[key].event.body)
+        super().__delitem__(key)
+
+    def pop(self, key: int, *default: Any) -> Any:
+        if key in self:
+            row = super().pop(key)
+            self.size -= len(row.event.body)
+            return row
+        return default[0] if default else super().pop(key)
+
+    def popitem(self, last: bool = True) -> tuple[int, _MemoryRow]:
+        key, row = super().popitem(last=last)
+        self.size -= len(row.event.body)
+        return key, row
+
+    def clear(self) -> None:
+        super().clear()
+        self.size = 0
+
+
 class MemorySpool:
     """The same interface as :class:`Spool`, in memory: lost when the process ends."""
 
     path: Optional[Path] = None
 
     def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS,
-                 max_age: float = DEFAULT_MAX_AGE, destination: Optional[str] = None) -> None:
+                 max_age: float = DEFAULT_MAX_AGE, destination: Optional[str] = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 schedule_horizon: float = SCHEDULE_HORIZON) -> None:
         self.max_events = max_events
         self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.schedule_horizon = schedule_horizon
         self.destination = destination
         self._lock = threading.Lock()
-        self._rows: OrderedDict[int, _MemoryRow] = OrderedDict()
+        self._rows = _SizedRows()
         self._running: dict[str, RunningJob] = {}
         self._dead: list[DeadLetter] = []
+        self._memory: dict[tuple[str, str], tuple[str, float]] = {}
         self._next_id = _MEMORY_ID_BASE
 
     def __repr__(self) -> str:
         return "<MemorySpool>"
+
+    def start(self, now: float) -> None:
+        """Nothing to open."""
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
         """Keep events in memory; drop the oldest beyond ``max_events``."""
@@ -833,7 +1068,8 @@ class MemorySpool:
 
     def _bound(self) -> int:
         dropped = 0
-        while len(self._rows) > self.max_events:
+        while self._rows and (len(self._rows) > self.max_events
+                              or self._rows.size > self.max_bytes):
             self._rows.popitem(last=False)
             dropped += 1
         return dropped
@@ -841,23 +1077,27 @@ class MemorySpool:
     def _ordered(self) -> list[_MemoryRow]:
         return sorted(self._rows.values(), key=lambda r: (r.event.created, r.event.row_id))
 
-    def lease(self, limit: int, now: float,
-              exclude: Collection[int] = ()) -> list[SpooledEvent]:
-        """The oldest ``limit`` due events not in ``exclude``."""
+    def lease(self, limit: int, now: float, exclude: Collection[int] = (), *,
+              costly: bool = True) -> list[SpooledEvent]:
+        """The oldest ``limit`` due events not in ``exclude`` (nor costing credits, unless
+        ``costly``)."""
         with self._lock:
             due = [r.event for r in self._ordered()
-                   if (r.due <= now or r.due > now + SCHEDULE_HORIZON)
-                   and r.event.row_id not in exclude]
+                   if (r.due <= now or r.due > now + self.schedule_horizon)
+                   and r.event.row_id not in exclude
+                   and (costly or not costs_credits(r.event.body))]
             return due[:limit]
 
-    def next_due(self, now: float, exclude: Collection[int] = ()) -> Optional[float]:
+    def next_due(self, now: float, exclude: Collection[int] = (), *,
+                 costly: bool = True) -> Optional[float]:
         """The earliest due time of the events held (not in ``exclude``)."""
         with self._lock:
-            times = [r.due for rid, r in self._rows.items() if rid not in exclude]
+            times = [r.due for rid, r in self._rows.items() if rid not in exclude
+                     and (costly or not costs_credits(r.event.body))]
         if not times:
             return None
         due = min(times)
-        return now if due > now + SCHEDULE_HORIZON else due
+        return now if due > now + self.schedule_horizon else due
 
     def settle(self, settlement: Settlement, now: float) -> None:
         """Forget delivered events, reschedule, dead-letter (bounded)."""
@@ -887,9 +1127,20 @@ class MemorySpool:
         """Nothing to recover: no other process's jobs are kept here."""
         return 0
 
-    def unaddressed_count(self) -> int:
-        """None: memory holds only this handler's events."""
-        return 0
+    def counts_by_destination(self) -> dict[Optional[str], int]:
+        """Memory holds only this handler's events."""
+        return {self.destination: len(self._rows)} if self._rows else {}
+
+    def remember(self, api_url: str, name: str, value: str, until: float) -> None:
+        """Keep it for this run only."""
+        with self._lock:
+            self._memory[(api_url, name)] = (value, until)
+
+    def recall(self, api_url: str, now: float) -> dict[str, str]:
+        """What this run learnt about ``api_url`` that is still true."""
+        with self._lock:
+            return {name: value for (url, name), (value, until) in self._memory.items()
+                    if url == api_url and until > now}
 
     def abandon_running(self, restamp: Restamp, now: float) -> int:
         """Turn the running jobs into failure events now (at shutdown)."""
@@ -900,14 +1151,29 @@ class MemorySpool:
             self._bound()
         return len(jobs)
 
-    def take_all(self, exclude: Collection[int] = ()) -> list[tuple[SpooledEvent, float]]:
-        """Remove and return every event not in ``exclude``, with its due time (to move
-        them to a file)."""
+    def take_all(self, exclude: Collection[int] = ()) -> list[Kept]:
+        """Remove and return every event not in ``exclude``, with its due time and job
+        token (to move them to a file)."""
         with self._lock:
-            rows = [(r.event, r.due) for r in self._ordered() if r.event.row_id not in exclude]
-            for event, _ in rows:
-                del self._rows[event.row_id]
+            rows = [Kept(r.event, r.due, r.job_token) for r in self._ordered()
+                    if r.event.row_id not in exclude]
+            for kept in rows:
+                del self._rows[kept.event.row_id]
             return rows
+
+    def keep(self, rows: Sequence[Kept], jobs: Sequence[RunningJob] = ()) -> None:
+        """Keep events read back from a file that is gone, under new memory ids, with their
+        attempts, due times and job tokens, and its running jobs."""
+        with self._lock:
+            for kept in rows:
+                event = kept.event
+                self._next_id += 1
+                self._rows[self._next_id] = _MemoryRow(
+                    SpooledEvent(self._next_id, event.event_id, event.body, event.created,
+                                 event.attempts, self.destination), kept.due, kept.job_token)
+            for job in jobs:
+                self._running.setdefault(job.token, job)
+            self._bound()
 
     def take_running(self) -> list[RunningJob]:
         """Remove and return the running jobs (to move them to a file)."""
@@ -915,13 +1181,12 @@ class MemorySpool:
             jobs, self._running = list(self._running.values()), {}
             return jobs
 
-    def put_back(self, rows: Sequence[tuple[SpooledEvent, float]],
-                 running: Sequence[RunningJob] = ()) -> None:
+    def put_back(self, rows: Sequence[Kept], running: Sequence[RunningJob] = ()) -> None:
         """Keep again what :meth:`take_all` and :meth:`take_running` returned (their move
         to a file failed)."""
         with self._lock:
-            for event, due in rows:
-                self._rows[event.row_id] = _MemoryRow(event, due)
+            for kept in rows:
+                self._rows[kept.event.row_id] = _MemoryRow(kept.event, kept.due, kept.job_token)
             for job in running:
                 self._running.setdefault(job.token, job)
 
@@ -981,6 +1246,6 @@ class MemorySpool:
     def after_fork_child(self) -> None:
         """In the child: the parent's in-memory backlog and jobs are the parent's; drop them."""
         self._lock = threading.Lock()
-        self._rows = OrderedDict()
+        self._rows = _SizedRows()
         self._running = {}
         self._dead = []

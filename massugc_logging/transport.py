@@ -13,16 +13,29 @@ A loopback API URL never goes through a proxy: the key must not leave the machin
 Every response is classified once, here (a 2xx whose body cannot be read in
 time is still DELIVERED: the server has accepted the event):
 
-=============================  ===========  ===================================
-response                       outcome      what the sender does
-=============================  ===========  ===================================
-2xx                            DELIVERED    remove from the spool
-408, 429, 5xx, timeout,        TRANSIENT    keep, back off, honour Retry-After
-connection error, redirect
-401, 403, no key configured    AUTH         keep every event, pause sending
-certificate does not verify    UNTRUSTED    keep every event, probe slowly
-any other 4xx                  PERMANENT    dead-letter, never retry
-=============================  ===========  ===================================
+=================================  ===============  ===============================
+response                           outcome          what the sender does
+=================================  ===============  ===============================
+2xx: JSON (``code`` 0 or none),    DELIVERED        remove from the spool
+empty, or 204
+2xx: JSON with ``code`` other      PERMANENT        dead-letter with the API's
+than 0                                              message
+2xx: an HTML page or another       TRANSIENT        keep, back off: a captive
+body that is not JSON                               portal or proxy answered
+408, 429, 5xx, timeout,            TRANSIENT        keep, back off, honour
+connection error, redirect                          Retry-After
+404 or 405 on every known path     NO_ROUTE         keep every event, probe slowly
+403 ``device_mismatch``            DEVICE_MISMATCH  keep every event, pause sending
+403 ``insufficient_credits``       NO_CREDITS       hold successes; failures flow
+401, other 403, no key             AUTH             keep every event, pause sending
+certificate does not verify        UNTRUSTED        keep every event, probe slowly
+any other 4xx                      PERMANENT        dead-letter, never retry
+=================================  ===============  ===============================
+
+A 404 or 405 means the path is wrong, not the event: the transport tries the
+other known usage-log path (``/api/desktop/usage/log``, ``/api/desktop/usage``)
+at once and keeps the one that answers (``on_route`` is told, so the handler
+can remember it per API URL across restarts).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import certifi
@@ -56,8 +69,9 @@ from urllib3.poolmanager import PoolManager, ProxyManager
 from urllib3.util import make_headers
 
 from massugc_logging._version import __version__
-from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
+from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT, LEGACY_ENDPOINT
 from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.redaction import KnownSecrets
 from massugc_logging.retry import parse_retry_after
 from massugc_logging.trust import (
     Trust,
@@ -74,6 +88,12 @@ Timeout = Union[float, tuple[float, float]]
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
 _MAX_RESPONSE_BYTES = 64 * 1024
 _MAX_REASON_CHARS = 300
+#: The usage-log paths the API is known to answer on; a 404 or 405 on one tries the other.
+KNOWN_ENDPOINTS = (DEFAULT_ENDPOINT, LEGACY_ENDPOINT)
+_NO_ROUTE_STATUSES = (404, 405)
+#: What a 2xx that is a web page most likely is.
+NOT_THE_API = ("an HTML page answered for the API (a captive portal, a proxy's sign-in page "
+               "or a maintenance page?)")
 
 
 #: Pools inherited across fork, kept so their finalizers never touch the parent's sockets.
@@ -323,6 +343,7 @@ class Transport:
         ca_bundle: Optional[str] = None,
         user_agent: Optional[str] = None,
         headers: Optional[Mapping[str, Any]] = None,
+        on_route: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.api_url = check_api_url(api_url, allow_insecure_http=allow_insecure_http)
         self._extra_headers, agent = check_headers(headers, user_agent)
@@ -333,10 +354,18 @@ class Transport:
         self.host = urlsplit(self.api_url).hostname or ""
         if not endpoint.startswith("/"):
             endpoint = "/" + endpoint
+        #: Where events are addressed: the configured endpoint (the route in use may differ).
         self.url = self.api_url + endpoint
+        self.endpoints = (endpoint, *(e for e in KNOWN_ENDPOINTS if e != endpoint))
+        self._route = endpoint
+        self._on_route = on_route
         self.timeout = _coerce_timeout(timeout)
         self._timeouts = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._key = api_key
+        #: The keys this transport has sent with, scrubbed from what servers send back.
+        self._secrets = KnownSecrets()
+        if api_key is not None:
+            self._secrets.add(api_key.reveal())
         self._user_agent = agent or default_user_agent()
         self._max_connections = max(1, int(max_connections))
         self._sending: set[int] = set()
@@ -347,7 +376,7 @@ class Transport:
         # machine: a proxy would carry the key off it, so loopback never uses one.
         self._proxy: Optional[str] = None if is_loopback(self.host) else \
             requests.utils.select_proxy(self.url, requests.utils.get_environ_proxies(self.url))
-        self._path = urlsplit(self.url).path or "/"
+        self._base_path = urlsplit(self.api_url).path.rstrip("/")
         self._pool = self._new_pool()
 
     def __repr__(self) -> str:
@@ -375,6 +404,19 @@ class Transport:
     def set_key(self, api_key: Optional[SecretKey]) -> None:
         """Use a new API key from the next request on."""
         self._key = api_key
+        if api_key is not None:
+            self._secrets.add(api_key.reveal())
+
+    @property
+    def route(self) -> str:
+        """The usage-log path requests go to now."""
+        return self._route
+
+    def use_route(self, endpoint: str) -> None:
+        """Send to ``endpoint`` from now on (one of :attr:`endpoints`: a route remembered
+        from an earlier run)."""
+        if endpoint in self.endpoints:
+            self._route = endpoint
 
     @property
     def request_deadline(self) -> float:
@@ -415,6 +457,28 @@ class Transport:
     def _send(self, body: bytes, event_id: str) -> Outcome:
         if self._key is None:
             return Outcome(OutcomeKind.AUTH, reason="no API key configured")
+        route = self._route
+        outcome = self._post(route, body, event_id)
+        if outcome.status not in _NO_ROUTE_STATUSES:
+            return outcome
+        for other in self.endpoints:
+            if other == route:
+                continue
+            tried = self._post(other, body, event_id)
+            if tried.status not in _NO_ROUTE_STATUSES:
+                if tried.status is not None and tried.status < 500:
+                    self._route = other  # it answers there: keep it
+                    if self._on_route is not None:
+                        with contextlib.suppress(Exception):
+                            self._on_route(other)
+                return tried
+        return Outcome(OutcomeKind.NO_ROUTE, status=outcome.status, reason=(
+            f"HTTP {outcome.status} on every usage-log path tried at {self.api_url} ("
+            + ", ".join(self.endpoints) + "): check api_url and endpoint"))
+
+    def _post(self, path: str, body: bytes, event_id: str) -> Outcome:
+        """POST one event to ``path`` of the API; classify the answer. Never raises."""
+        assert self._key is not None
         headers = {
             **self._extra_headers,
             "X-API-Key": self._key.reveal(),
@@ -426,21 +490,24 @@ class Transport:
         try:
             if self._host_pool is not None:
                 response = self._host_pool.urlopen(
-                    "POST", self._path, body=body, headers=headers, retries=False,
-                    redirect=False, timeout=self._timeouts, preload_content=False)
+                    "POST", self._base_path + path, body=body, headers=headers,
+                    retries=False, redirect=False, timeout=self._timeouts,
+                    preload_content=False)
             else:
                 response = self._pool.urlopen(
-                    "POST", self.url, body=body, headers=headers, retries=False,
+                    "POST", self.api_url + path, body=body, headers=headers, retries=False,
                     redirect=False, timeout=self._timeouts, preload_content=False,
                     assert_same_host=False)
         except Exception as exc:
             return self._failure(exc)
         try:
-            raw = _read_bounded(response)
+            raw, complete = _read_bounded(response)
         except Exception:
-            raw = b""  # for a 2xx the event is in: the server said so before the body stalled
+            # For a 2xx the event is in: the server said so before the body stalled.
+            raw, complete = b"", False
             response.close()
-        outcome = classify_response(response.status, response.headers, raw, now=time.time())
+        outcome = classify_response(response.status, response.headers, raw, now=time.time(),
+                                    complete=complete)
         if outcome.reason:
             outcome = dataclasses.replace(outcome, reason=self._without_key(outcome.reason))
         return outcome
@@ -489,10 +556,9 @@ class Transport:
         return Outcome(OutcomeKind.DELIVERED, status=response.status)
 
     def _without_key(self, text: str) -> str:
-        """Remove the key (and anything shaped like one) from text the server sent back."""
-        if self._key is not None:
-            text = text.replace(self._key.reveal(), "[REDACTED]")
-        return API_KEY_PATTERN.sub("[REDACTED]", text)
+        """Remove the key, in any common encoding, and anything shaped like one, from text
+        the server sent back."""
+        return API_KEY_PATTERN.sub("[REDACTED]", self._secrets.scrub(text))
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -500,16 +566,16 @@ class Transport:
             self._pool.clear()
 
 
-def _read_bounded(response: BaseHTTPResponse) -> bytes:
+def _read_bounded(response: BaseHTTPResponse) -> tuple[bytes, bool]:
     """The response body, at most ``_MAX_RESPONSE_BYTES`` of it (a hostile server cannot
-    make the sender buffer megabytes); the connection goes back to the pool only when
-    the whole body was read."""
+    make the sender buffer megabytes), and whether that was all of it; the connection
+    goes back to the pool only when the whole body was read."""
     raw = response.read(_MAX_RESPONSE_BYTES)
     if response.length_remaining != 0 and response.read(1):
         response.close()  # more than we take: this connection is not reused
-    else:
-        response.release_conn()
-    return raw
+        return raw, False
+    response.release_conn()
+    return raw, True
 
 
 def _coerce_timeout(timeout: Any) -> tuple[float, float]:
@@ -542,22 +608,36 @@ def _connection_reason(exc: BaseException) -> str:
 
 
 def classify_response(
-    status: int, headers: Mapping[str, str], raw: bytes, *, now: float
+    status: int, headers: Mapping[str, str], raw: bytes, *, now: float, complete: bool = True
 ) -> Outcome:
-    """Turn a status, headers and body into an :class:`Outcome` (pure)."""
+    """Turn a status, headers and body into an :class:`Outcome` (pure).
+
+    ``complete`` is False when the body was cut at the size bound or stalled: a 2xx
+    whose body cannot be read whole still counts as the API's answer.
+    """
     body: Any = None
+    parsed = False
     if raw:
         try:
             body = json.loads(raw.decode("utf-8", "replace"))
+            parsed = True
         except ValueError:
             body = None
     if 200 <= status < 300:
-        return Outcome(OutcomeKind.DELIVERED, status=status, response=body)
+        return _classify_success(status, headers, raw, body, parsed=parsed, complete=complete)
     fallback = f"HTTP {status}"
     if status == 407:
         return Outcome(OutcomeKind.TRANSIENT, status=status, reason=(
             "the proxy asks for credentials (HTTP 407): check the user and password in "
             "HTTPS_PROXY or HTTP_PROXY"))
+    if status == 403 and isinstance(body, Mapping):
+        code = body.get("error")
+        if code == "device_mismatch":
+            return Outcome(OutcomeKind.DEVICE_MISMATCH, status=status,
+                           reason=_reason_from_body(body, fallback), response=body)
+        if code == "insufficient_credits":
+            return Outcome(OutcomeKind.NO_CREDITS, status=status,
+                           reason=_reason_from_body(body, fallback), response=body)
     if status in (401, 403):
         return Outcome(OutcomeKind.AUTH, status=status,
                        reason=_reason_from_body(body, fallback), response=body)
@@ -581,8 +661,37 @@ def classify_response(
     )
 
 
+def _classify_success(status: int, headers: Mapping[str, str], raw: bytes, body: Any, *,
+                      parsed: bool, complete: bool) -> Outcome:
+    """A 2xx counts as delivered unless it is plainly not the API's answer: a web page, a
+    body that is neither JSON nor empty, or a JSON ``code`` other than 0 (the API's own
+    refusal)."""
+    media = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    text = raw.lstrip()
+    if status == 204 or not text:
+        return Outcome(OutcomeKind.DELIVERED, status=status)
+    if media in ("text/html", "application/xhtml+xml") or text[:1] == b"<":
+        return Outcome(OutcomeKind.TRANSIENT, status=status, reason=NOT_THE_API)
+    if not parsed:
+        if not complete and "json" in media:
+            return Outcome(OutcomeKind.DELIVERED, status=status)  # cut short, but the API's
+        return Outcome(OutcomeKind.TRANSIENT, status=status, reason=(
+            f"the answer to the event was not the API's ({media or 'no content type'}, not "
+            "JSON): a proxy or a captive portal between here and the API?"))
+    code = body.get("code") if isinstance(body, Mapping) else None
+    if code is not None and code not in (0, "0") and not isinstance(code, bool):
+        message = body.get("message") if isinstance(body, Mapping) else None
+        detail = f"code {code}" + (f": {message}" if isinstance(message, (str, int)) else "")
+        return Outcome(OutcomeKind.PERMANENT, status=status,
+                       reason=f"the API refused the event ({detail})"[:_MAX_REASON_CHARS],
+                       response=body)
+    return Outcome(OutcomeKind.DELIVERED, status=status, response=body)
+
+
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "KNOWN_ENDPOINTS",
+    "NOT_THE_API",
     "InsecureURLError",
     "Outcome",
     "OutcomeKind",

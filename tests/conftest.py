@@ -82,5 +82,14 @@ def down_api() -> Iterator[FakeApi]:
 
 
 @pytest.fixture
+def jobs() -> logging.Logger:
+    """The app's job logger, on its own: level INFO, not propagating to the root."""
+    log = logging.getLogger("massugc.jobs")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
+@pytest.fixture
 def key() -> str:
     return TEST_KEY

@@ -46,6 +46,9 @@ class Scripted:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Sent as it is instead of ``body`` as JSON (an HTML page, say).
+    raw: Optional[bytes] = None
+    content_type: str = "application/json"
 
 
 class FakeApi:
@@ -60,6 +63,8 @@ class FakeApi:
         #: When set, every n-th request is answered 503 (a flaky API behind a balancer).
         self.fail_every: Optional[int] = None
         self.default = Scripted(200, {"code": 0, "message": "success", "data": {}})
+        #: Paths answered 404 whatever the script says (a route that moved).
+        self.missing_paths: set[str] = set()
         self._script: deque[Scripted] = deque()
         self._lock = threading.Condition()
         self._release_hang = threading.Event()
@@ -87,7 +92,10 @@ class FakeApi:
                                         peer=self.client_address[1],
                                         concurrency=fake._in_flight)
                     fake.captured.append(captured)
-                    reply = fake._script.popleft() if fake._script else fake.default
+                    if self.path in fake.missing_paths:
+                        reply = Scripted(404, {"error": "not_found", "message": "no route"})
+                    else:
+                        reply = fake._script.popleft() if fake._script else fake.default
                     if fake.fail_every and len(fake.captured) % fake.fail_every == 0:
                         reply = Scripted(503, {"error": "unavailable", "message": "flaky"})
                     fake._lock.notify_all()
@@ -101,11 +109,12 @@ class FakeApi:
                     return
                 if fake.mode == "slow":
                     time.sleep(fake.delay)
-                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                payload = reply.raw if reply.raw is not None else (
+                    b"" if reply.body is None else json.dumps(reply.body).encode())
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 # Counted out before the client can have the whole reply, so a client
                 # that waits for it never overlaps with this request in the count.
@@ -155,11 +164,13 @@ class FakeApi:
         self._server.server_close()
 
     def respond_with(self, status: int, body: Any = None, headers: Optional[dict[str, str]] = None,
-                     times: int = 1) -> None:
+                     times: int = 1, *, raw: Optional[bytes] = None,
+                     content_type: str = "application/json") -> None:
         """Answer the next ``times`` requests with this status (then the default)."""
         with self._lock:
             for _ in range(times):
-                self._script.append(Scripted(status, body, dict(headers or {})))
+                self._script.append(Scripted(status, body, dict(headers or {}), raw,
+                                             content_type))
 
     def connections(self) -> int:
         """How many distinct client connections sent requests."""

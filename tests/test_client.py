@@ -78,13 +78,30 @@ def test_a_delivered_payload_returns_the_servers_json_object(api: FakeApi, key: 
     assert not result.get("skipped")
 
 
-def test_a_404_is_skipped_as_endpoint_not_implemented(api: FakeApi, key: str) -> None:
-    """404: {"skipped": True, "reason": "endpoint_not_implemented"}, as the app's client said."""
-    api.respond_with(404, {"error": "not_found", "message": "no route"})
+def test_a_404_on_every_path_is_skipped_as_endpoint_not_implemented(api: FakeApi,
+                                                                     key: str) -> None:
+    """404 on both known paths: {"skipped": True, "reason": "endpoint_not_implemented"}, as
+    the app's client said."""
+    api.respond_with(404, {"error": "not_found", "message": "no route"}, times=2)
     client = UsageClient(api.url, key)
     result = client.log_usage_data(payload())
     client.close()
     assert result["skipped"] is True and result["reason"] == "endpoint_not_implemented"
+    assert sorted(c.path for c in api.captured) == ["/api/desktop/usage",
+                                                    "/api/desktop/usage/log"]
+
+
+def test_a_route_that_moved_is_found_and_kept(api: FakeApi, key: str) -> None:
+    """404 on the configured path, 200 on the other: delivered, and the next event goes
+    straight to the path that answered."""
+    api.respond_with(404, {"error": "not_found", "message": "no route"})
+    client = UsageClient(api.url, key, endpoint="/api/desktop/usage")
+    first = client.log_usage_data(payload())
+    second = client.log_usage_data(payload(run_id="run-2"))
+    client.close()
+    assert not first.get("skipped") and not second.get("skipped")
+    assert [c.path for c in api.captured] == [
+        "/api/desktop/usage", "/api/desktop/usage/log", "/api/desktop/usage/log"]
 
 
 def test_another_status_is_skipped_as_http_status(api: FakeApi, key: str) -> None:
@@ -110,7 +127,8 @@ def test_the_apps_own_reporting_code_runs_unchanged(api: FakeApi, key: str) -> N
     """The three reporting sites' code, as the app has it, works with UsageClient."""
     lines = []
     for status in (200, 404, 500):
-        api.respond_with(status, {"code": 0} if status == 200 else {"error": "x"})
+        api.respond_with(status, {"code": 0} if status == 200 else {"error": "x"},
+                         times=2 if status == 404 else 1)
         client = UsageClient(api.url, key)
         result = client.log_usage_data(payload())
         if result.get('skipped'):

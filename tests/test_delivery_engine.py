@@ -230,3 +230,50 @@ def test_a_request_already_cut_off_does_not_keep_idle_workers_awake() -> None:
     clock.now += 20
     assert engine.abort_overdue(10.0) == [1]
     assert engine.earliest_sent_at() is None
+
+
+def test_a_wall_clock_set_back_an_hour_delays_nothing() -> None:
+    """The engine decides by its own (monotonic) clock; the outbox keeps due times on the
+    wall clock. With the wall clock set back an hour between a failure and the retry, the
+    event goes after its own backoff, not an hour later."""
+    mono, wall = Clock(500.0), Clock()
+    outbox = MemorySpool(schedule_horizon=61.0)
+    outbox.add([("e0", b"{}", wall.now)], wall.now)
+    api = ScriptedApi(mono, lambda n, now, eid: UNAVAILABLE if n == 0 else OK)
+    engine = DeliveryEngine(outbox, api, clock=mono, wall=wall, rng=lambda: 0.999)
+    engine.settle(engine.take(), api(outbox.pending()[0]))  # the first attempt fails
+    wall.now -= 3600.0
+    mono.now += 0.02  # a little over its backoff (at most 10 ms)
+    wake = engine.next_wake()
+    assert wake is not None and wake <= mono.now
+    assert engine.pump() == 1
+    assert api.delivered() == Counter({"e0": 1})
+
+
+def test_a_pause_survives_a_restart_neither_sooner_nor_later() -> None:
+    """A Retry-After pause remembered in the outbox: a new engine on it (a restarted
+    process) sends nothing before the pause ends and sends at once after."""
+    mono, wall = Clock(10.0), Clock()
+    outbox = MemorySpool()
+    outbox.add([("e0", b"{}", wall.now), ("e1", b"{}", wall.now + 1)], wall.now)
+    limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=120.0, reason="slow down")
+    first = DeliveryEngine(outbox, lambda e: limited, clock=mono, wall=wall,
+                           rng=lambda: 0.5, memory_key="https://api")
+    event = first.take()
+    assert event is not None
+    first.settle(event, limited)
+    first.stop()
+    wall.now += 30.0  # the process restarts 30 s later, with a new monotonic clock
+    mono2 = Clock(0.0)
+    api = ScriptedApi(mono2, lambda n, now, eid: OK)
+    second = DeliveryEngine(outbox, api, clock=mono2, wall=wall, rng=lambda: 0.5,
+                            memory_key="https://api")
+    second.recall(outbox.recall("https://api", wall.now)["health"])
+    assert second.take() is None
+    wake = second.next_wake()
+    assert wake is not None and abs(wake - 90.0) < 0.5  # 120 s pause, 30 s of it gone
+    mono2.now, wall.now = 89.0, wall.now + 89.0
+    assert second.pump() == 0  # a second early: still paused
+    mono2.now, wall.now = 90.0, wall.now + 1.0
+    assert second.pump() == 2
+    assert [at for at, _, _ in api.requests] == [90.0, 90.0]

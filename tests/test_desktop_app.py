@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +65,15 @@ def outcomes(api: FakeApi) -> dict[str, list[dict[str, Any]]]:
         job = captured.json["job_data"]
         by_run.setdefault(job["run_id"], []).append(job)
     return by_run
+
+
+def nothing_left(env: dict[str, str]) -> bool:
+    """After the processes exited: no event waits in the spool and no job is kept running."""
+    store = Spool(spool_of(env))
+    try:
+        return store.total_count() == 0 and store.running() == []
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -154,9 +163,8 @@ def test_two_processes_starting_at_once_report_a_killed_job_once(
     for p in both:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
-    assert api.wait_for(lambda c: len(c) >= 1, 10)
-    time.sleep(0.5)  # a second, duplicate event would have arrived by now: none may
     assert Counter(c.json["job_data"]["run_id"] for c in api.captured) == {"r-once": 1}
+    assert nothing_left(production)  # no second copy waits to be sent either
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt",
@@ -197,6 +205,58 @@ with report_job(log, {{"run_id": "r-reconf", "workflow_type": "avatar"}}) as job
                             text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     run(production)  # a next start finds no abandoned job
-    assert api.wait_for(lambda c: len(c) >= 1, 10)
-    time.sleep(0.5)
     assert [j["success"] for j in outcomes(api)["r-reconf"]] == [True]
+    assert nothing_left(production)
+
+
+def run_script(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_massugc_logging_shutdown_reports_open_jobs_as_shut_down_in_that_run(
+        production: dict[str, str], api: FakeApi) -> None:
+    """An app stopping on its own terms (a /shutdown route) with massugc_logging.shutdown():
+    the job still running is delivered as shut down before the process ends."""
+    result = run_script(production, f"""
+        import logging, os, threading
+        import massugc_logging
+        massugc_logging.configure({str(REPO / "logging.yaml")!r})
+        log = logging.getLogger("massugc.jobs")
+        started = threading.Event()
+        def job():
+            with massugc_logging.report_job(log, {{"run_id": "r-stop"}}):
+                started.set()
+                threading.Event().wait()
+        threading.Thread(target=job, daemon=True).start()
+        started.wait(5)
+        massugc_logging.shutdown()
+        os._exit(0)  # what a /shutdown route does next: nothing else runs
+    """)
+    assert result.returncode == 0, result.stderr
+    (event,) = outcomes(api)["r-stop"]
+    assert event["error_message"] == SHUTDOWN_MESSAGE
+    assert nothing_left(production)
+
+
+def test_a_daemon_job_open_at_a_normal_exit_is_reported_as_shut_down(
+        production: dict[str, str], api: FakeApi) -> None:
+    """The interpreter exits while a daemon thread's job runs: one shut-down failure."""
+    result = run_script(production, f"""
+        import logging, threading
+        import massugc_logging
+        massugc_logging.configure({str(REPO / "logging.yaml")!r})
+        log = logging.getLogger("massugc.jobs")
+        started = threading.Event()
+        def job():
+            with massugc_logging.report_job(log, {{"run_id": "r-daemon"}}):
+                started.set()
+                threading.Event().wait()
+        threading.Thread(target=job, daemon=True).start()
+        started.wait(5)
+    """)
+    assert result.returncode == 0, result.stderr
+    (event,) = outcomes(api)["r-daemon"]
+    assert event["error_message"] == SHUTDOWN_MESSAGE
+    assert nothing_left(production)

@@ -44,14 +44,6 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"  # conftest points HOME here
 
 
-@pytest.fixture
-def jobs() -> logging.Logger:
-    log = logging.getLogger("massugc.jobs")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
-
-
 def keys_sent(api: FakeApi) -> list[str]:
     return [c.headers["X-API-Key"] for c in api.captured]
 

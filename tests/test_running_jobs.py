@@ -162,3 +162,83 @@ def test_a_job_finished_while_memory_stood_in_is_not_reported_abandoned(
 def test_a_restamp_of_something_that_is_not_an_event_changes_nothing() -> None:
     """restamp_failure leaves a body it cannot read as it is."""
     assert restamp_failure(b"not json", "x", 1.0) == b"not json"
+
+
+def test_a_job_started_while_the_file_was_busy_and_ended_after_is_one_event(
+        tmp_path: Path) -> None:
+    """The job starts while another program locks the file (kept in memory) and ends once
+    it is free: the move of memory into the file comes first, so the outcome closes the
+    job and shutdown finds nothing running."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    outbox = FallbackOutbox(lambda: Spool(path, destination=DEST, busy_timeout=0.1),
+                            MemorySpool(destination=DEST), path=path,
+                            on_problem=lambda exc: None, on_recovered=lambda n: None)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    outbox.write(Write(started=(job("busy-start"),)), 2000.0)
+    assert outbox.using_memory
+    locker.execute("ROLLBACK")
+    locker.close()
+    outbox.write(Write(events=(("real", b"{}", 1.0),), finished=("busy-start",)), 2001.0)
+    assert outbox.abandon_running(lambda b, now: b, 2002.0) == 0
+    assert [e.event_id for e in outbox.lease(10, 3000.0)] == ["real"]
+    outbox.close()
+
+
+def test_an_earlier_process_that_had_our_pid_is_taken_for_gone(tmp_path: Path) -> None:
+    """An owner tag with this process's pid but another start (pid reuse: Windows, or pid 1
+    in a container on every run) is a dead process: its jobs are recovered."""
+    import os
+
+    path = tmp_path / "s.sqlite3"
+    earlier = f"{socket.gethostname()}|{os.getpid()}|1@earlier-boot|abc"
+    Spool(path, destination=DEST, owner=earlier).write(Write(started=(job("x"),)), 2000.0)
+    survivor = Spool(path, destination=DEST)
+    assert survivor.recover_abandoned(3000.0) == 1
+    assert survivor.lease(10, 3000.0)[0].event_id == "event-x"
+    survivor.close()
+
+
+def test_two_processes_recovering_at_once_report_each_job_once(tmp_path: Path) -> None:
+    """Two spool connections recover the same dead owner's jobs at the same moment: the
+    transaction lets exactly one of them have each job."""
+    import threading
+
+    path = tmp_path / "s.sqlite3"
+    crashed = Spool(path, destination=DEST, owner=dead_owner())
+    crashed.write(Write(started=tuple(job(f"j{i}") for i in range(20))), 2000.0)
+    crashed.close()
+    starters = [Spool(path, destination=DEST) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    found: list[int] = []
+
+    def recover(spool: Spool) -> None:
+        barrier.wait()
+        found.append(spool.recover_abandoned(3000.0))
+
+    threads = [threading.Thread(target=recover, args=(s,)) for s in starters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(found) == [0, 20]
+    assert starters[0].counts_by_destination() == {DEST: 20}
+    for spool in starters:
+        spool.close()
+
+
+def test_running_jobs_of_a_handler_closed_earlier_in_this_process_are_shut_down_too(
+        tmp_path: Path) -> None:
+    """A reconfiguration closed the first handler; at exit the second one reports both
+    handlers' open jobs, each for its own destination."""
+    path = tmp_path / "s.sqlite3"
+    first = Spool(path, destination="first")
+    first.write(Write(started=(job("a"),)), 2000.0)
+    first.close()
+    second = Spool(path, destination="second")
+    second.write(Write(started=(job("b"),)), 2000.0)
+    assert second.abandon_running(lambda b, now: b, 3000.0) == 2
+    assert second.counts_by_destination() == {"first": 1, "second": 1}
+    second.close()

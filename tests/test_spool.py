@@ -154,7 +154,7 @@ def test_default_spool_lives_in_the_user_data_directory(key: str) -> None:
     """Without spool_path the spool goes to the platform's data directory."""
     handler = CloudHandler(api_url=f"http://127.0.0.1:{free_port()}", api_key=key)
     assert "massugc-logging" in handler.stats()["spool"]
-    assert Path(handler.stats()["spool"]).exists()
+    assert wait_until(lambda: Path(handler.stats()["spool"]).exists(), 5)  # the intake opens it
     handler.close()
 
 
@@ -167,7 +167,7 @@ def test_full_queue_drops_without_blocking_and_says_so_once(key: str, tmp_path: 
     log = logging.getLogger("massugc.jobs")
     log.addHandler(handler)
     # Hold the intake so the queue cannot drain while we fill it.
-    with handler._outbox._file._lock:  # type: ignore[union-attr]
+    with handler._outbox._lock:  # type: ignore[union-attr]
         start = time.perf_counter()
         for _ in range(200):
             log.error("job failed", extra=JOB)
