@@ -722,9 +722,9 @@ def virtual_outage(seconds: float, n: int = 1_000) -> dict[str, Any]:
     """The delivery engine itself, in virtual time, against an API down for ``seconds``:
     how long after the API came back the first event was delivered, and what it sent."""
     sys.path.insert(0, str(HERE.parent))
-    from massugc_logging.delivery import DeliveryEngine  # noqa: PLC0415 - parent side only
     from massugc_logging.outcome import Outcome, OutcomeKind  # noqa: PLC0415
-    from massugc_logging.spool import MemorySpool  # noqa: PLC0415
+    from massugc_logging.pipeline.delivery import DeliveryEngine  # noqa: PLC0415 - parent side only
+    from massugc_logging.pipeline.spool import MemorySpool  # noqa: PLC0415
 
     clock = [1_000_000.0]
     recovery = clock[0] + seconds

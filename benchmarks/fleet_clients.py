@@ -3,10 +3,10 @@
 Every client takes events, says which may be sent now, settles each answer and
 says when it next wants to be woken; the simulation owns time and the network.
 
-* :class:`EngineClient` is this library's :class:`~massugc_logging.delivery.DeliveryEngine`
+* :class:`EngineClient` is this library's :class:`~massugc_logging.pipeline.delivery.DeliveryEngine`
   over an in-memory outbox, with a virtual clock: the same ``take``/``settle``
-  and the same decision core (:func:`massugc_logging.decisions.on_outcome`,
-  :class:`~massugc_logging.decisions.SendState`) the handler's threads run.
+  and the same decision core (:func:`massugc_logging.pipeline.decisions.on_outcome`,
+  :class:`~massugc_logging.pipeline.decisions.SendState`) the handler's threads run.
   Nothing of its retry, circuit or concurrency logic is copied here.
 * :class:`NaiveClient` is the client most projects start with: one sending
   thread that retries the oldest event after a fixed pause, with no backoff,
@@ -24,12 +24,12 @@ import sys
 from collections import deque
 from typing import Callable, Optional, Protocol
 
-from massugc_logging.decisions import EventAction
-from massugc_logging.delivery import DeliveryEngine
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.outcome import Outcome
-from massugc_logging.retry import RetryPolicy
-from massugc_logging.spool import MemorySpool, SpooledEvent
+from massugc_logging.pipeline.decisions import EventAction
+from massugc_logging.pipeline.delivery import DeliveryEngine
+from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.spool import MemorySpool, SpooledEvent
 
 Clock = Callable[[], float]
 

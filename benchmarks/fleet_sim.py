@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from fleet_api import REFUSED, ApiModel, Window
 from fleet_clients import EngineClient, NaiveClient, ReleaseZeroOneClient, SimClient
 
-from massugc_logging.retry import RetryPolicy
+from massugc_logging.pipeline.retry import RetryPolicy
 
 POLICIES = ("default", "naive", "v0_1")
 SCENARIOS = ("steady", "outage", "degraded", "restart")

@@ -14,7 +14,7 @@ from massugc_logging.jobs import JobReport, report_job
 from massugc_logging.keystore import ApiKey, InvalidApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import PayloadSettings, build_event
-from massugc_logging.retry import RetryPolicy
+from massugc_logging.pipeline.retry import RetryPolicy
 
 __all__ = [
     "ApiKey",

@@ -28,9 +28,9 @@ from massugc_logging.config import describe_dictconfig_error, load_environment
 from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
 from massugc_logging.handler import CloudHandler
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
-from massugc_logging.outbox import resolve_spool_path
-from massugc_logging.spool import recall_from_file
-from massugc_logging.transport import (
+from massugc_logging.pipeline.outbox import resolve_spool_path
+from massugc_logging.pipeline.spool import recall_from_file
+from massugc_logging.pipeline.transport import (
     InsecureURLError,
     OutcomeKind,
     Transport,
@@ -38,8 +38,8 @@ from massugc_logging.transport import (
     check_api_url,
     is_loopback,
 )
-from massugc_logging.trust import CA_BUNDLE_VARIABLES
-from massugc_logging.trust import FIX as TLS_FIX
+from massugc_logging.pipeline.trust import CA_BUNDLE_VARIABLES
+from massugc_logging.pipeline.trust import FIX as TLS_FIX
 
 
 @dataclass
@@ -111,7 +111,7 @@ def ca_bundle_problem(ca_bundle: Optional[str], fix: str = "ca_bundle",
     """What is wrong with the CA bundle a transport would trust, with what to do; None if fine.
 
     The bundle is ``ca_bundle``, else the first of ``REQUESTS_CA_BUNDLE`` and
-    ``SSL_CERT_FILE`` that is set, as :func:`massugc_logging.trust.resolve_trust`
+    ``SSL_CERT_FILE`` that is set, as :func:`massugc_logging.pipeline.trust.resolve_trust`
     chooses it. ``fix`` says where ``ca_bundle`` is given (``--ca-bundle`` on the
     command line); a variable is named as itself.
     """

@@ -24,6 +24,7 @@ from massugc_logging.contract import DEFAULT_ENDPOINT, DEFAULT_EVENT_TYPE, PRODU
 from massugc_logging.keystore import ApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import encode_event, event_id_for, lossless_text
+from massugc_logging.pipeline.transport import DEFAULT_TIMEOUT, Timeout, Transport, app_headers
 from massugc_logging.redaction import (
     DEFAULT_ERROR_MESSAGE_LIMIT,
     DEFAULT_FIELD_LIMIT,
@@ -31,7 +32,6 @@ from massugc_logging.redaction import (
     Redactor,
     system_redactor,
 )
-from massugc_logging.transport import DEFAULT_TIMEOUT, Timeout, Transport, app_headers
 
 
 class UsageClient:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from massugc_logging._signals import threads_born_without_app_signals
+from massugc_logging.pipeline._signals import threads_born_without_app_signals
 
 _PACKAGE_LOGGER = "massugc_logging"
 ENV_VARIABLE = "MASSUGC_ENV"

@@ -44,14 +44,9 @@ from massugc_logging.contract import (
     LOCAL_COLLECTOR_KEY,
     PRODUCTION_API_URL,
 )
-from massugc_logging.counters import Counters
-from massugc_logging.delivery import DeliveryEngine, DeliveryWorkers, Hold
 from massugc_logging.diagnostics import Diagnostics, is_internal_logger
-from massugc_logging.intake import Intake, Prepared
 from massugc_logging.jobs import JOB_MARK, JobMark
-from massugc_logging.keyfollow import KEY_CHECK_WHILE_HELD, KeyFollower, KeyState
 from massugc_logging.keystore import ApiKey, KeyStore
-from massugc_logging.outbox import open_outbox, spool_problem
 from massugc_logging.outcome import Outcome
 from massugc_logging.payload import (
     BuiltEvent,
@@ -61,10 +56,14 @@ from massugc_logging.payload import (
     restamp_failure,
 )
 from massugc_logging.payload_config import payload_settings
-from massugc_logging.redaction import KnownSecrets
-from massugc_logging.retry import RetryPolicy
-from massugc_logging.sigterm import install_sigterm_flush
-from massugc_logging.spool import (
+from massugc_logging.pipeline.counters import Counters
+from massugc_logging.pipeline.delivery import DeliveryEngine, DeliveryWorkers, Hold
+from massugc_logging.pipeline.intake import Intake, Prepared
+from massugc_logging.pipeline.keyfollow import KEY_CHECK_WHILE_HELD, KeyFollower, KeyState
+from massugc_logging.pipeline.outbox import open_outbox, spool_problem
+from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.sigterm import install_sigterm_flush
+from massugc_logging.pipeline.spool import (
     MemorySpool,
     RunningJob,
     Spool,
@@ -73,13 +72,14 @@ from massugc_logging.spool import (
     Write,
     destination_of,
 )
-from massugc_logging.transport import (
+from massugc_logging.pipeline.transport import (
     DEFAULT_TIMEOUT,
     Timeout,
     Transport,
     app_headers,
     is_loopback,
 )
+from massugc_logging.redaction import KnownSecrets
 
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0

@@ -20,7 +20,7 @@ from fakeapi import FakeApi, free_port
 
 from massugc_logging import __version__
 from massugc_logging.collector import Collector
-from massugc_logging.spool import Spool
+from massugc_logging.pipeline.spool import Spool
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from massugc_logging.cli import main
 from massugc_logging.collector import Collector, NotACollectorDatabase
 from massugc_logging.config import packaged_config_path
 from massugc_logging.contract import API_KEY_PATTERN, LOCAL_COLLECTOR_KEY
-from massugc_logging.spool import Spool
-from massugc_logging.transport import TransportError, check_api_url
+from massugc_logging.pipeline.spool import Spool
+from massugc_logging.pipeline.transport import TransportError, check_api_url
 
 CLI = [sys.executable, "-m", "massugc_logging.cli"]
 REFERENCE_URL_LINE = "api_url: ${MASSUGC_API_URL:-http://127.0.0.1:8765}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massugc_logging.decisions import (
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.pipeline.decisions import (
     EventAction,
     Mode,
     SendState,
@@ -13,8 +14,7 @@ from massugc_logging.decisions import (
     on_new_key,
     on_outcome,
 )
-from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.retry import RetryPolicy, probe_steps
+from massugc_logging.pipeline.retry import RetryPolicy, probe_steps
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 FAIL = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")

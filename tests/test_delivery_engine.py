@@ -7,11 +7,11 @@ import random
 from collections import Counter
 from typing import Callable, Optional
 
-from massugc_logging.decisions import Mode
-from massugc_logging.delivery import DeliveryEngine, Hold
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.retry import RetryPolicy
-from massugc_logging.spool import MemorySpool, SpooledEvent
+from massugc_logging.pipeline.decisions import Mode
+from massugc_logging.pipeline.delivery import DeliveryEngine, Hold
+from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.spool import MemorySpool, SpooledEvent
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 UNAVAILABLE = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")

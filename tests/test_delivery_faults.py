@@ -26,7 +26,7 @@ import pytest
 from fakeapi import FakeApi, free_port
 
 from massugc_logging import CloudHandler
-from massugc_logging.spool import Spool
+from massugc_logging.pipeline.spool import Spool
 
 JOB = {"event_type": "video_generation", "error_message": "x"}
 KEY = "massugc_" + "Ab3_dEf-9" * 3 + "Zq1x9"
@@ -426,8 +426,8 @@ def test_close_under_the_logging_module_lock_does_not_deadlock_a_worker_that_log
 def test_the_memory_backlog_goes_to_the_file_at_close(tmp_path: Path) -> None:
     """Events kept in memory while the spool was locked are written to the file at close
     once it is free, not thrown away; what cannot be written is counted."""
-    from massugc_logging.outbox import FallbackOutbox
-    from massugc_logging.spool import MemorySpool
+    from massugc_logging.pipeline.outbox import FallbackOutbox
+    from massugc_logging.pipeline.spool import MemorySpool
 
     path = tmp_path / "s.db"
     dropped: list[tuple[str, int]] = []

@@ -20,7 +20,7 @@ from fakeapi import FakeApi, wait_until
 
 from massugc_logging.contract import validate_event
 from massugc_logging.handler import SHUTDOWN_MESSAGE, STOPPED_MESSAGE
-from massugc_logging.spool import Spool
+from massugc_logging.pipeline.spool import Spool
 
 pytestmark = pytest.mark.slow
 

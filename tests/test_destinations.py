@@ -16,7 +16,7 @@ import pytest
 from fakeapi import FakeApi
 
 from massugc_logging import CloudHandler
-from massugc_logging.spool import Spool, destination_of
+from massugc_logging.pipeline.spool import Spool, destination_of
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 from fakeapi import FakeApi, wait_until
 
 from massugc_logging import CloudHandler
-from massugc_logging.spool import Spool
+from massugc_logging.pipeline.spool import Spool
 
 KEY = "massugc_" + "Ab3_dEf-9" * 3 + "Zq1x9"
 OTHER_KEY = "massugc_" + "Q" * 31 + "9"

@@ -21,9 +21,9 @@ import fleet_clients  # noqa: E402
 import fleet_sim  # noqa: E402
 from fleet_api import DELIVERED, REFUSED, ApiModel, Window  # noqa: E402
 
-import massugc_logging.delivery  # noqa: E402
-from massugc_logging import decisions  # noqa: E402
+import massugc_logging.pipeline.delivery  # noqa: E402
 from massugc_logging.outcome import OutcomeKind  # noqa: E402
+from massugc_logging.pipeline import decisions  # noqa: E402
 
 #: A small fleet with a short time line: seconds to run, every scenario still in it.
 SMALL = fleet_sim.FleetSettings(clients=60, warmup=60.0, outage=240.0, degraded_for=180.0,
@@ -110,10 +110,10 @@ def test_the_default_client_is_the_delivery_engine_settling_through_the_decision
         calls.append(args[2].kind)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(massugc_logging.delivery, "on_outcome", counting)
+    monkeypatch.setattr(massugc_logging.pipeline.delivery, "on_outcome", counting)
     client = fleet_sim.make_client("default", lambda: 0.0, random.Random(1), SMALL)
     assert isinstance(client, fleet_clients.EngineClient)
-    assert isinstance(client.engine, massugc_logging.delivery.DeliveryEngine)
+    assert isinstance(client.engine, massugc_logging.pipeline.delivery.DeliveryEngine)
 
     figures, _ = fleet_sim.run("outage", "default", dataclasses.replace(SMALL, clients=20))
     assert len(calls) == figures.requests > figures.events

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from fakeapi import FakeApi, wait_until
 
-from massugc_logging import CloudHandler, InvalidApiKey, keyfollow, set_api_key
-from massugc_logging.keyfollow import KeyFollower, KeyState
+from massugc_logging import CloudHandler, InvalidApiKey, set_api_key
 from massugc_logging.keystore import ApiKey, KeyStore
+from massugc_logging.pipeline import keyfollow
+from massugc_logging.pipeline.keyfollow import KeyFollower, KeyState
 
 OTHER_KEY = "massugc_" + "Q" * 31 + "9"
 JOB = {"event_type": "video_generation", "error_message": "x"}

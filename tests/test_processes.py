@@ -17,8 +17,8 @@ from fakeapi import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massugc_logging import processes
-from massugc_logging.processes import process_is_gone, process_start_marker
+from massugc_logging.pipeline import processes
+from massugc_logging.pipeline.processes import process_is_gone, process_start_marker
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the real /proc of a Linux kernel"
@@ -54,7 +54,7 @@ def evaluate_as_another_user_than_pid_1(expression: str) -> str:
         [
             "import os",
             # Imported while still privileged: the interpreter's own files may be root-only.
-            "from massugc_logging import processes",
+            "from massugc_logging.pipeline import processes",
             "if os.geteuid() == 0:",
             f"    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})",
             "assert os.stat('/proc/1').st_uid != os.geteuid(), 'pid 1 is ours: no foreign pid'",

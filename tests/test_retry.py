@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from massugc_logging.retry import (
+from massugc_logging.pipeline.retry import (
     RetryPolicy,
     capped_retry_after,
     event_retry_delay,

@@ -13,9 +13,9 @@ from typing import Union
 
 import pytest
 
-from massugc_logging.outbox import FallbackOutbox
 from massugc_logging.payload import restamp_failure
-from massugc_logging.spool import (
+from massugc_logging.pipeline.outbox import FallbackOutbox
+from massugc_logging.pipeline.spool import (
     MemorySpool,
     RunningJob,
     Spool,

@@ -11,7 +11,7 @@ import pytest
 from fakeapi import FakeApi, free_port
 
 from massugc_logging import ApiKey, CloudHandler, InvalidApiKey
-from massugc_logging.transport import Transport
+from massugc_logging.pipeline.transport import Transport
 
 
 class _Everything(logging.Handler):

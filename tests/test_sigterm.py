@@ -119,7 +119,7 @@ def test_a_thread_is_born_with_the_apps_signals_blocked() -> None:
     in the moment before it runs (on a loaded machine that moment can be long)."""
     import threading
 
-    from massugc_logging._signals import start_leaving_signals_to_the_main_thread
+    from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
 
     first_mask: list[set[int]] = []
     thread = threading.Thread(

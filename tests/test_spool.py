@@ -13,7 +13,7 @@ import pytest
 from fakeapi import FakeApi, free_port, wait_until
 
 from massugc_logging import CloudHandler
-from massugc_logging.spool import MemorySpool, Spool, SpoolError, new_owner
+from massugc_logging.pipeline.spool import MemorySpool, Spool, SpoolError, new_owner
 
 JOB = {"event_type": "video_generation", "error_message": "x"}
 

@@ -22,7 +22,7 @@ from fakeapi import FakeApi, wait_until
 
 from massugc_logging import CloudHandler, UsageClient
 from massugc_logging.outcome import OutcomeKind
-from massugc_logging.transport import Transport, TransportError
+from massugc_logging.pipeline.transport import Transport, TransportError
 
 JOB = {"event_type": "video_generation", "error_message": "x"}
 

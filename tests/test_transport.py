@@ -6,7 +6,7 @@ import pytest
 from fakeapi import FakeApi, free_port
 
 from massugc_logging.keystore import ApiKey
-from massugc_logging.transport import (
+from massugc_logging.pipeline.transport import (
     InsecureURLError,
     OutcomeKind,
     Transport,
@@ -98,7 +98,7 @@ def test_keep_alive_reuses_one_connection(api: FakeApi, key: str) -> None:
 
 def test_a_proxy_asking_for_credentials_is_transient_not_a_rejected_event() -> None:
     """407 comes from the proxy, not the API: the event is kept, and the reason says so."""
-    from massugc_logging.transport import OutcomeKind, classify_response
+    from massugc_logging.pipeline.transport import OutcomeKind, classify_response
 
     outcome = classify_response(407, {}, b"", now=0.0)
     assert outcome.kind is OutcomeKind.TRANSIENT and "proxy" in outcome.reason

@@ -12,8 +12,8 @@ from typing import Any, Optional, TextIO
 from massugc_logging.checks import KEY_HINT, ca_bundle_problem, key_problem, no_key_problem
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.keystore import KeyStore, KeyStoreError
-from massugc_logging.outbox import default_spool_path
-from massugc_logging.transport import (
+from massugc_logging.pipeline.outbox import default_spool_path
+from massugc_logging.pipeline.transport import (
     InsecureURLError,
     Transport,
     TransportError,

@@ -29,7 +29,7 @@ from massugc_logging.config import (
 from massugc_logging.diagnostics import LOGGER_NAME
 from massugc_logging.groups import most_active_first
 from massugc_logging.handler import CloudHandler
-from massugc_logging.transport import TransportError, check_api_url
+from massugc_logging.pipeline.transport import TransportError, check_api_url
 
 _WORKFLOWS = ("avatar", "massugc", "randomized")
 _DEMO_FAILURES = (

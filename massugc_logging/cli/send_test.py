@@ -17,10 +17,10 @@ from massugc_logging.cli._common import (
 )
 from massugc_logging.keystore import ENV_VAR
 from massugc_logging.payload import PayloadSettings, build_event
-from massugc_logging.transport import (
+from massugc_logging.pipeline.transport import (
     OutcomeKind,
 )
-from massugc_logging.trust import FIX as TLS_FIX
+from massugc_logging.pipeline.trust import FIX as TLS_FIX
 
 _OUTCOME_HINTS = {
     OutcomeKind.AUTH: "the API refused the key: check which key is used with "

@@ -16,11 +16,11 @@ from massugc_logging.cli._common import (
     _spool_path,
     _transport,
 )
-from massugc_logging.decisions import EventAction
-from massugc_logging.delivery import DeliveryEngine
 from massugc_logging.outcome import Outcome
 from massugc_logging.payload import format_utc
-from massugc_logging.spool import UNADDRESSED, Spool, SpoolError
+from massugc_logging.pipeline.decisions import EventAction
+from massugc_logging.pipeline.delivery import DeliveryEngine
+from massugc_logging.pipeline.spool import UNADDRESSED, Spool, SpoolError
 
 #: ``--from any``: every event in the file, whatever API it was logged for.
 ANY_DESTINATION = "any"

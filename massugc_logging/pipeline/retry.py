@@ -2,7 +2,7 @@
 
 Like urllib3's ``Retry``, a :class:`RetryPolicy` is a frozen value that can be
 shared freely; the state that changes as outcomes arrive lives in
-:mod:`massugc_logging.decisions`, which takes a policy and returns decisions.
+:mod:`massugc_logging.pipeline.decisions`, which takes a policy and returns decisions.
 Every function here is pure: time and randomness are passed in.
 
 Two kinds of waiting, kept apart on purpose:

@@ -17,7 +17,7 @@ owner ran on this host and its pid is gone (it crashed or was killed).
 Several processes can share one file (WAL mode, short ``BEGIN IMMEDIATE``
 transactions); delivery is at least once and the ``Idempotency-Key`` lets the
 server drop a rare duplicate. An owner is told dead by its process's start
-time as well as its pid (:mod:`massugc_logging.processes`), so a reused pid is
+time as well as its pid (:mod:`massugc_logging.pipeline.processes`), so a reused pid is
 never taken for the owner, on Windows as on POSIX.
 
 Destinations: every event is addressed to the API it was logged for (its API
@@ -37,7 +37,7 @@ transaction, so two processes starting at once report each job once.
 
 :class:`MemorySpool` has the same interface (the :class:`Outbox` protocol)
 and no durability: it is used for ``spool_path: null`` and, through
-:class:`massugc_logging.outbox.FallbackOutbox`, while the file cannot be used.
+:class:`massugc_logging.pipeline.outbox.FallbackOutbox`, while the file cannot be used.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar, Union
 from urllib.parse import urlsplit
 
 from massugc_logging.payload import costs_credits
-from massugc_logging.processes import process_is_gone, process_start_marker
+from massugc_logging.pipeline.processes import process_is_gone, process_start_marker
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -265,7 +265,7 @@ class Outbox(Protocol):
     """What intake and delivery need of a store of undelivered events.
 
     :class:`Spool` (SQLite) and :class:`MemorySpool` implement it; so does
-    :class:`massugc_logging.outbox.FallbackOutbox`, which puts the two together.
+    :class:`massugc_logging.pipeline.outbox.FallbackOutbox`, which puts the two together.
     """
 
     @property

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from massugc_logging.diagnostics import Diagnostics
-from massugc_logging.spool import (
+from massugc_logging.pipeline.spool import (
     _MEMORY_ID_BASE,
     DEFAULT_BUSY_TIMEOUT,
     AddResult,
@@ -80,7 +80,7 @@ def _locked(method: _F) -> _F:
 
 
 class FallbackOutbox:
-    """A :class:`~massugc_logging.spool.Spool` file with a memory stand-in.
+    """A :class:`~massugc_logging.pipeline.spool.Spool` file with a memory stand-in.
 
     Args:
         open_file: opens the spool file (raises :class:`SpoolError` when it cannot).

@@ -3,7 +3,7 @@
 ``emit`` hands each accepted record to :meth:`Intake.accept`, which only
 counts it and puts it on a :class:`queue.SimpleQueue`. That queue's ``put`` is
 re-entrant (CPython documents it as safe to call from ``__del__`` and signal
-handlers) and the count is an :class:`~massugc_logging.counters.AtomicCounter`,
+handlers) and the count is an :class:`~massugc_logging.pipeline.counters.AtomicCounter`,
 so a signal handler that logs while the app thread is inside ``emit`` can
 neither deadlock it nor lose a count. No lock is taken on the app thread.
 
@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from massugc_logging._signals import start_leaving_signals_to_the_main_thread
-from massugc_logging.counters import AtomicCounter, Counters
 from massugc_logging.diagnostics import Diagnostics
-from massugc_logging.spool import Outbox, RunningJob, Write
+from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
+from massugc_logging.pipeline.counters import AtomicCounter, Counters
+from massugc_logging.pipeline.spool import Outbox, RunningJob, Write
 
 #: Items taken off the queue at once; a burst is written in few transactions.
 BATCH = 256

@@ -1,9 +1,9 @@
 """The delivery engine: from the outbox to the API, at the pace the policy allows.
 
 :class:`DeliveryEngine` holds no thread and reads no clock of its own. It
-leases due events from an :class:`~massugc_logging.spool.Outbox`, hands them
+leases due events from an :class:`~massugc_logging.pipeline.spool.Outbox`, hands them
 out one by one through :meth:`~DeliveryEngine.take` while the decision core
-(:mod:`massugc_logging.decisions`) allows another request in flight, and
+(:mod:`massugc_logging.pipeline.decisions`) allows another request in flight, and
 settles each outcome with :meth:`~DeliveryEngine.settle`: delivered,
 rescheduled on the event's own backoff, dead-lettered, or sending paused.
 Its clock, random source and ``send`` callable are arguments, so a test can
@@ -29,9 +29,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from massugc_logging._signals import start_leaving_signals_to_the_main_thread
-from massugc_logging.counters import Counters
-from massugc_logging.decisions import (
+from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.payload import costs_credits
+from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
+from massugc_logging.pipeline.counters import Counters
+from massugc_logging.pipeline.decisions import (
     KEY_MODES,
     EventAction,
     Mode,
@@ -42,12 +45,9 @@ from massugc_logging.decisions import (
     on_outcome,
     recalled,
 )
-from massugc_logging.diagnostics import Diagnostics
-from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.payload import costs_credits
-from massugc_logging.retry import RetryPolicy
-from massugc_logging.spool import Outbox, Settlement, SpooledEvent, SpoolError
-from massugc_logging.trust import FIX as TLS_FIX
+from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.spool import Outbox, Settlement, SpooledEvent, SpoolError
+from massugc_logging.pipeline.trust import FIX as TLS_FIX
 
 #: Events leased from the outbox at once.
 LEASE_BATCH = 50

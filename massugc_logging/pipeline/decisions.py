@@ -34,7 +34,7 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   failure-rate breaker of resilience4j with a minimum-calls guard, with the
   threshold of Google SRE's client-side throttling (K = 2: trouble begins where
   failures outnumber successes).
-- While open: one probe at a time, spaced by :func:`~massugc_logging.retry.probe_delay`;
+- While open: one probe at a time, spaced by :func:`~massugc_logging.pipeline.retry.probe_delay`;
   the first success closes the circuit and sending starts again from one request
   in flight, growing by one per round of successes (additive increase).
 - The circuit remembers: closing keeps the failed probes it had counted (at
@@ -65,7 +65,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.retry import (
+from massugc_logging.pipeline.retry import (
     Random,
     RetryPolicy,
     capped_retry_after,

@@ -7,7 +7,7 @@ this boundary, as requests does for urllib3::
     TransportError            configuration the transport refuses to use
     └── InsecureURLError      plain http:// to a host that is not loopback
 
-Which certificates are trusted is chosen once, by :mod:`massugc_logging.trust`.
+Which certificates are trusted is chosen once, by :mod:`massugc_logging.pipeline.trust`.
 A loopback API URL never goes through a proxy: the key must not leave the machine.
 
 Every response is classified once, here (a 2xx whose body cannot be read in
@@ -71,15 +71,15 @@ from urllib3.util import make_headers
 from massugc_logging._version import __version__
 from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT, LEGACY_ENDPOINT
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.redaction import KnownSecrets
-from massugc_logging.retry import parse_retry_after
-from massugc_logging.trust import (
+from massugc_logging.pipeline.retry import parse_retry_after
+from massugc_logging.pipeline.trust import (
     Trust,
     TrustError,
     certificate_reason,
     is_certificate_failure,
     resolve_trust,
 )
+from massugc_logging.redaction import KnownSecrets
 
 if TYPE_CHECKING:  # urllib3 2.x names its response base class; 1.26 has HTTPResponse only
     from urllib3.response import BaseHTTPResponse
