@@ -56,7 +56,7 @@ def main() -> int:
             for j in range(args.fork_child_events):
                 log.error("job failed", extra={"event_type": "video_generation",
                                                "run_id": f"child-{j}", "error_message": "x"})
-            ok = handler.flush(10)
+            ok = handler.force_flush(10)
             print(f"child flushed {ok}", flush=True)
             if not ok:  # leave a trace of every thread for whoever reads the test failure
                 import faulthandler
@@ -68,7 +68,7 @@ def main() -> int:
         print(f"child exit {os.waitstatus_to_exitcode(status)}", flush=True)
 
     if args.flush:
-        flushed = handler.flush(args.flush)
+        flushed = handler.force_flush(args.flush)
         print(f"flushed {flushed}", flush=True)
         if not flushed:
             print(f"stats {handler.stats()}", file=sys.stderr, flush=True)

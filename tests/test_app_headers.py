@@ -24,7 +24,7 @@ def test_the_apps_user_agent_and_fingerprint_reach_the_api(api: FakeApi, tmp_pat
                            user_agent=AGENT, headers={"X-Device-Fingerprint": FINGERPRINT})
     logging.getLogger("massugc.jobs").addHandler(handler)
     logging.getLogger("massugc.jobs").error("job failed", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     (request,) = api.captured
     assert request.headers["User-Agent"] == AGENT
     assert request.headers["X-Device-Fingerprint"] == FINGERPRINT
@@ -79,7 +79,7 @@ def test_header_values_never_appear_in_local_messages_or_stats(api: FakeApi, tmp
     log.error("job failed", extra=JOB)
     log.error("job failed", extra={**JOB, "run_id": "second"})
     assert api.wait_for_count(2, 5)
-    handler.flush(1)
+    handler.force_flush(1)
     assert FINGERPRINT not in caplog.text
     assert FINGERPRINT not in repr(handler.stats()) and FINGERPRINT not in repr(handler)
     handler.close()

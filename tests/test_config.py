@@ -54,7 +54,7 @@ def test_development_sends_job_events_to_the_configured_collector(app_env: Path,
     assert [type(h) for h in logging.getLogger().handlers] == [logging.StreamHandler]
     logging.getLogger("massugc.jobs").error("job failed",
                                             extra={**JOB, "error_message": "boom"})
-    assert cloud[0].flush(10)
+    assert cloud[0].force_flush(10)
     assert api.captured[0].json["job_data"]["run_id"] == "run-config-1"
 
 
@@ -99,7 +99,7 @@ def test_production_sends_job_events_to_the_cloud(app_env: Path, api: FakeApi) -
     logging.getLogger("massugc.jobs").info("job succeeded",
                                            extra={**JOB, "output_path": "out.mp4",
                                                   "useExactScript": True})
-    assert cloud[0].flush(10)
+    assert cloud[0].force_flush(10)
     job = api.captured[0].json["job_data"]
     assert job["success"] is True
     assert job["useExactScript"] is True
@@ -344,7 +344,7 @@ def test_an_unknown_massugc_env_falls_back_to_the_default_and_says_so_once(
     configure(REFERENCE_YAML)
     (cloud,) = jobs_handlers(CloudHandler)
     logging.getLogger("massugc.jobs").error("job failed", extra={**JOB, "error_message": "x"})
-    assert cloud.flush(10)
+    assert cloud.force_flush(10)
     assert api.captured
     notices = [line for line in capsys.readouterr().err.splitlines() if "MASSUGC_ENV" in line]
     assert len(notices) == 1
@@ -385,7 +385,7 @@ def test_a_log_directory_that_cannot_be_created_leaves_that_handler_out(
     assert not [h for h in all_handlers() if isinstance(h, logging.FileHandler)]
     (cloud,) = jobs_handlers(CloudHandler)
     logging.getLogger("massugc.jobs").error("job failed", extra={**JOB, "error_message": "x"})
-    assert cloud.flush(10)
+    assert cloud.force_flush(10)
     assert api.captured
     (notice,) = [line for line in capsys.readouterr().err.splitlines() if "json_file" in line]
     assert "MASSUGC_LOG_DIR" in notice

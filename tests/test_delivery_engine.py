@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.pipeline.decisions import Mode
-from massugc_logging.pipeline.delivery import DeliveryEngine, Hold
+from massugc_logging.pipeline.delivery import DeliveryEngine
 from massugc_logging.pipeline.retry import RetryPolicy
 from massugc_logging.pipeline.spool import MemorySpool, SpooledEvent
 
@@ -185,26 +185,10 @@ def test_a_permanent_rejection_is_dead_lettered_and_never_sent_again() -> None:
     assert engine.counters.snapshot()["dead_lettered"] == 1
 
 
-def test_a_request_past_its_deadline_is_cut_off_and_retried() -> None:
-    """abort_overdue names the worker of a request that took too long; its outcome becomes
-    a transient failure and the event is sent again."""
-    engine, _, clock, outbox = make(1, lambda n, t, e: OK)
-    event = engine.take(worker=42)
-    assert event is not None
-    clock.now += 5
-    assert engine.abort_overdue(10.0) == []
-    clock.now += 6
-    assert engine.abort_overdue(10.0) == [42]
-    engine.settle(event, Outcome(OutcomeKind.TRANSIENT, reason="connection closed"))
-    assert engine.counters.snapshot()["last_error"] == (
-        "no complete answer within the request deadline")
-    assert outbox.pending_count() == 1
-
-
 def test_a_hold_sends_nothing() -> None:
     """With no key configured the engine hands nothing out and reports held."""
     engine, api, _, _ = make(3, lambda n, t, e: OK)
-    engine.set_hold(Hold.NO_KEY)
+    engine.set_hold(Mode.NO_KEY)
     assert api.requests == []
     assert engine.pump() == 0 and engine.status() == "held"
     engine.key_changed()
@@ -219,17 +203,6 @@ def test_after_stop_late_outcomes_leave_the_event_for_the_next_run() -> None:
     engine.stop()
     engine.settle(event, OK)
     assert outbox.pending_count() == 1 and engine.take() is None
-
-
-def test_a_request_already_cut_off_does_not_keep_idle_workers_awake() -> None:
-    """Once a request is cut off, its start no longer sets the idle workers' timeout (an
-    abort that cannot end it, such as during a DNS lookup, must not become polling)."""
-    engine, _, clock, _ = make(1, lambda n, t, e: OK)
-    assert engine.take(worker=1) is not None
-    assert engine.earliest_sent_at() == clock.now
-    clock.now += 20
-    assert engine.abort_overdue(10.0) == [1]
-    assert engine.earliest_sent_at() is None
 
 
 def test_a_wall_clock_set_back_an_hour_delays_nothing() -> None:

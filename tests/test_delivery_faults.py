@@ -44,7 +44,7 @@ def deliver_next_run(api: FakeApi, spool: Path) -> set[str]:
     handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=spool,
                            spool_max_events=1_000_000)
     try:
-        assert handler.flush(60), handler.stats()
+        assert handler.force_flush(60), handler.stats()
     finally:
         handler.close()
     return {c.json["job_data"]["run_id"] for c in api.captured}
@@ -165,7 +165,7 @@ def test_a_trickling_response_does_not_hold_the_other_events(trickling: Tricklin
     time.sleep(0.1)  # let the slow one go first
     for i in range(10):
         log.error("job failed", extra={**JOB, "run_id": f"r{i}"})
-    assert handler.flush(15), handler.stats()
+    assert handler.force_flush(15), handler.stats()
     took = time.monotonic() - start
     assert {r for _, r in trickling.arrivals} == {"slow", *(f"r{i}" for i in range(10))}
     assert took < 6.0
@@ -266,7 +266,7 @@ def test_a_5000_digit_integer_field_is_defaulted_not_lost(api: FakeApi, tmp_path
     log.addHandler(handler)
     log.error("job failed", extra={**JOB, "file_size": 10**5000, "job_name": -(10**5000),
                                    "job_id": 10**30})
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     (event,) = api.events()
     assert event["job_data"]["file_size"] is None
     assert event["job_data"]["job_name"] == ""
@@ -276,13 +276,13 @@ def test_a_5000_digit_integer_field_is_defaulted_not_lost(api: FakeApi, tmp_path
 
 
 def test_flush_is_false_when_an_accepted_event_was_dropped(tmp_path: Path, api: FakeApi) -> None:
-    """flush() is True only when everything accepted was delivered."""
+    """force_flush() is True only when everything accepted was delivered."""
     handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=tmp_path / "s.db")
     log = logging.getLogger("massugc.jobs")
     log.addHandler(handler)
-    handler._intake._build = lambda item: 1 / 0  # type: ignore[assignment,method-assign]
+    handler._pipeline.intake._build = lambda item: 1 / 0  # type: ignore[assignment,method-assign]
     log.error("job failed", extra=JOB)
-    assert not handler.flush(5)
+    assert not handler.force_flush(5)
     assert handler.stats()["dropped"] == {"internal_error": 1}
     handler.close()
 
@@ -335,7 +335,7 @@ def test_last_error_clears_once_delivery_has_recovered(api: FakeApi, tmp_path: P
     log = logging.getLogger("massugc.jobs")
     log.addHandler(handler)
     log.error("job failed", extra=JOB)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     stats = handler.stats()
     assert stats["retried"] == 1 and stats["last_error"] is None and stats["last_status"] == 200
     handler.close()

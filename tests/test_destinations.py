@@ -130,7 +130,7 @@ def test_events_of_release_0_1_are_sent_only_where_replay_is_told(
     with sqlite3.connect(spool) as conn:
         conn.execute("UPDATE outbox SET destination = NULL")
     handler = CloudHandler(api_url=api.url, api_key=key, spool_path=spool)
-    assert handler.flush(3) and api.captured == []
+    assert handler.force_flush(3) and api.captured == []
     handler.close()
     result = subprocess.run([*CLI, "spool", "replay", "--spool", str(spool), "--api-url",
                              api.url, "--from", "unaddressed"],

@@ -47,7 +47,7 @@ def test_503_storm_then_recovery_loses_nothing(api: FakeApi, handler_for: Any) -
     api.respond_with(503, {"error": "unavailable", "message": "down"}, times=20)
     handler = handler_for(api)
     emit(30)
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     delivered = {c.json["job_data"]["run_id"] for c in api.captured[20:]}
     assert delivered == {f"r-{i}" for i in range(30)}
     assert handler.stats()["retried"] == 20
@@ -60,7 +60,7 @@ def test_only_one_request_is_in_flight_while_the_api_fails(api: FakeApi,
     api.respond_with(503, times=5)
     handler = handler_for(api)
     emit(50)
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     assert all(c.concurrency == 1 for c in api.captured[:6])
     assert len(api.captured) == 55
     delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
@@ -74,7 +74,7 @@ def test_429_with_retry_after_is_honoured(api: FakeApi, handler_for: Any) -> Non
     handler = handler_for(api)
     emit(3)
     assert api.wait_for_count(1, 5)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     first, second = api.captured[0].at, api.captured[1].at
     assert second - first >= 2.0
     assert len(api.captured) == 4
@@ -87,14 +87,14 @@ def test_422_is_sent_once_dead_lettered_and_never_retried(api: FakeApi, handler_
     api.respond_with(422, {"error": "validation_error", "message": "run_id: bad"})
     handler = handler_for(api)
     emit(1, "rejected")
-    assert not handler.flush(5)  # settled, but not delivered: flush says so
+    assert not handler.force_flush(5)  # settled, but not delivered: flush says so
     emit(1, "accepted")
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     runs = [c.json["job_data"]["run_id"] for c in api.captured]
     assert runs == ["rejected-0", "accepted-0"]
     stats = handler.stats()
     assert stats["dead_lettered"] == 1 and stats["pending"] == 0
-    (dead,) = handler._outbox.dead_letters()
+    (dead,) = handler._pipeline.outbox.dead_letters()
     assert dead.status == 422 and "run_id: bad" in dead.reason
     lines = [r.getMessage() for r in caplog.records if "rejected an event" in r.getMessage()]
     assert len(lines) == 1 and "422" in lines[0]
@@ -109,7 +109,7 @@ def test_401_pauses_sending_keeps_events_and_says_so_once(api: FakeApi, handler_
     handler = handler_for(api, retry={**FAST, "auth_pause": 60})
     emit(5)
     assert api.wait_for_count(1, 5)
-    assert not handler.flush(1)
+    assert not handler.force_flush(1)
     assert len(api.captured) == 1
     assert handler.stats()["pending"] == 5
     lines = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
@@ -118,7 +118,7 @@ def test_401_pauses_sending_keeps_events_and_says_so_once(api: FakeApi, handler_
     # A new key resumes delivery of everything kept.
     api.default.status = 200
     handler.set_api_key(key)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert {c.json["job_data"]["run_id"] for c in api.captured[1:]} == {f"r-{i}" for i in range(5)}
 
 
@@ -143,7 +143,7 @@ def test_idle_handler_makes_no_requests_and_wakes_on_an_event(api: FakeApi,
     assert not api.wait_for_count(1, 0.3)
     emit(1)
     assert api.wait_for_count(1, 5)
-    assert handler.flush(2)
+    assert handler.force_flush(2)
 
 
 def test_several_requests_in_flight_while_healthy_one_while_failing(api: FakeApi,
@@ -153,13 +153,13 @@ def test_several_requests_in_flight_while_healthy_one_while_failing(api: FakeApi
     handler = handler_for(api, max_in_flight=4)
     emit(40, "healthy")
     start = time.monotonic()
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     assert max(c.concurrency for c in api.captured) == 4
     assert time.monotonic() - start < 40 * 0.05 / 2  # well under one at a time
     healthy = len(api.captured)
     api.respond_with(503, times=8)
     emit(20, "outage")
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     during = api.captured[healthy:]
     failed = [c for c in during if c.status == 503]
     assert len(failed) == 8
@@ -178,7 +178,7 @@ def test_max_in_flight_one_sends_strictly_one_at_a_time(api: FakeApi, handler_fo
     api.mode, api.delay = "slow", 0.01
     handler = handler_for(api, max_in_flight=1)
     emit(20)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert max(c.concurrency for c in api.captured) == 1
 
 
@@ -192,7 +192,7 @@ def test_a_flaky_api_delivers_everything_once_without_pausing(api: FakeApi, tmp_
     logging.getLogger("massugc.jobs").addHandler(handler)
     start = time.monotonic()
     emit(300)
-    assert handler.flush(30), handler.stats()
+    assert handler.force_flush(30), handler.stats()
     took = time.monotonic() - start
     delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
     assert sorted(delivered) == sorted(f"r-{i}" for i in range(300))
@@ -214,7 +214,7 @@ def test_after_a_short_outage_delivery_resumes_within_seconds(api: FakeApi, tmp_
     time.sleep(max(0.0, 3.0 - (time.monotonic() - api.captured[0].at)))  # the outage lasts 3 s
     recovered = time.monotonic()
     api.default.status = 200
-    assert handler.flush(20), handler.stats()
+    assert handler.force_flush(20), handler.stats()
     first_ok = min(c.at for c in api.captured if c.status == 200)
     assert first_ok - recovered < 6.0
     assert all(c.concurrency == 1 for c in api.captured if c.at < recovered)

@@ -57,7 +57,7 @@ def test_a_captive_portals_html_200_is_not_a_delivery(
     handler = handler_for(api, tmp_path, jobs, max_in_flight=1)
     for i in range(3):
         jobs.error("job failed", extra={**FAILURE, "run_id": f"portal-{i}"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(api.captured) == 6
     assert sorted(c.json["job_data"]["run_id"] for c in api.captured
                   if c.status == 200 and c.replied_at and c in api.captured[3:]) == [
@@ -74,7 +74,7 @@ def test_a_200_whose_body_is_neither_json_nor_empty_is_retried(
     api.respond_with(200, raw=b"OK from the proxy", content_type="text/plain")
     handler = handler_for(api, tmp_path, jobs)
     jobs.error("job failed", extra={**FAILURE, "run_id": "text"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert [c.json["job_data"]["run_id"] for c in api.captured] == ["text", "text"]
     assert handler.stats()["retried"] == 1
     handler.close()
@@ -87,7 +87,7 @@ def test_an_empty_2xx_still_counts_as_delivered(api: FakeApi, tmp_path: Path,
     api.respond_with(status)
     handler = handler_for(api, tmp_path, jobs)
     jobs.error("job failed", extra={**FAILURE, "run_id": "empty"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(api.captured) == 1 and handler.stats()["sent"] == 1
     handler.close()
 
@@ -102,7 +102,7 @@ def test_a_200_whose_json_code_is_not_0_is_the_api_refusing_the_event(
     handler = handler_for(api, tmp_path, jobs, max_in_flight=1)
     for i in range(3):
         jobs.error("job failed", extra={**FAILURE, "run_id": f"refused-{i}"})
-    assert not handler.flush(10)  # two were lost for good, and flush says so
+    assert not handler.force_flush(10)  # two were lost for good, and flush says so
     stats = handler.stats()
     assert stats["dead_lettered"] == 2 and stats["sent"] == 1
     assert said(caplog, "invalid payload") == 1
@@ -122,7 +122,7 @@ def test_a_moved_route_is_found_remembered_and_nothing_is_dead_lettered(
     handler = handler_for(api, tmp_path, jobs)
     for i in range(5):
         jobs.error("job failed", extra={**FAILURE, "run_id": f"moved-{i}"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert received(api) == [f"moved-{i}" for i in range(5)]
     assert handler.stats()["dead_lettered"] == 0
     handler.close()
@@ -130,7 +130,7 @@ def test_a_moved_route_is_found_remembered_and_nothing_is_dead_lettered(
     api.captured.clear()
     again = handler_for(api, tmp_path, jobs)
     jobs.error("job failed", extra={**FAILURE, "run_id": "next-run"})
-    assert again.flush(10)
+    assert again.force_flush(10)
     assert [c.path for c in api.captured] == ["/api/desktop/usage"]
     again.close()
 
@@ -174,7 +174,7 @@ def test_device_mismatch_holds_all_sending_until_the_key_changes(
     assert len(api.captured) == 1
     assert said(caplog, "in use on another device") == 1
     handler.set_api_key(OTHER_KEY)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert received(api) == ["dm-1", "dm-2"]
     handler.close()
 
@@ -197,7 +197,7 @@ def test_insufficient_credits_holds_only_the_successes(
     assert received(api) == ["f-0", "f-1", "f-2"]
     assert said(caplog, "no credits left") == 1
     handler.set_api_key(OTHER_KEY)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert received(api) == ["f-0", "f-1", "f-2", "s-1", "s-2"]
     handler.close()
 
@@ -212,7 +212,7 @@ def test_a_uuid_run_id_keeps_its_identity_and_its_idempotency_key(
     handler = handler_for(api, tmp_path, jobs)
     jobs.error("job failed", extra={**FAILURE, "run_id": run_id})
     jobs.error("job failed", extra={**FAILURE, "run_id": run_id})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert [c.json["job_data"]["run_id"] for c in api.captured] == [str(run_id)] * 2
     assert len({c.headers["Idempotency-Key"] for c in api.captured}) == 1
     handler.close()
@@ -244,19 +244,19 @@ def test_a_spool_directory_deleted_while_the_app_runs_loses_nothing(
         job = {{"event_type": "video_generation", "error_message": "x"}}
         for i in range(3):
             log.error("job failed", extra={{**job, "run_id": f"before-{{i}}"}})
-        handler.flush(0.5)
+        handler.force_flush(0.5)
         shutil.rmtree({str(spool_dir)!r})
         for i in range(5):
             log.error("job failed", extra={{**job, "run_id": f"after-{{i}}"}})
             time.sleep(0.3)  # the file is recreated at the next try, a second later
-        handler.flush(2)
+        handler.force_flush(2)
     """)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("deleted, moved or replaced") == 1, result.stderr
     down_api.come_up()
     handler = CloudHandler(api_url=down_api.url, api_key=KEY,
                            spool_path=spool_dir / "spool.sqlite3")
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     handler.close()
     expected = [f"after-{i}" for i in range(5)] + [f"before-{i}" for i in range(3)]
     assert received(down_api) == sorted(expected)
@@ -330,7 +330,7 @@ def test_a_wall_clock_set_back_an_hour_never_stalls_delivery(down_api: FakeApi,
         sys.stdin.readline()
         for i in range(2):
             log.error("job failed", extra={{**job, "run_id": f"new-{{i}}"}})
-        print("flushed", handler.flush(20), flush=True)
+        print("flushed", handler.force_flush(20), flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -393,7 +393,7 @@ def test_the_key_is_scrubbed_from_events_in_any_common_encoding(
     for i, text in enumerate(secret_forms):
         jobs.error("job failed", extra={"event_type": "video_generation",
                                          "run_id": f"k{i}", "error_message": text})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     handler.close()
     for captured in api.captured:
         assert key_leaks(captured.raw.decode()) == [], captured.json["job_data"]
@@ -425,7 +425,7 @@ def test_a_server_echoing_the_encoded_key_never_gets_it_into_a_log_line(
     api.respond_with(422, {"error": "validation_error", "message": f"bad key {echoed}"})
     handler = handler_for(api, tmp_path, jobs)
     jobs.error("job failed", extra={**FAILURE, "run_id": "echo"})
-    handler.flush(10)
+    handler.force_flush(10)
     handler.close()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "validation_error" in logged

@@ -51,7 +51,7 @@ def test_a_failure_arrives_with_the_contract_headers_and_body(api: FakeApi, make
     handler = make_handler(api.url)
     jobs_logger(handler).error("job failed", extra={**JOB, "run_id": "r1",
                                                     "error_message": "bad"})
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert len(api.captured) == 1
     req = api.captured[0]
     assert req.path == "/api/desktop/usage/log"
@@ -70,7 +70,7 @@ def test_endpoint_is_configurable_for_older_servers(api: FakeApi, make_handler: 
     """endpoint=/api/desktop/usage posts there."""
     handler = make_handler(api.url, endpoint="/api/desktop/usage")
     jobs_logger(handler).info("ok", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert api.captured[0].path == "/api/desktop/usage"
 
 
@@ -81,7 +81,7 @@ def test_hundred_events_in_hundred_distinct_events_received(api: FakeApi,
     log = jobs_logger(handler)
     for i in range(100):
         log.error("job failed", extra={**JOB, "run_id": f"run-{i}"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(api.captured) == 100
     assert len({c.headers["Idempotency-Key"] for c in api.captured}) == 100
     assert {c.json["job_data"]["run_id"] for c in api.captured} == {f"run-{i}" for i in range(100)}
@@ -96,7 +96,7 @@ def test_records_without_the_event_type_are_not_sent(api: FakeApi, make_handler:
     log.error("plain error")
     log.error("other type", extra={"event_type": "something_else"})
     log.info("job ok", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert len(api.captured) == 1
     assert handler.stats()["enqueued"] == 1
 
@@ -131,7 +131,7 @@ def test_recursion_safe_with_the_handler_on_root_at_debug(api: FakeApi,
     root.addHandler(Spy())
     root.handlers.reverse()  # the spy runs first and tags records before CloudHandler sees them
     logging.getLogger("massugc.jobs").error("job failed", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert any(name.startswith("urllib3") for name in seen), seen
     assert len(api.captured) == 1
 
@@ -187,7 +187,7 @@ def test_dictconfig_from_the_repository_logging_yaml(api: FakeApi, tmp_path: Pat
     log = logging.getLogger("massugc.jobs")
     log.error("job failed", extra={**JOB, "run_id": "yaml-1", "error_message": "x"})
     cloud = [h for h in log.handlers if isinstance(h, CloudHandler)]
-    assert len(cloud) == 1 and cloud[0].flush(5)
+    assert len(cloud) == 1 and cloud[0].force_flush(5)
     assert api.captured[0].json["job_data"]["run_id"] == "yaml-1"
     assert validate_event(api.captured[0].json) == []
     # The JSON-lines file got the record too, as one JSON object per line.
@@ -221,7 +221,7 @@ def test_emit_is_thread_safe_under_concurrent_app_threads(api: FakeApi,
         t.start()
     for t in threads:
         t.join()
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len({c.json["job_data"]["run_id"] for c in api.captured}) == 200
 
 
@@ -238,7 +238,7 @@ def test_an_event_emitted_after_close_is_kept_for_the_next_run(down_api: FakeApi
     assert handler.stats()["spooled"] == 1
     api.come_up()
     successor = CloudHandler(api_url=api.url, api_key=key, spool_path=spool)
-    assert successor.flush(5)
+    assert successor.force_flush(5)
     assert [c.json["job_data"]["run_id"] for c in api.captured] == ["late"]
     successor.close()
 
@@ -312,7 +312,7 @@ def test_error_category_is_sent_only_when_opted_in(api: FakeApi, make_handler: A
         log.error("job failed", extra={**JOB, "error_message": "ffmpeg: moov atom not found"})
         log.error("job failed", extra={**JOB, "error_message": "render farm unreachable"})
         log.info("job ok", extra=JOB)
-        assert handler.flush(5)
+        assert handler.force_flush(5)
     plain_jobs = [c.json["job_data"] for c in api.captured[:3]]
     opted_jobs = [c.json["job_data"] for c in api.captured[3:]]
     assert all("error_category" not in j for j in plain_jobs)

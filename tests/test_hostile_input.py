@@ -67,7 +67,7 @@ def test_hostile_extras_never_raise_and_every_event_arrives(api: FakeApi, tmp_pa
         raise StrRaisingError()
     except StrRaisingError:
         log.exception("job failed", extra={"event_type": "video_generation"})
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     assert len(api.captured) == len(cases) + 2
     for request in api.captured:
         assert validate_event(request.json) == [], request.json
@@ -98,7 +98,7 @@ def test_a_stripped_record_from_a_stdlib_queue_handler_is_still_sent(api: FakeAp
     except OSError:
         log.exception("job failed", extra={"event_type": "video_generation", "run_id": "q1"})
     listener.stop()
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert api.captured[0].json["job_data"]["error_message"] == "OSError: disk on fire"
     handler.close()
 
@@ -112,12 +112,12 @@ def test_emit_swallows_its_own_failures(tmp_path: Path, key: str) -> None:
         def accept(self, item: Any) -> bool:
             raise RuntimeError("boom")
 
-    real = handler._intake
-    handler._intake = Broken()  # type: ignore[assignment]
+    real = handler._pipeline.intake
+    handler._pipeline.intake = Broken()  # type: ignore[assignment]
     record = logging.LogRecord("massugc.jobs", logging.ERROR, __file__, 1, "x", None,
                                sys.exc_info())
     record.event_type = "video_generation"
     handler.handle(record)
-    handler._intake = real
+    handler._pipeline.intake = real
     assert handler.stats()["dropped"]["internal_error"] == 1
     handler.close()

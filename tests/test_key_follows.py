@@ -122,7 +122,7 @@ def test_a_refused_key_replaced_in_the_apps_file_is_used_before_the_pause_ends(
     write_app_key(app_key_file(home), OTHER_KEY)
     assert api.wait_for_count(2, 10)
     assert keys_sent(api) == [key, OTHER_KEY]
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     handler.close()
 
 
@@ -136,9 +136,9 @@ def test_a_key_deleted_in_the_app_stops_sending_and_keeps_the_events(
     handler = CloudHandler(api_url=api.url, spool_path=tmp_path / "s.db")
     jobs.addHandler(handler)
     jobs.error("job failed", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     app_key_file(home).unlink()
-    assert wait_until(lambda: handler._keys.due(False), 5)
+    assert wait_until(lambda: handler._pipeline.keys.due(False), 5)
     jobs.error("job failed", extra=JOB)
     assert wait_until(lambda: handler.stats()["state"] == "held", 10)
     assert len(api.captured) == 1
@@ -179,11 +179,11 @@ def test_set_api_key_none_follows_the_store_again(api: FakeApi, home: Path, tmp_
     jobs.addHandler(handler)
     handler.set_api_key(key)
     jobs.error("job failed", extra=JOB)
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     handler.set_api_key(None)
     assert wait_until(lambda: handler.stats()["key_source"] == "legacy-file", 5)
     jobs.error("job failed", extra={**JOB, "run_id": "second"})
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert keys_sent(api) == [key, OTHER_KEY]
     handler.close()
 

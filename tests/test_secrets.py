@@ -55,7 +55,7 @@ def test_the_key_never_appears_in_payloads_logs_reprs_or_the_spool(
         log.error("job failed", extra={"event_type": "video_generation", "run_id": str(i),
                                        "error_message": f"auth failed for key {key}"})
     assert api.wait_for_count(4, 10)  # 503, 503, 422, then 401 pauses sending
-    handler.flush(1)
+    handler.force_flush(1)
     for request in api.captured:
         assert request.headers["X-API-Key"] == key
         assert_absent(key, request.raw.decode())
@@ -110,7 +110,7 @@ def test_a_key_in_the_environment_is_used_but_never_logged(api: FakeApi, tmp_pat
     handler = CloudHandler(api_url=api.url, spool_path=tmp_path / "s.sqlite3")
     logging.getLogger("massugc.jobs").addHandler(handler)
     logging.getLogger("massugc.jobs").info("ok", extra={"event_type": "video_generation"})
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     assert api.captured[0].headers["X-API-Key"] == key
     assert_absent(key, caplog.text)
     handler.close()
@@ -124,7 +124,7 @@ def test_a_malformed_key_is_reported_once_without_the_key_and_events_are_kept(
     handler = CloudHandler(api_url=api.url, api_key=bad, spool_path=tmp_path / "s.sqlite3")
     logging.getLogger("massugc.jobs").addHandler(handler)
     logging.getLogger("massugc.jobs").error("x", extra={"event_type": "video_generation"})
-    assert not handler.flush(1)
+    assert not handler.force_flush(1)
     assert api.captured == []
     assert handler.stats()["pending"] == 1 and handler.stats()["state"] == "held"
     assert "short" not in caplog.text
@@ -145,7 +145,7 @@ def test_credentials_in_error_text_are_redacted_before_sending(api: FakeApi, tmp
              f"password=hunter2 key {key}")
     logging.getLogger("massugc.jobs").error("job failed", extra={
         "event_type": "video_generation", "error_message": error})
-    assert handler.flush(5)
+    assert handler.force_flush(5)
     sent = api.captured[0].json["job_data"]["error_message"]
     for secret in (home, "abc.def.ghi", "deadbeef", "hunter2", key):
         assert secret not in sent

@@ -63,7 +63,7 @@ def test_events_logged_just_before_sigterm_are_delivered_in_that_run_or_the_next
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGTERM, err
     handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=spool)
-    assert handler.flush(20)
+    assert handler.force_flush(20)
     handler.close()
     runs = {c.json["job_data"]["run_id"] for c in api.captured}
     assert runs == {f"r{i}" for i in range(300)}

@@ -58,7 +58,7 @@ def test_captured_events_are_exactly_what_the_cloud_handler_sends(
             except ConnectionError:
                 log.exception("job failed", extra={**JOB, "useExactScript": True,
                                                    "not_allowed": "stays local"})
-        assert handler.flush(10)
+        assert handler.force_flush(10)
     finally:
         log.removeHandler(handler)
         handler.close()

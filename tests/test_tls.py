@@ -69,7 +69,7 @@ def test_default_trust_rejects_a_private_ca_and_says_what_to_do(
     log = attach(handler)
     for _ in range(5):
         log.error("job failed", extra=JOB)
-    assert not handler.flush(3)
+    assert not handler.force_flush(3)
     stats = handler.stats()
     assert stats["state"] == "circuit_open" and stats["pending"] == 5 and stats["sent"] == 0
     assert stats["retried"] <= 5  # probed about a second apart and slower, not hammered
@@ -92,7 +92,7 @@ def test_ca_bundle_delivers_every_event(secure_api: FakeApi, ca_pem: Path, tmp_p
     log = attach(handler)
     for i in range(20):
         log.error("job failed", extra={**JOB, "run_id": f"r{i}"})
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(secure_api.captured) == 20
     assert handler.stats()["trust"] == f"ca_bundle {ca_pem}"
     handler.close()
@@ -106,7 +106,7 @@ def test_the_ca_bundle_variables_are_honoured(secure_api: FakeApi, ca_pem: Path,
     monkeypatch.setenv(variable, str(ca_pem))
     handler = CloudHandler(api_url=secure_api.url, api_key=key, spool_path=tmp_path / "s.db")
     attach(handler).error("job failed", extra=JOB)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(secure_api.captured) == 1
     assert handler.stats()["trust"] == f"{variable} {ca_pem}"
     handler.close()
@@ -133,7 +133,7 @@ def test_ca_bundle_may_be_a_directory(secure_api: FakeApi, ca: trustme.CA, tmp_p
     handler = CloudHandler(api_url=secure_api.url, api_key=key, spool_path=tmp_path / "s.db",
                            ca_bundle=str(directory))
     attach(handler).error("job failed", extra=JOB)
-    assert handler.flush(10)
+    assert handler.force_flush(10)
     assert len(secure_api.captured) == 1
     handler.close()
 
@@ -154,7 +154,7 @@ def test_a_ca_the_operating_system_trusts_needs_no_setting(
         "logging.getLogger('massugc.jobs').addHandler(h)\n"
         "logging.getLogger('massugc.jobs').error('job failed',"
         " extra={'event_type': 'video_generation'})\n"
-        "print(h.stats()['trust'], h.flush(10))\n"
+        "print(h.stats()['trust'], h.force_flush(10))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=60, check=False, stdin=subprocess.DEVNULL)
@@ -215,7 +215,7 @@ def test_events_reach_an_api_only_the_proxy_can_resolve_and_the_proxy_never_sees
         log = attach(handler)
         for i in range(3):
             log.error("job failed", extra={**JOB, "run_id": f"p{i}"})
-        assert handler.flush(10), handler.stats()
+        assert handler.force_flush(10), handler.stats()
         handler.close()
         assert sorted(c.json["job_data"]["run_id"] for c in server.captured) == [
             "p0", "p1", "p2"]
@@ -239,7 +239,7 @@ def test_a_loopback_api_never_goes_through_a_proxy(api: FakeApi, tmp_path: Path,
         monkeypatch.delenv("no_proxy", raising=False)
         handler = CloudHandler(api_url=api.url, api_key=key, spool_path=tmp_path / "s.db")
         attach(handler).error("job failed", extra=JOB)
-        assert handler.flush(10)
+        assert handler.force_flush(10)
         handler.close()
         assert len(api.captured) == 1
         assert proxy.seen == bytearray() and proxy.plain_requests == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fakeapi import FakeApi, free_port
+from fakeapi import FakeApi, free_port, wait_until
 
 from massugc_logging.keystore import ApiKey
 from massugc_logging.pipeline.transport import (
@@ -102,3 +102,49 @@ def test_a_proxy_asking_for_credentials_is_transient_not_a_rejected_event() -> N
 
     outcome = classify_response(407, {}, b"", now=0.0)
     assert outcome.kind is OutcomeKind.TRANSIENT and "proxy" in outcome.reason
+
+
+def test_the_transport_cuts_off_a_request_past_its_deadline(key: str) -> None:
+    """A server that trickles its status line a byte at a time (no read ever times out):
+    past the deadline, cut_off_overdue() ends the request as a transient outcome that says
+    why, and it no longer sets a deadline."""
+    import socket
+    import threading
+    import time
+
+    from massugc_logging.keystore import ApiKey
+    from massugc_logging.pipeline.transport import Transport
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n":
+                if stop.wait(0.1):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    transport = Transport(f"http://127.0.0.1:{server.getsockname()[1]}", ApiKey(key),
+                          timeout=(0.2, 0.3))
+    outcomes = []
+    sender = threading.Thread(target=lambda: outcomes.append(transport.send(b"{}", "e1")))
+    sender.start()
+    assert wait_until(lambda: transport.next_deadline() is not None, 5)  # it has begun
+    deadline = transport.next_deadline()
+    assert deadline is not None
+    assert transport.cut_off_overdue() == 0  # not yet past 0.5 s
+    time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)  # the deadline itself
+    assert transport.cut_off_overdue() == 1
+    sender.join(5)
+    stop.set()
+    server.close()
+    assert outcomes[0].kind is OutcomeKind.TRANSIENT
+    assert "request deadline" in outcomes[0].reason
+    assert transport.next_deadline() is None
+    transport.close()

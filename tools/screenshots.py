@@ -44,7 +44,7 @@ def fill(collector: Collector, spool_dir: Path) -> None:
             log.error("job failed", extra=fields)
         else:
             log.info("job succeeded", extra=fields)
-    if not handler.flush(30):
+    if not handler.force_flush(30):
         raise SystemExit("the demo's events were not delivered within 30 s")
     log.removeHandler(handler)
     handler.close()

@@ -238,7 +238,7 @@ def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Pat
                 log.info("job succeeded", extra=fields)
             out.progress(i, len(jobs), "jobs")
         flushing = time.monotonic()
-        delivered = all([h.flush(30) for h in handlers])
+        delivered = all([h.force_flush(30) for h in handlers])
         waited = time.monotonic() - flushing
         states = ", ".join(sorted({str(h.stats()["state"]) for h in handlers}))
         events = collector.events()

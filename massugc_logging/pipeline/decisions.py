@@ -79,7 +79,12 @@ PAUSE_HORIZON = 2 * 3600.0
 
 
 class Mode(enum.Enum):
-    """Whether sending is open, and if not, why."""
+    """Whether sending is open, and if not, why: the one answer to "why is nothing sent".
+
+    The first members are what the API's answers lead to (the decision core moves
+    between them); the last three are holds of the configuration, which only a new key
+    or a new handler lifts.
+    """
 
     SENDING = "sending"
     CIRCUIT_OPEN = "circuit_open"
@@ -87,6 +92,16 @@ class Mode(enum.Enum):
     AUTH_PAUSED = "auth_paused"
     #: The API said the key is in use on another device (403 ``device_mismatch``).
     DEVICE_MISMATCH = "device_mismatch"
+    #: No API key is configured.
+    NO_KEY = "no_key"
+    #: The configured API key is not a well-formed key.
+    BAD_KEY = "bad_key"
+    #: The API URL, timeout, CA bundle or headers are not usable.
+    BAD_URL = "bad_url"
+
+
+#: Holds of the configuration: nothing is sent until it changes.
+HOLD_MODES = (Mode.NO_KEY, Mode.BAD_KEY, Mode.BAD_URL)
 
 
 #: Modes in which sending waits for a key to change (or the pause to pass).

@@ -19,7 +19,6 @@ lock is held across a network call.
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import logging
 import random
@@ -35,6 +34,7 @@ from massugc_logging.payload import costs_credits
 from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.pipeline.counters import Counters
 from massugc_logging.pipeline.decisions import (
+    HOLD_MODES,
     KEY_MODES,
     EventAction,
     Mode,
@@ -47,6 +47,7 @@ from massugc_logging.pipeline.decisions import (
 )
 from massugc_logging.pipeline.retry import RetryPolicy
 from massugc_logging.pipeline.spool import Outbox, Settlement, SpooledEvent, SpoolError
+from massugc_logging.pipeline.transport import Transport
 from massugc_logging.pipeline.trust import FIX as TLS_FIX
 
 #: Events leased from the outbox at once.
@@ -58,19 +59,10 @@ _EXPIRE_EVERY = 3600.0
 Send = Callable[[SpooledEvent], Outcome]
 
 
-class Hold(enum.Enum):
-    """Why nothing can be sent until the configuration changes."""
-
-    NO_KEY = "no API key is configured"
-    BAD_KEY = "the API key is not valid"
-    BAD_URL = "the API URL, timeout, CA bundle or headers are not usable"
-
-
 @dataclass(frozen=True)
 class _InFlight:
     event: SpooledEvent
     sent_at: float
-    worker: Optional[int]
     #: Which key was in use when the request started (see ``key_changed``).
     key_generation: int = 0
 
@@ -136,10 +128,10 @@ class DeliveryEngine:
         self._memory_written: Optional[tuple[Any, ...]] = None
         self._lock = threading.Lock()
         self.state = SendState.initial(self.max_in_flight)
-        self.hold: Optional[Hold] = None
+        #: A hold of the configuration (one of HOLD_MODES), or SENDING for none.
+        self.hold = Mode.SENDING
         self._ready: deque[SpooledEvent] = deque()
         self._in_flight: dict[int, _InFlight] = {}
-        self._aborted: set[int] = set()
         self._delivered: list[int] = []
         self._rescheduled: list[tuple[int, float]] = []
         self._dead: list[tuple[SpooledEvent, Optional[int], str]] = []
@@ -150,10 +142,10 @@ class DeliveryEngine:
 
     # -- handing out ------------------------------------------------------------
 
-    def take(self, worker: Optional[int] = None) -> Optional[SpooledEvent]:
+    def take(self) -> Optional[SpooledEvent]:
         """The next event to send now, marked in flight; None when none may go now."""
         with self.diagnostics.deferred(), self._lock:
-            if self._stopped or self.hold is not None:
+            if self._stopped or self.hold is not Mode.SENDING:
                 return None
             now = self.clock()
             if len(self._in_flight) >= self.state.slots(now):
@@ -163,7 +155,7 @@ class DeliveryEngine:
                 if not self._ready:
                     return None
             event = self._ready.popleft()
-            self._in_flight[event.row_id] = _InFlight(event, now, worker, self._key_generation)
+            self._in_flight[event.row_id] = _InFlight(event, now, self._key_generation)
             return event
 
     def _refill(self, now: float) -> None:
@@ -188,11 +180,6 @@ class DeliveryEngine:
             now = self.clock()
             flight = self._in_flight.pop(event.row_id, None)
             sent_at = flight.sent_at if flight else now
-            if event.row_id in self._aborted:
-                self._aborted.discard(event.row_id)
-                if not outcome.delivered:
-                    outcome = Outcome(OutcomeKind.TRANSIENT, reason=(
-                        "no complete answer within the request deadline"))
             if self._stopped:
                 return EventAction.RETRY  # after close: the next run settles it
             if outcome.kind in _KEY_ANSWERS and (
@@ -378,15 +365,17 @@ class DeliveryEngine:
     def key_changed(self) -> None:
         """A new key: lift a hold for a missing or bad key, and end a pause for a refused one."""
         with self.diagnostics.deferred(), self._lock:
-            if self.hold in (Hold.NO_KEY, Hold.BAD_KEY):
-                self.hold = None
+            if self.hold in (Mode.NO_KEY, Mode.BAD_KEY):
+                self.hold = Mode.SENDING
             self._key_generation += 1
             self.state = on_new_key(self.state)
             for key in ("send:auth", "send:device", "send:credits"):
                 self.diagnostics.forget(key)
 
-    def set_hold(self, hold: Optional[Hold]) -> None:
-        """Hold all sending for a configuration problem (None lifts it)."""
+    def set_hold(self, hold: Mode) -> None:
+        """Hold all sending for a configuration problem (one of ``HOLD_MODES``;
+        ``Mode.SENDING`` lifts it)."""
+        assert hold is Mode.SENDING or hold in HOLD_MODES
         with self.diagnostics.deferred(), self._lock:
             self.hold = hold
 
@@ -399,31 +388,26 @@ class DeliveryEngine:
             self._stopped = True
             self._ready.clear()
 
-    def abort_overdue(self, deadline_seconds: float) -> list[int]:
-        """Mark requests in flight longer than ``deadline_seconds``; return their workers."""
-        with self.diagnostics.deferred(), self._lock:
-            now = self.clock()
-            overdue = [f for rid, f in self._in_flight.items()
-                       if now - f.sent_at >= deadline_seconds and rid not in self._aborted]
-            self._aborted.update(f.event.row_id for f in overdue)
-            return [f.worker for f in overdue if f.worker is not None]
-
     # -- outlook -----------------------------------------------------------------------
 
     def waiting_for_key(self) -> bool:
         """True while sending waits for a usable key: none, a malformed one, or one the API
         refused (read without the lock: a hint for how often to look at the key store)."""
         state = self.state
-        return self.hold in (Hold.NO_KEY, Hold.BAD_KEY) or state.mode in KEY_MODES \
+        return self.hold in (Mode.NO_KEY, Mode.BAD_KEY) or state.mode in KEY_MODES \
             or state.credits_held(self.clock())
 
-    def holds(self) -> dict[str, float]:
-        """Holds on part of the events in force now, and the seconds each has left:
-        ``insufficient_credits`` while the successes wait."""
+    def holds(self) -> dict[str, Optional[float]]:
+        """Holds in force now, and the seconds each has left (None: until the configuration
+        changes): ``no_key``, ``bad_key``, ``bad_url``; ``insufficient_credits`` while the
+        successes wait."""
         state, now = self.state, self.clock()
-        if not state.credits_held(now):
-            return {}
-        return {"insufficient_credits": round(state.credits_until - now, 1)}
+        held: dict[str, Optional[float]] = {}
+        if self.hold is not Mode.SENDING:
+            held[self.hold.value] = None
+        if state.credits_held(now):
+            held["insufficient_credits"] = round(state.credits_until - now, 1)
+        return held
 
     def has_pending(self) -> bool:
         """Whether the outbox holds events for this engine (held or not)."""
@@ -436,12 +420,6 @@ class DeliveryEngine:
         """Requests started and not yet settled."""
         return len(self._in_flight)
 
-    def earliest_sent_at(self) -> Optional[float]:
-        """When the oldest request in flight started that has not been cut off yet."""
-        with self.diagnostics.deferred(), self._lock:
-            times = [f.sent_at for rid, f in self._in_flight.items() if rid not in self._aborted]
-        return min(times) if times else None
-
     def next_wake(self) -> Optional[float]:
         """When something may next be sent (wall clock); None when nothing is waiting.
 
@@ -449,7 +427,7 @@ class DeliveryEngine:
         outcomes wake the caller.
         """
         with self.diagnostics.deferred(), self._lock:
-            if self._stopped or self.hold is not None:
+            if self._stopped or self.hold is not Mode.SENDING:
                 return None
             now = self.clock()
             if len(self._in_flight) >= self.state.slots(max(now, self.state.resume_at)):
@@ -504,7 +482,7 @@ class DeliveryEngine:
 
     def status(self) -> str:
         """A word for ``stats()``: held, idle, sending, backing_off, or the pause's mode."""
-        if self.hold is not None:
+        if self.hold is not Mode.SENDING:
             return "held"
         if self.state.mode is not Mode.SENDING:
             return str(self.state.mode.value)
@@ -549,28 +527,28 @@ class DeliveryEngine:
 class DeliveryWorkers:
     """The engine on threads: ``max_in_flight + 1`` workers that take, send and settle.
 
+    One more worker than requests may be in flight, so one of them is always free to
+    wake at the next due time and to have the transport cut off requests past their
+    deadline (the transport owns each request's deadline; the engine only learns of a
+    cut-off as the transient outcome ``send`` returns).
+
     Args:
         engine: the engine to run.
-        request_deadline: seconds a request may take in all before it is cut off.
-        abort: cuts off the request a given worker thread is making (by thread id).
+        transport: the transport the engine's ``send`` goes through (None: nothing to cut
+            off).
         before_take: run by a worker before it asks for work, with no lock held (the
-            handler reads the key store again there when that is due).
+            pipeline reads the key store again there when that is due).
         look_again_within: the longest an idle worker may sleep (seconds) while something
             outside the engine may change, or None to sleep until woken.
     """
 
-    def __init__(self, engine: DeliveryEngine, *, request_deadline: float,
-                 abort: Optional[Callable[[int], None]] = None,
+    def __init__(self, engine: DeliveryEngine, *, transport: Optional[Transport] = None,
                  before_take: Optional[Callable[[], None]] = None,
                  look_again_within: Optional[Callable[[], Optional[float]]] = None) -> None:
         self.engine = engine
-        self.request_deadline = request_deadline
-        self._abort = abort
+        self._transport = transport
         self._before_take = before_take
         self._look_again_within = look_again_within
-        self._init_runtime()
-
-    def _init_runtime(self) -> None:
         self._wake = threading.Condition(threading.Lock())
         #: Bumped (under ``_wake``) whenever there may be new work: a worker that saw
         #: no work waits only if nothing changed since it last looked.
@@ -603,8 +581,11 @@ class DeliveryWorkers:
             self._wake.notify_all()
 
     def stop(self, deadline: float) -> bool:
-        """Stop the workers; wait for them until ``deadline`` (monotonic). True if all stopped."""
+        """Stop the engine and the workers, cutting off requests in flight; wait for them
+        until ``deadline`` (monotonic). True if all stopped."""
         self.engine.stop()
+        if self._transport is not None:
+            self._transport.abort_all()
         with self._wake:
             self._stopping = True
             self._generation += 1
@@ -624,7 +605,7 @@ class DeliveryWorkers:
             while True:
                 if engine.quiet():
                     return True
-                if engine.hold is not None or not self.alive():
+                if engine.hold is not Mode.SENDING or not self.alive():
                     return False
                 if give_up_when_paused and engine.state.mode is not Mode.SENDING \
                         and engine.in_flight() == 0:
@@ -639,7 +620,6 @@ class DeliveryWorkers:
                 self._settled.wait(min(deadline - now, 0.25))
 
     def _work(self) -> None:
-        ident = threading.get_ident()
         engine = self.engine
         while not self._stopping:
             try:
@@ -649,7 +629,7 @@ class DeliveryWorkers:
                 # (which logs), and closing may be waiting for the logging module's lock.
                 if self._before_take is not None:
                     self._before_take()
-                event = engine.take(worker=ident)
+                event = engine.take()
                 if event is None:
                     self._idle(generation)
                     continue
@@ -678,12 +658,15 @@ class DeliveryWorkers:
 
     def _idle(self, generation: int) -> None:
         """Sleep until the next due time or request deadline, unless something changed
-        since ``generation``; then cut off requests past their deadline."""
+        since ``generation``; then have the transport cut off requests past their
+        deadline."""
         timeout = self._idle_timeout()
         with self._wake:
             if self._generation == generation and not self._stopping:
                 self._wake.wait(timeout)
-        self._cut_off_overdue()
+        if self._transport is not None:
+            with contextlib.suppress(Exception):  # best effort; the timeouts still apply
+                self._transport.cut_off_overdue()
 
     def _idle_timeout(self) -> Optional[float]:
         """How long an idle worker sleeps: until the next due time or request deadline."""
@@ -693,9 +676,9 @@ class DeliveryWorkers:
         wake = engine.next_wake()
         if wake is not None:
             times.append(wake - now)
-        oldest = engine.earliest_sent_at()
-        if oldest is not None:
-            times.append(oldest + self.request_deadline - now)
+        deadline = self._transport.next_deadline() if self._transport is not None else None
+        if deadline is not None:
+            times.append(deadline - time.monotonic())
         if self._look_again_within is not None:
             within = self._look_again_within()
             if within is not None:
@@ -703,11 +686,3 @@ class DeliveryWorkers:
         if not times:
             return None  # idle: no polling, an event or a settle wakes us
         return max(0.001, min(times))
-
-    def _cut_off_overdue(self) -> None:
-        if self._abort is None:
-            return
-        for worker in self.engine.abort_overdue(self.request_deadline):
-            with contextlib.suppress(Exception):  # best effort; the timeouts still apply
-                self._abort(worker)
-

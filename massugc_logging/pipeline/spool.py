@@ -272,6 +272,10 @@ class Outbox(Protocol):
     def path(self) -> Optional[Path]:
         """The file behind it; None when events live in memory only."""
 
+    @property
+    def using_memory(self) -> bool:
+        """True while events live in memory (by choice, or while the file cannot be used)."""
+
     def start(self, now: float) -> None:
         """Open what needs opening, on the thread that will write (never the app's)."""
 
@@ -480,6 +484,9 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot {doing} the spool file {self._file}: {exc}",
                              busy=_is_busy(exc)) from exc
+
+    #: Events live in the file.
+    using_memory = False
 
     def start(self, now: float) -> None:
         """Nothing to do: the file was opened when the spool was made."""
@@ -1011,6 +1018,8 @@ class MemorySpool:
     """The same interface as :class:`Spool`, in memory: lost when the process ends."""
 
     path: Optional[Path] = None
+    #: Events live in memory only.
+    using_memory = True
 
     def __init__(self, *, max_events: int = DEFAULT_MAX_EVENTS,
                  max_age: float = DEFAULT_MAX_AGE, destination: Optional[str] = None,

@@ -96,10 +96,6 @@ NOT_THE_API = ("an HTML page answered for the API (a captive portal, a proxy's s
                "or a maintenance page?)")
 
 
-#: Pools inherited across fork, kept so their finalizers never touch the parent's sockets.
-_INHERITED_POOLS: list[PoolManager] = []
-
-
 class TransportError(Exception):
     """A configuration the transport refuses to use."""
 
@@ -115,43 +111,88 @@ class SecretKey(Protocol):
         """The key itself, for the ``X-API-Key`` header only."""
 
 
-#: The connection each thread is using for its current request, so that another
-#: thread can cut the request off at its deadline by shutting the socket down.
-_CONNECTION_OF_THREAD: dict[int, HTTPConnection] = {}
+class _Requests:
+    """The requests in flight through one transport: per thread, when it started and the
+    connection it uses, so that the transport can cut off a request at its deadline by
+    shutting that connection's socket down. urllib3's timeouts bound each socket
+    operation, not the request: a server that trickles its answer a byte at a time could
+    hold one for ever."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._connection: dict[int, HTTPConnection] = {}
+        self._cut_off: set[int] = set()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._started[threading.get_ident()] = time.monotonic()
+
+    def using(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            ident = threading.get_ident()
+            if ident in self._started:
+                self._connection[ident] = connection
+
+    def end(self) -> bool:
+        """The calling thread's request is over; True if it was cut off."""
+        ident = threading.get_ident()
+        with self._lock:
+            self._started.pop(ident, None)
+            self._connection.pop(ident, None)
+            if ident in self._cut_off:
+                self._cut_off.discard(ident)
+                return True
+            return False
+
+    def earliest(self) -> Optional[float]:
+        """When the oldest request not yet cut off started (monotonic)."""
+        with self._lock:
+            times = [t for i, t in self._started.items() if i not in self._cut_off]
+        return min(times) if times else None
+
+    def cut_off(self, older_than: float) -> int:
+        """Shut down the sockets of requests started before ``older_than``; how many."""
+        with self._lock:
+            overdue = [i for i, t in self._started.items()
+                       if t <= older_than and i not in self._cut_off]
+            self._cut_off.update(overdue)
+            socks = [getattr(self._connection.get(i), "sock", None) for i in overdue]
+        for sock in socks:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        return len(overdue)
 
 
-class _TrackedHTTPConnection(HTTPConnection):
-    def putrequest(self, *args: Any, **kwargs: Any) -> None:
-        _CONNECTION_OF_THREAD[threading.get_ident()] = self
-        super().putrequest(*args, **kwargs)
+def _tracked_pool_classes(requests_: _Requests) -> dict[str, type]:
+    """Connection pools whose connections tell ``requests_`` which thread uses them."""
+
+    class TrackedHTTPConnection(HTTPConnection):
+        def putrequest(self, *args: Any, **kwargs: Any) -> None:
+            requests_.using(self)
+            super().putrequest(*args, **kwargs)
+
+    class TrackedHTTPSConnection(HTTPSConnection):
+        def putrequest(self, *args: Any, **kwargs: Any) -> None:
+            requests_.using(self)
+            super().putrequest(*args, **kwargs)
+
+    class TrackedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = TrackedHTTPConnection
+
+    class TrackedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = TrackedHTTPSConnection
+
+    return {"http": TrackedHTTPPool, "https": TrackedHTTPSPool}
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def putrequest(self, *args: Any, **kwargs: Any) -> None:
-        _CONNECTION_OF_THREAD[threading.get_ident()] = self
-        super().putrequest(*args, **kwargs)
-
-
-class _TrackedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _TrackedHTTPConnection
-
-
-class _TrackedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _TrackedHTTPSConnection
-
-
-_TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
-
-
-def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str]) -> PoolManager:
+def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str],
+                  requests_: _Requests) -> PoolManager:
     """A urllib3 pool manager for one API: verifying by ``trust``, ``maxsize`` keep-alive
-    connections, through ``proxy`` if one is set (a CONNECT tunnel for https).
-
-    Its connections are tracked, so that another thread can cut a request off at its
-    deadline: ``requests``' and urllib3's timeouts bound each socket operation, not the
-    request, and a server that trickles its answer a byte at a time could hold one for
-    ever (see :meth:`Transport.abort`).
-    """
+    connections, through ``proxy`` if one is set (a CONNECT tunnel for https), its
+    connections tracked by ``requests_`` so that a request can be cut off at its
+    deadline."""
     tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
     if trust.ssl_context is not None:
         tls["ssl_context"] = trust.ssl_context
@@ -170,12 +211,8 @@ def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str]) -> PoolManag
         user, password = requests.utils.get_auth_from_url(proxy)  # percent-decoded, as requests
         headers = make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
         manager = ProxyManager(proxy, proxy_headers=headers, **options)
-    _track(manager)
+    manager.pool_classes_by_scheme = _tracked_pool_classes(requests_)
     return manager
-
-
-def _track(manager: PoolManager) -> None:
-    manager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
 
 
 def is_loopback(host: str) -> bool:
@@ -368,7 +405,8 @@ class Transport:
             self._secrets.add(api_key.reveal())
         self._user_agent = agent or default_user_agent()
         self._max_connections = max(1, int(max_connections))
-        self._sending: set[int] = set()
+        self._requests = _Requests()
+        self._inherited: list[PoolManager] = []
         # The environment is read once, here, not on every request: proxies follow
         # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as requests would, and ~/.netrc (which
         # could add an Authorization header to our requests) is never consulted.
@@ -384,7 +422,7 @@ class Transport:
         return f"<Transport url={self.url!r} key={key}>"
 
     def _new_pool(self) -> PoolManager:
-        manager = _pool_manager(self.trust, self._max_connections, self._proxy)
+        manager = _pool_manager(self.trust, self._max_connections, self._proxy, self._requests)
         # One host: its connection pool is looked up once, not parsed from the URL on
         # every request. Plain http through a proxy needs the manager (absolute URLs).
         self._host_pool: Optional[HTTPConnectionPool] = (
@@ -396,9 +434,9 @@ class Transport:
         """Start new connections in a forked child; the parent's pooled sockets are
         left alone (closing a shared socket here would not disturb the parent, but
         using one, or shutting one down, would cut into the parent's requests)."""
-        _INHERITED_POOLS.append(self._pool)
-        self._sending = set()
-        _CONNECTION_OF_THREAD.clear()
+        # Kept, so that their finalizers never touch the parent's sockets.
+        self._inherited.append(self._pool)
+        self._requests = _Requests()
         self._pool = self._new_pool()
 
     def set_key(self, api_key: Optional[SecretKey]) -> None:
@@ -424,35 +462,37 @@ class Transport:
         return self.timeout[0] + self.timeout[1]
 
     def send(self, body: bytes, event_id: str) -> Outcome:
-        """POST one encoded event; classify the response. Never raises."""
-        ident = threading.get_ident()
-        self._sending.add(ident)
-        try:
-            return self._send(body, event_id)
-        except Exception as exc:
-            return Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
-        finally:
-            self._sending.discard(ident)
-            _CONNECTION_OF_THREAD.pop(ident, None)
+        """POST one encoded event; classify the response. Never raises.
 
-    def abort(self, thread_ident: int) -> None:
-        """Cut off the request the thread ``thread_ident`` is making through this transport.
-
-        Its socket is shut down, so the blocked read returns at once and ``send``
-        returns a transient outcome (or DELIVERED, if the status line was a 2xx).
+        A request still unanswered at :attr:`request_deadline` (connect and read timeouts
+        together), once :meth:`cut_off_overdue` has run, ends as a transient outcome ("no
+        complete answer within the request deadline"); a 2xx whose body was still coming
+        counts as delivered.
         """
-        if thread_ident not in self._sending:
-            return
-        connection = _CONNECTION_OF_THREAD.get(thread_ident)
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._requests.begin()
+        try:
+            outcome = self._send(body, event_id)
+        except Exception as exc:
+            outcome = Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
+        if self._requests.end() and not outcome.delivered:
+            return Outcome(OutcomeKind.TRANSIENT,
+                           reason="no complete answer within the request deadline")
+        return outcome
+
+    def next_deadline(self) -> Optional[float]:
+        """When the oldest request in flight reaches its deadline (monotonic); None when
+        none is in flight."""
+        earliest = self._requests.earliest()
+        return None if earliest is None else earliest + self.request_deadline
+
+    def cut_off_overdue(self) -> int:
+        """Cut off every request past its deadline (its socket is shut down, so the blocked
+        read returns at once); how many."""
+        return self._requests.cut_off(time.monotonic() - self.request_deadline)
 
     def abort_all(self) -> None:
-        """Cut off every request in flight through this transport (at close)."""
-        for ident in list(self._sending):
-            self.abort(ident)
+        """Cut off every request in flight through this transport (at shutdown)."""
+        self._requests.cut_off(float("inf"))
 
     def _send(self, body: bytes, event_id: str) -> Outcome:
         if self._key is None:

@@ -1,0 +1,632 @@
+"""The pipeline of one CloudHandler, and the one owner of its lifecycle.
+
+:class:`Pipeline` holds everything a handler's delivery needs and nothing else
+does: the intake and delivery threads, the outbox, the transport, the key in
+use and what holds sending. It has the four verbs a handler's life needs,
+after CPython's ``QueueListener`` and OpenTelemetry's ``BatchProcessor``:
+
+- :meth:`~Pipeline.submit`: from ``emit``; counts and queues, never blocks;
+- :meth:`~Pipeline.write_out` and :meth:`~Pipeline.drain`: everything accepted
+  durable in the spool, or delivered, by a deadline (``flush``, ``force_flush``);
+- :meth:`~Pipeline.shutdown`: write out, deliver what can be delivered by the
+  deadline (what ``flush`` spent just before comes off it), report jobs still
+  running at exit as shut down, and release every resource;
+- :meth:`~Pipeline.for_child`: after ``os.fork()``, a child's own threads,
+  connection and session; the parent's backlog stays the parent's.
+
+The app thread only ever calls ``submit``; everything else that touches a
+file or a socket runs on the pipeline's threads or at shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import types
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from massugc_logging._exiting import process_is_exiting
+from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
+from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.jobs import JOB_MARK, JobMark
+from massugc_logging.keystore import ApiKey, KeyStore
+from massugc_logging.outcome import Outcome
+from massugc_logging.payload import (
+    BuiltEvent,
+    ExceptionSummary,
+    PayloadSettings,
+    build_event,
+    capture_exception,
+    restamp_failure,
+)
+from massugc_logging.pipeline.counters import Counters
+from massugc_logging.pipeline.decisions import Mode
+from massugc_logging.pipeline.delivery import DeliveryEngine, DeliveryWorkers
+from massugc_logging.pipeline.intake import Intake, Prepared
+from massugc_logging.pipeline.keyfollow import KEY_CHECK_WHILE_HELD, KeyFollower, KeyState
+from massugc_logging.pipeline.outbox import open_outbox, spool_problem
+from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.spool import (
+    MemorySpool,
+    RunningJob,
+    Spool,
+    SpooledEvent,
+    SpoolError,
+    Write,
+    destination_of,
+)
+from massugc_logging.pipeline.transport import Timeout, Transport, app_headers, is_loopback
+from massugc_logging.redaction import KnownSecrets
+
+#: ``error_message`` of a job whose process ended while it ran (sent by the next run).
+STOPPED_MESSAGE = ("The app stopped while the job was running: its process ended before the "
+                   "job reported an outcome (failure_time is when the job started)")
+#: ``error_message`` of a job still running when the app shut down.
+SHUTDOWN_MESSAGE = "The app was shut down while the job was running"
+#: Where events are kept while the handler's ``api_url`` cannot be used.
+UNUSABLE_DESTINATION = "unusable-api-url"
+_REASON_CHARS = 300
+#: The longest the workers get to stop after the shutdown deadline.
+_WORKERS_GRACE = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What a pipeline is made from: the handler's arguments, checked and coerced."""
+
+    api_url: str
+    endpoint: str
+    api_key: Optional[Union[str, ApiKey]]
+    spool_path: Any
+    timeout: Timeout
+    settings: PayloadSettings
+    secrets: KnownSecrets
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    queue_size: int = 10_000
+    max_in_flight: int = 4
+    spool_limits: Mapping[str, Any] = field(default_factory=dict)
+    allow_insecure_http: bool = False
+    ca_bundle: Optional[str] = None
+    user_agent: Optional[str] = None
+    headers: Optional[Mapping[str, Any]] = None
+
+
+class Pipeline:
+    """The delivery pipeline of one handler (see the module).
+
+    Args:
+        config: what to build.
+        key_store: where the key is looked up when none is given (default ``KeyStore()``).
+        rng: floats in [0, 1), for jitter.
+    """
+
+    def __init__(self, config: PipelineConfig, *, key_store: Optional[KeyStore] = None,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.policy = config.policy
+        self.diagnostics = Diagnostics()
+        self.counters = Counters()
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._key_lock = threading.Lock()
+        self._closed = False
+        self._started = False
+        self._pid = os.getpid()
+        self.thread_idents: frozenset[int] = frozenset()
+        self._lost_at_last_drain = 0
+        #: What the last write_out took, and what had been accepted then: shutdown takes
+        #: it off its budget when nothing was accepted in between (logging.shutdown()).
+        self._last_write_out: tuple[int, float] = (-1, 0.0)
+
+        problem: Optional[Exception] = None
+        self.transport: Optional[Transport]
+        try:
+            self.transport = Transport(
+                config.api_url, None, endpoint=config.endpoint, timeout=config.timeout,
+                allow_insecure_http=config.allow_insecure_http,
+                max_connections=config.max_in_flight, ca_bundle=config.ca_bundle,
+                user_agent=config.user_agent, headers=app_headers(config.headers),
+                on_route=self._remember_route)
+        except Exception as exc:  # a bad URL or timeout: keep events, say so once
+            self.transport, problem = None, exc
+        #: Where this handler's events go; the spool keeps them for this destination only.
+        #: An unusable URL is not written anywhere: it may hold a password.
+        self.destination = (destination_of(self.transport.api_url, self.transport.url[
+            len(self.transport.api_url):]) if self.transport is not None
+            else f"{UNUSABLE_DESTINATION}/{config.endpoint.strip().lstrip('/')}")
+        if problem is not None:
+            self.diagnostics.say_once(
+                "config:url", logging.ERROR,
+                "CloudHandler cannot send: %s. Events are kept in the spool; once the URL is "
+                "fixed, send them with 'massugc-logging spool replay --from %s'.", problem,
+                self.destination)
+        self.keys = _key_follower(config.api_key, key_store)
+        self.outbox = open_outbox(config.spool_path, config.spool_limits, self.diagnostics,
+                                  self.counters.drop, self.destination)
+        self._build(Mode.BAD_URL if self.transport is None else Mode.SENDING)
+        if self.transport is not None:
+            self._use_key(self.keys.state, changed=False)
+        _register_fork_hooks(self)
+        self._start()
+
+    # -- set-up -----------------------------------------------------------------------
+
+    def _build(self, hold: Mode) -> None:
+        """The engine, its workers and the intake (anew in a forked child)."""
+        transport = self.transport
+        hint = ("Is the local collector running? Start it with 'massugc-logging serve'."
+                if transport is not None and is_loopback(transport.host) else "")
+        self.engine = DeliveryEngine(
+            self.outbox, self._send, policy=self.policy,
+            max_in_flight=self.config.max_in_flight, clock=time.monotonic, wall=time.time,
+            rng=self._rng, counters=self.counters, diagnostics=self.diagnostics,
+            destination=self.destination, unreachable_hint=hint,
+            memory_key=transport.api_url if transport is not None else None)
+        self.engine.set_hold(hold)
+        self.workers = DeliveryWorkers(
+            self.engine, transport=transport, before_take=self._follow_key,
+            look_again_within=self._key_poll)
+        self.intake = Intake(
+            self.outbox, self._prepare, capacity=self.config.queue_size,
+            counters=self.counters, diagnostics=self.diagnostics,
+            on_written=self.workers.wake, on_start=self._on_start)
+
+    def _start(self) -> None:
+        """Start the intake and delivery threads (never during interpreter shutdown)."""
+        if sys.is_finalizing():
+            return
+        self.intake.start()
+        self.workers.start()
+        idents = set(self.workers.idents)
+        intake_thread = self.intake.thread
+        if intake_thread is not None and intake_thread.ident is not None:
+            idents.add(intake_thread.ident)
+        self.thread_idents = frozenset(idents)
+        self._started = True
+
+    # -- the app thread ------------------------------------------------------------------
+
+    def submit(self, record: logging.LogRecord) -> None:
+        """Queue a record that the handler accepted; never blocks, never raises past the
+        handler's guard. Records of the pipeline's own threads never come back in."""
+        if threading.get_ident() in self.thread_idents:
+            return
+        if self._pid != os.getpid():
+            self._restart_in_child()
+        if self._closed or not self._started:
+            self._write_without_threads(record)
+            return
+        exc = capture_exception(record.exc_info) if record.exc_info else None
+        if not self.intake.accept((record, exc)):
+            self.counters.drop_on_app_thread("queue_full")
+            self.diagnostics.say_once(
+                "drop:queue_full", logging.WARNING,
+                "CloudHandler's queue is full (%d events): new events are dropped until it "
+                "drains. The count is in stats()['dropped'].", self.config.queue_size)
+
+    def _write_without_threads(self, record: logging.LogRecord) -> None:
+        """After shutdown (or when made during interpreter shutdown) there is no thread:
+        write straight to the spool file for the next run, without waiting for a lock, or
+        count a drop at once."""
+        path = self.outbox.path
+        if path is None:
+            self.counters.drop("closed")
+            return
+        written = False
+        try:
+            prepared = self._prepare((record, capture_exception(record.exc_info)))
+            spool = Spool(path, destination=self.destination, busy_timeout=0.0,
+                          **self.config.spool_limits)
+            try:
+                spool.write(_write_of(prepared), time.time())
+                written = True
+                if prepared.event is not None:
+                    self.counters.add("spooled")
+                with contextlib.suppress(SpoolError):  # busy: the claim lapses by itself
+                    spool.release()  # no thread here will send it: any process may
+            finally:
+                spool.close()
+        except Exception:
+            if not written:
+                self.counters.drop("closed")
+
+    # -- flush, drain, shutdown ------------------------------------------------------------
+
+    def write_out(self, deadline: float) -> bool:
+        """Wait until everything accepted so far is in the spool (or counted as dropped),
+        at most until ``deadline`` (monotonic); True when it is."""
+        started = time.monotonic()
+        try:
+            if self._pid != os.getpid() or not self._started or self._closed:
+                return False
+            accepted = self.intake.accepted
+            return self.intake.wait_written(accepted, deadline)
+        finally:
+            self._last_write_out = (self.intake.accepted, time.monotonic() - started)
+
+    def drain(self, deadline: float) -> bool:
+        """Deliver everything accepted so far and any backlog replayed from the spool, by
+        ``deadline`` (monotonic). True only when all of it was delivered and no event was
+        dropped or dead-lettered since the previous drain; False at once when nothing can
+        be sent before the deadline (a pause, a backoff, a missing or refused key)."""
+        if self._pid != os.getpid() or not self._started or self._closed:
+            return False
+        if not self.intake.wait_written(self.intake.accepted, deadline):
+            return False
+        self.workers.wake()
+        delivered = self.workers.wait_quiet(deadline)
+        lost = self.counters.lost()
+        clean = lost == self._lost_at_last_drain
+        self._lost_at_last_drain = lost
+        return delivered and clean
+
+    def shutdown(self, budget: float) -> None:
+        """Write out what is queued, deliver what can be delivered within ``budget``
+        seconds (less what a write-out just before took, when nothing came in since:
+        ``logging.shutdown()`` flushes, then closes), then stop and release everything.
+
+        At exit, jobs still running are reported as shut down. A request still in flight
+        at the deadline is cut off; its event is sent again by the next run. Safe to call
+        twice; never raises.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        start = time.monotonic()
+        accepted_then, spent = self._last_write_out
+        if self._started and accepted_then == self.intake.accepted:
+            budget -= spent
+        deadline = start + max(0.0, budget)
+        intake_stopped = True
+        try:
+            if self._pid == os.getpid() and self._started:
+                intake_stopped = self.intake.stop(
+                    deadline, then=self._abandon_open_jobs if process_is_exiting() else None)
+                self.workers.wake()
+                # An API known to be down is not waited for: what is left stays in the
+                # spool for the next run.
+                self.workers.wait_quiet(deadline, give_up_when_paused=True)
+                self.workers.stop(time.monotonic() + _WORKERS_GRACE)
+            with contextlib.suppress(Exception):
+                self.outbox.release()  # what is left may be sent by any process, now
+            if intake_stopped:
+                self.outbox.close()
+            else:
+                self.intake.close_outbox_on_exit()
+            if self.transport is not None:
+                self.transport.close()
+        except Exception:  # noqa: S110 - closing at exit never raises
+            pass
+
+    # -- fork -------------------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        """Hold the outbox's locks so that no transaction is open at the fork."""
+        if not self._closed:
+            self.outbox.prepare_fork()
+
+    def after_fork_in_parent(self) -> None:
+        """Carry on."""
+        if not self._closed:
+            self.outbox.after_fork_parent()
+
+    def for_child(self) -> None:
+        """In a forked child: fresh locks, connection, session and threads (started at the
+        child's first event); the parent's queue and backlog stay the parent's."""
+        if self._closed:
+            return
+        self.diagnostics.after_fork_in_child()
+        self.counters.after_fork_in_child()
+        self.keys.after_fork_in_child()
+        self._lock = threading.Lock()
+        self._key_lock = threading.Lock()
+        try:
+            self.outbox.after_fork_child()
+        except SpoolError as exc:
+            spool_problem(self.diagnostics, exc)
+            self.outbox = MemorySpool(destination=self.destination, **self.config.spool_limits)
+        if self.transport is not None:
+            self.transport.renew_session()
+        self._build(self.engine.hold)
+        self._started = False
+        self.thread_idents = frozenset()
+        self._pid = -1
+
+    def _restart_in_child(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid() or self._closed:
+                return
+            self._pid = os.getpid()
+            self._start()
+
+    # -- the key ----------------------------------------------------------------------------
+
+    def set_key(self, key: Optional[ApiKey]) -> None:
+        """Send with ``key`` from now on, whatever the store says; None follows it again."""
+        state = self.keys.pin(key)
+        if key is not None:
+            self._use_key(state, changed=True)
+        else:
+            self.workers.wake()  # a worker reads the store again at once
+
+    def _use_key(self, state: KeyState, *, changed: bool) -> None:
+        """Send with ``state``'s key from now on; hold sending while there is none."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.set_key(state.key)
+        if state.key is not None:
+            self.config.secrets.add(state.key.reveal())
+            self.diagnostics.forget("config:no-key")
+            self.diagnostics.forget("config:bad-key")
+            self.engine.key_changed()
+            if changed:
+                self.diagnostics.say_once(
+                    "config:key-changed", logging.INFO,
+                    "CloudHandler: now sending with the API key from %s (%s).",
+                    state.source, state.key.masked)
+                self.diagnostics.forget("config:key-changed")
+        elif state.problem is not None:
+            self.engine.set_hold(Mode.BAD_KEY)
+            self.diagnostics.forget("config:no-key")
+            self.diagnostics.say_once(
+                "config:bad-key", logging.ERROR,
+                "CloudHandler cannot use its API key: %s. Events are kept in the spool until "
+                "a valid key is set.", state.problem)
+        else:
+            self.engine.set_hold(Mode.NO_KEY)
+            self.diagnostics.forget("config:bad-key")
+            self.diagnostics.say_once(
+                "config:no-key", logging.WARNING,
+                "CloudHandler has no API key: set MASSUGC_API_KEY, pass api_key, or run "
+                "'massugc-logging key set'%s. Events are kept in the spool until a key is set, "
+                "and the key store is read again every few seconds meanwhile.",
+                f" (the local collector accepts any well-formed key, e.g. MASSUGC_API_KEY="
+                f"{LOCAL_COLLECTOR_KEY})" if is_loopback(transport.host) else "")
+        self.workers.wake()
+
+    def _follow_key(self) -> None:
+        """On a delivery thread, before it takes work: read the key store again if due.
+
+        One worker reads and applies at a time; the others wait for it, so none takes an
+        event with a key that is on its way out.
+        """
+        if not (self.keys.due(self.engine.waiting_for_key()) or self._key_lock.locked()):
+            return
+        with self._key_lock:
+            if self.keys.due(self.engine.waiting_for_key()):
+                state = self.keys.refresh()
+                if state is not None:
+                    self._use_key(state, changed=True)
+
+    def _key_poll(self) -> Optional[float]:
+        """How soon an idle worker looks at the key store again: soon while events wait
+        for a usable key, else never (no polling when there is nothing to send)."""
+        if self.transport is not None and self.keys.follows_the_store \
+                and self.engine.waiting_for_key() and self.engine.has_pending():
+            return KEY_CHECK_WHILE_HELD
+        return None
+
+    # -- what sending learns about the API ------------------------------------------------
+
+    def _remember_route(self, endpoint: str) -> None:
+        """On a delivery thread: the API answered on ``endpoint``, not the configured path;
+        keep it for this API URL, for the next runs too, and say so once."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.diagnostics.say_once(
+            "route:" + endpoint, logging.WARNING,
+            "CloudHandler: %s answers on %s, not on %s; events go there from now on (and in "
+            "the next runs). Set endpoint: %s to say so in the configuration.",
+            transport.api_url, endpoint, transport.endpoints[0], endpoint)
+        with contextlib.suppress(Exception):
+            self.outbox.remember(transport.api_url, "route", endpoint, float("inf"))
+
+    def _on_start(self) -> None:
+        """On the intake thread at start: open the spool, use what earlier runs learnt
+        about the API, point out what the spool keeps for others, and turn jobs left
+        running by a process that is gone into their failure events."""
+        self.outbox.start(time.time())
+        transport = self.transport
+        if transport is not None:
+            learnt = self.outbox.recall(transport.api_url, time.time())
+            if "route" in learnt:
+                transport.use_route(learnt["route"])
+            if "health" in learnt:
+                self.engine.recall(learnt["health"])
+        self._point_out_other_destinations()
+        found = self.outbox.recover_abandoned(time.time())
+        if found:
+            self.diagnostics.count("jobs_recovered", found)
+            self.diagnostics.say_once(
+                "jobs:recovered", logging.WARNING,
+                "CloudHandler: %d job(s) were still running when the app last stopped; each "
+                "is reported as a failure.", found)
+        self.workers.wake()
+
+    def _point_out_other_destinations(self) -> None:
+        """Say once what the spool keeps that this handler does not send: events of release
+        0.1 (no destination) and events logged for other APIs, which wait for a handler of
+        theirs, or for 'spool replay --from', within the spool's age bound."""
+        counts = self.outbox.counts_by_destination()
+        unaddressed = counts.pop(None, 0)
+        counts.pop(self.destination, None)
+        if unaddressed:
+            self.diagnostics.say_once(
+                "spool:unaddressed", logging.WARNING,
+                "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
+                "not say which API they were logged for, so no handler sends them. Send them "
+                "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
+                "delete them with 'massugc-logging spool purge'.", self.outbox.path,
+                unaddressed)
+        if counts:
+            self.diagnostics.say_once(
+                "spool:others", logging.INFO,
+                "CloudHandler: the spool %s also holds events logged for other APIs (%s); "
+                "this handler sends only those for %s. They wait for a handler of theirs; "
+                "if one is this API under an earlier address, send them here with "
+                "'massugc-logging spool replay --from DESTINATION --api-url URL'.",
+                self.outbox.path, "; ".join(f"{d}: {n}" for d, n in sorted(counts.items())),
+                self.destination)
+
+    def _abandon_open_jobs(self) -> None:
+        """On the intake thread, last thing at exit: jobs still running are reported as
+        failures of the shutdown."""
+        found = self.outbox.abandon_running(
+            lambda body, now: restamp_failure(body, SHUTDOWN_MESSAGE, now), time.time())
+        if found:
+            self.diagnostics.count("jobs_open_at_shutdown", found)
+
+    # -- the intake's and the workers' callbacks ------------------------------------------
+
+    def _prepare(self, item: tuple[logging.LogRecord, Optional[ExceptionSummary]]) -> Prepared:
+        """Build and redact one event, or the stand-in failure of a job that started (on
+        the intake thread); report field warnings once."""
+        record, exc = item
+        mark = getattr(record, JOB_MARK, None)
+        if not isinstance(mark, JobMark) or mark.event_type != self.settings.event_type:
+            mark = None
+        if mark is not None and mark.started:
+            stand_in = types.SimpleNamespace(**{
+                **record.__dict__, "success": False, "error_message": STOPPED_MESSAGE,
+                "levelno": logging.ERROR, "exc_info": None})
+            built = self._build_event(stand_in, None)
+            return Prepared(started=RunningJob(mark.token, built.event_id, built.body(),
+                                               _created(record)))
+        built = self._build_event(record, exc)
+        return Prepared(event=(built.event_id, built.body(), _created(record)),
+                        finished=mark.token if mark is not None else None)
+
+    def _build_event(self, record: Any, exc: Optional[ExceptionSummary]) -> BuiltEvent:
+        built = build_event(record, self.settings, exception=exc,
+                            fallback_id=str(uuid.uuid4()), now=time.time())
+        for warning in built.warnings:
+            self.diagnostics.count("field_warnings")
+            self.diagnostics.say_once("field:" + warning, logging.WARNING,
+                                      "CloudHandler: %s (said once)", warning)
+        return built
+
+    def _send(self, row: SpooledEvent) -> Outcome:
+        """POST one event and redact what the server said (it is logged and stored)."""
+        transport = self.transport
+        assert transport is not None  # the engine holds while there is none
+        outcome = transport.send(row.body, row.event_id)
+        if outcome.reason:
+            outcome = dataclasses.replace(
+                outcome, reason=self.settings.scrub(outcome.reason, _REASON_CHARS))
+        return outcome
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, the delivery state and where events are kept (see ``CloudHandler``)."""
+        counts = self.counters.snapshot()
+        try:
+            kept = self.outbox.pending_count()
+        except SpoolError:
+            kept = 0
+        path = self.outbox.path
+        return {
+            "enqueued": self.intake.accepted,
+            "sent": counts["sent"],
+            "retried": counts["retried"],
+            "spooled": counts["spooled"],
+            "pending": self.intake.waiting + kept,
+            "dropped": counts["dropped"],
+            "dead_lettered": counts["dead_lettered"],
+            "last_error": counts["last_error"],
+            "last_status": counts["last_status"],
+            "state": self.engine.status(),
+            "holds": self.engine.holds(),
+            "destination": self.destination,
+            "key_source": self.keys.state.source,
+            "in_flight": self.engine.in_flight(),
+            "spool": str(path) if path else None,
+            "spool_in_memory": self.outbox.using_memory,
+            "trust": self.transport.trust.description if self.transport else None,
+            "problems": self.diagnostics.snapshot(),
+        }
+
+
+def default_api_url(api_url: Optional[str]) -> str:
+    """``api_url``, else ``$MASSUGC_API_URL``, else the production API."""
+    return api_url or os.environ.get("MASSUGC_API_URL") or PRODUCTION_API_URL
+
+
+def spool_limits(policy: RetryPolicy, max_events: Optional[int], max_age: Optional[float],
+                 max_bytes: Optional[int]) -> dict[str, Any]:
+    """The spool's bounds from a handler's arguments (None: the default)."""
+    limits: dict[str, Any] = {}
+    if max_events is not None:
+        limits["max_events"] = int(max_events)
+    if max_age is not None:
+        limits["max_age"] = float(max_age)
+    if max_bytes is not None:
+        limits["max_bytes"] = int(max_bytes)
+    # No event is ever scheduled further ahead than its longest backoff: a due time
+    # beyond that comes from a wall clock set back, and is due now.
+    limits["schedule_horizon"] = policy.backoff_cap + 1.0
+    return limits
+
+
+def _register_fork_hooks(pipeline: Pipeline) -> None:
+    """Fork safety for this pipeline alone; the hooks do nothing once it is gone."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(pipeline)
+
+    def hook(name: str) -> Callable[[], None]:
+        def call() -> None:
+            target = ref()
+            if target is not None:
+                getattr(target, name)()
+        return call
+
+    os.register_at_fork(before=hook("before_fork"),
+                        after_in_parent=hook("after_fork_in_parent"),
+                        after_in_child=hook("for_child"))
+
+
+def _key_follower(api_key: Optional[Union[str, ApiKey]],
+                  key_store: Optional[KeyStore]) -> KeyFollower:
+    """A key given to the handler is pinned (a malformed one holds sending); without one
+    the handler follows the environment and the key store."""
+    if isinstance(api_key, ApiKey):
+        return KeyFollower(key_store, KeyState(api_key, "argument"))
+    if api_key is not None and str(api_key).strip():
+        try:
+            return KeyFollower(key_store, KeyState(ApiKey(str(api_key).strip()), "argument"))
+        except ValueError as exc:
+            return KeyFollower(key_store, KeyState(None, "argument", str(exc)))
+    return KeyFollower(key_store)
+
+
+def _write_of(prepared: Prepared) -> Write:
+    """The spool write for one prepared item."""
+    return Write(events=(prepared.event,) if prepared.event is not None else (),
+                 started=(prepared.started,) if prepared.started is not None else (),
+                 finished=(prepared.finished,) if prepared.finished is not None else ())
+
+
+def _created(record: Any) -> float:
+    """The record's creation time, or now if it has none usable."""
+    created = getattr(record, "created", None)
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        return float(created)
+    return time.time()
+
+
+__all__ = ["SHUTDOWN_MESSAGE", "STOPPED_MESSAGE", "Pipeline", "PipelineConfig"]
