@@ -55,6 +55,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import startup_cpu  # noqa: E402 - beside this script
+
 README = HERE.parent / "README.md"
 SINK = HERE / "sink.py"
 MARK_START = "<!-- bench:start -->"
@@ -109,6 +113,9 @@ class Plan:
     failure_n: int = 2_000
     error503_seconds: float = 20.0
     outage_seconds: float = 10.0
+    startup_runs: int = 9
+    cpu_n: int = 3_000
+    cpu_runs: int = 3
 
     @classmethod
     def full(cls) -> Plan:
@@ -122,7 +129,7 @@ class Plan:
         """The CI run: small counts, keeps the script working in well under two minutes."""
         return cls("quick", 2_000, {"ok": 200, "slow": 10, "down": 20},
                    {"ok": 200, "slow": 20, "down": 200}, 1_000, 1, 10_000, 1.0,
-                   300, 6.0, 4.0)
+                   300, 6.0, 4.0, 2, 500, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -212,7 +219,7 @@ def _cloud(logger: logging.Logger, url: str, spool: Optional[str]) -> Candidate:
         return int(st["enqueued"]) - int(st["spooled"]) - int(
             st["dropped"].get("internal_error", 0))
 
-    return Candidate(logger, handler, drain=handler.flush, backlog=backlog,
+    return Candidate(logger, handler, drain=handler.force_flush, backlog=backlog,
                      stats=_plain_stats(handler))
 
 
@@ -782,7 +789,7 @@ def yes(ok: bool) -> str:
 
 def render(plan: Plan, lat: dict[Any, Any], dlv: dict[Any, Any], drn: dict[str, Any],
            mem: dict[Any, Any], idle: dict[str, Any], fail: dict[Any, Any],
-           virtual: list[dict[str, Any]]) -> str:
+           virtual: list[dict[str, Any]], extra: dict[str, Any]) -> str:
     """The whole Markdown block."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/bench.py" + (" --quick" if plan.name == "quick" else "")
@@ -794,7 +801,18 @@ def render(plan: Plan, lat: dict[Any, Any], dlv: dict[Any, Any], drn: dict[str, 
         f"`shutdown_timeout={SHUTDOWN_TIMEOUT:g}`, `spool_max_events={SPOOL_MAX_EVENTS}`, "
         "other settings default; stdlib candidates run with `logging.raiseExceptions = False`.",
         "",
-        render_targets(lat, dlv, drn, mem, idle, fail, virtual),
+        render_targets(lat, dlv, drn, mem, idle, fail, virtual, extra),
+        "",
+        "**Start-up** (a fresh interpreter each time, the package byte-compiled as an "
+        "installed or frozen app's is; median of the runs, alternating candidates)",
+        "",
+        startup_cpu.render_startup(extra["startup"]),
+        "",
+        "**CPU per delivered event** (process CPU time, every thread, from the first emit "
+        "until all are delivered to a healthy sink on loopback in its own process; median "
+        "of the runs)",
+        "",
+        startup_cpu.render_cpu(extra["cpu"]),
         "",
         render_latency(lat),
         "",
@@ -901,11 +919,13 @@ def failure_target_rows(fail: dict[Any, Any],
 
 def render_targets(lat: dict[Any, Any], dlv: dict[Any, Any], drn: dict[str, Any],
                    mem: dict[Any, Any], idle: dict[str, Any], fail: dict[Any, Any],
-                   virtual: list[dict[str, Any]]) -> str:
-    """The targets of issues 6 and 10, measured for CloudHandler in this run."""
+                   virtual: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    """The targets, measured for CloudHandler in this run."""
     lines = ["**CloudHandler against its targets**", "",
              "| measure | target | measured | met? |", "|---|---|---|---|"]
-    for what, target, measured, met in target_rows(lat, dlv, drn, mem, idle, fail, virtual):
+    rows = target_rows(lat, dlv, drn, mem, idle, fail, virtual) + startup_cpu.target_rows(
+        extra["startup"], extra["cpu"])
+    for what, target, measured, met in rows:
         lines.append(f"| {what} | {target} | {measured} | {yes(met)} |")
     return "\n".join(lines)
 
@@ -1078,6 +1098,10 @@ def run(plan: Plan, long_outage: bool = False) -> str:
         idle = measure_idle(env, plan)
         fail = measure_failure_modes(env, plan)
         virtual = [virtual_outage(s) for s in (10.0, 300.0)]
+        ok = sinks["ok"]
+        extra = {"startup": startup_cpu.measure_startup(plan.startup_runs, progress),
+                 "cpu": startup_cpu.measure_cpu(ok.url, plan.cpu_n, plan.cpu_runs, progress,
+                                                ok.reset, lambda: int(ok.count()["posts"]))}
         if long_outage:
             progress("recovery after a real 5-minute outage (--long)")
             real = failure_run(env, dataclasses.replace(plan, outage_seconds=300.0), "cloud",
@@ -1090,7 +1114,7 @@ def run(plan: Plan, long_outage: bool = False) -> str:
         for sink in sinks.values():
             sink.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return render(plan, lat, dlv, drn, mem, idle, fail, virtual)
+    return render(plan, lat, dlv, drn, mem, idle, fail, virtual, extra)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -31,13 +31,15 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from massugc_logging._unlocked import UnlockedHandler
-from massugc_logging.classify import Classifier
 from massugc_logging.contract import DEFAULT_EVENT_TYPE
 from massugc_logging.diagnostics import is_internal_logger
 from massugc_logging.payload import capture_exception
+
+if TYPE_CHECKING:
+    from massugc_logging.classify import Classifier
 
 ALERT_LOGGER = "massugc.alerts"
 OVERALL = "overall"
@@ -120,7 +122,13 @@ class FailureRateAlertHandler(UnlockedHandler):
         self.per_workflow = bool(per_workflow)
         self.event_type = str(event_type)
         self.alert_logger = logging.getLogger(alert_logger)
-        self.classifier = Classifier.from_config(list(rules)) if rules else Classifier()
+        # Rules given are checked now (a mistake in them is the configuration's); the
+        # default table is compiled when an alert first needs its top categories.
+        self._classifier: Optional[Classifier] = None
+        if rules:
+            from massugc_logging.classify import Classifier  # noqa: PLC0415
+
+            self._classifier = Classifier.from_config(list(rules))
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._state_lock = threading.Lock()
@@ -128,6 +136,15 @@ class FailureRateAlertHandler(UnlockedHandler):
     def __repr__(self) -> str:
         return (f"<FailureRateAlertHandler threshold={self.threshold:.0%} "
                 f"recover_below={self.recover_below:.0%} window={self.window}>")
+
+    @property
+    def classifier(self) -> Classifier:
+        """The classifier for the top categories (the default one made on first use)."""
+        if self._classifier is None:
+            from massugc_logging.classify import Classifier  # noqa: PLC0415
+
+            self._classifier = Classifier()
+        return self._classifier
 
     def emit(self, record: logging.LogRecord) -> None:
         """Count one job outcome; log an alert if a scope changes state. Never raises."""
@@ -176,7 +193,8 @@ class FailureRateAlertHandler(UnlockedHandler):
         failures = sum(o.failed for o in outcomes)
         rate = failures / jobs if jobs else 0.0
         categories = Counter(
-            self.classifier.classify(exc_type_names=o.exc_type_names, text=o.error_text).category
+            self.classifier.classify(exc_type_names=o.exc_type_names,
+                                     text=o.error_text).category
             for o in outcomes if o.failed
         ).most_common(3)
         top = ", ".join(f"{name} ({count})" for name, count in categories) or "none"

@@ -57,6 +57,7 @@ class with the same top-level package and the same class name, so
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -577,7 +578,11 @@ class Classifier:
         return None
 
 
-_DEFAULT_CLASSIFIER = Classifier()
+@functools.lru_cache(maxsize=1)
+def _default_classifier() -> Classifier:
+    """The default rule table, compiled on first use (on the thread that first classifies,
+    the handler's intake thread for an app that only logs)."""
+    return Classifier()
 
 
 def classify(
@@ -587,4 +592,4 @@ def classify(
     text: str = "",
 ) -> Classification:
     """Classify with :data:`DEFAULT_RULES`; see :meth:`Classifier.classify`."""
-    return _DEFAULT_CLASSIFIER.classify(error, exc_type_names=exc_type_names, text=text)
+    return _default_classifier().classify(error, exc_type_names=exc_type_names, text=text)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from massugc_logging._unlocked import UnlockedHandler
 from massugc_logging.contract import (
@@ -31,7 +32,7 @@ from massugc_logging.contract import (
 from massugc_logging.diagnostics import is_internal_logger
 from massugc_logging.jobs import JOB_MARK, JobMark
 from massugc_logging.keystore import ApiKey, KeyStore
-from massugc_logging.payload_config import payload_settings
+from massugc_logging.pipeline.addresses import DEFAULT_TIMEOUT, Timeout
 from massugc_logging.pipeline.lifecycle import (
     SHUTDOWN_MESSAGE,
     STOPPED_MESSAGE,
@@ -42,8 +43,10 @@ from massugc_logging.pipeline.lifecycle import (
 )
 from massugc_logging.pipeline.retry import RetryPolicy
 from massugc_logging.pipeline.sigterm import install_sigterm_flush
-from massugc_logging.pipeline.transport import DEFAULT_TIMEOUT, Timeout
-from massugc_logging.redaction import KnownSecrets
+
+if TYPE_CHECKING:
+    from massugc_logging.payload import PayloadSettings
+    from massugc_logging.redaction import KnownSecrets
 
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
@@ -154,15 +157,14 @@ class CloudHandler(UnlockedHandler):
         #: Logger name -> whether its records are this package's own (never sent).
         self._internal_loggers: dict[str, bool] = {}
         policy = RetryPolicy.from_config(retry)
-        secrets = KnownSecrets()
-        settings = payload_settings(
+        payload = _payload_arguments(
             event_type=self._event_type, source=source, version=version,
             extra_fields=extra_fields, redact_patterns=redact_patterns,
             error_message_limit=error_message_limit, field_limit=field_limit,
-            classification_rules=classification_rules, known_secrets=secrets)
+            classification_rules=classification_rules)
         self._pipeline = Pipeline(PipelineConfig(
             api_url=default_api_url(api_url), endpoint=str(endpoint), api_key=api_key,
-            spool_path=spool_path, timeout=timeout, settings=settings, secrets=secrets,
+            spool_path=spool_path, timeout=timeout, settings=payload,
             policy=policy, queue_size=int(queue_size), max_in_flight=max(1, int(max_in_flight)),
             spool_limits=spool_limits(policy, spool_max_events, spool_max_age, spool_max_bytes),
             allow_insecure_http=bool(allow_insecure_http), ca_bundle=ca_bundle,
@@ -256,8 +258,26 @@ class CloudHandler(UnlockedHandler):
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
-        transport = self._pipeline.transport
-        return f"<CloudHandler {transport.url if transport else 'unusable'} ({level})>"
+        return f"<CloudHandler {self._pipeline.destination} ({level})>"
+
+
+def _payload_arguments(**arguments: Any) -> Callable[[KnownSecrets], PayloadSettings]:
+    """The payload settings to make on the pipeline's thread, from arguments checked here:
+    a mistake in them (a regular expression, a classification rule) is the
+    configuration's, and raises while ``dictConfig`` applies it."""
+    for pattern in arguments["redact_patterns"]:
+        re.compile(pattern)
+    if arguments["classification_rules"]:
+        from massugc_logging.classify import Classifier  # noqa: PLC0415 - only with rules
+
+        Classifier.from_config(list(arguments["classification_rules"]))
+
+    def make(secrets: KnownSecrets) -> PayloadSettings:
+        from massugc_logging.payload_config import payload_settings  # noqa: PLC0415
+
+        return payload_settings(**arguments, known_secrets=secrets)
+
+    return make
 
 
 __all__ = ["SHUTDOWN_MESSAGE", "STOPPED_MESSAGE", "CloudHandler", "set_api_key"]

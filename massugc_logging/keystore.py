@@ -477,9 +477,9 @@ class KeyStore:
             return explicit, "argument"
         if explicit is not None and explicit.strip():
             return self._parse(explicit, "argument"), "argument"
-        from_env = self._environ.get(ENV_VAR)
-        if from_env is not None and from_env.strip():
-            return self._parse(from_env, "environment"), "environment"
+        from_env = self.from_environment()
+        if from_env is not None:
+            return from_env, "environment"
         stored, source = self._stored()
         if stored is None:
             key = self._from_legacy_file()
@@ -497,6 +497,17 @@ class KeyStore:
                                                                                      meta):
             return legacy, "legacy-file"
         return stored, source
+
+    def from_environment(self) -> Optional[ApiKey]:
+        """The key in ``MASSUGC_API_KEY``, or None when it is unset or blank; reads no file.
+
+        Raises:
+            InvalidApiKey: the variable holds something that is not a key.
+        """
+        from_env = self._environ.get(ENV_VAR)
+        if from_env is not None and from_env.strip():
+            return self._parse(from_env, "environment")
+        return None
 
     def get(self) -> Optional[ApiKey]:
         """The key from the environment or the store, or None; raises as :meth:`resolve` does."""

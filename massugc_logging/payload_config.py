@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from massugc_logging.classify import Classifier
+from massugc_logging.classify import Classifier, classify
 from massugc_logging.contract import DEFAULT_EVENT_TYPE, DEFAULT_EVENT_VERSION, DEFAULT_SOURCE
 from massugc_logging.payload import ExceptionSummary, PayloadSettings
 from massugc_logging.redaction import KnownSecrets, Redactor, system_redactor
@@ -99,11 +99,15 @@ def _fail_closed(scrub: Callable[[str, int], str]) -> Callable[[str, int], str]:
 def _categorizer(
     rules: Sequence[Mapping[str, Any]],
 ) -> Callable[[Optional[ExceptionSummary], str], str]:
-    """The failure classifier as a ``(summary, text) -> category`` function."""
-    classifier = Classifier.from_config(list(rules)) if rules else Classifier()
+    """The failure classifier as a ``(summary, text) -> category`` function. Rules given in
+    the configuration are checked now (a mistake there is the configuration's); the
+    default table is compiled on first use, on the thread that builds events."""
+    given = Classifier.from_config(list(rules)) if rules else None
 
     def categorize(summary: Optional[ExceptionSummary], text: str) -> str:
         names = summary.qualified_names if summary is not None else ()
-        return classifier.classify(exc_type_names=names, text=text).category
+        if given is not None:
+            return given.classify(exc_type_names=names, text=text).category
+        return classify(exc_type_names=names, text=text).category
 
     return categorize

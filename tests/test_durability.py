@@ -83,6 +83,7 @@ def test_kill_9_mid_stream_loses_nothing_emitted_100ms_before(down_api: FakeApi,
     api.come_up()
     second = run_app("--url", api.url, "--spool", spool, "--flush", 20)
     assert second.returncode == 0, second.stderr
+    assert "flushed True" in second.stdout, second.stderr
     assert api.wait_for(lambda c: must_arrive <= {x.json["job_data"]["run_id"] for x in c}, 10)
 
 

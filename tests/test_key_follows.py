@@ -101,7 +101,7 @@ def test_a_key_written_to_the_apps_file_releases_held_events(
     handler = CloudHandler(api_url=api.url, spool_path=tmp_path / "s.db")
     jobs.addHandler(handler)
     jobs.error("job failed", extra=JOB)
-    assert handler.stats()["state"] == "held"
+    assert wait_until(lambda: handler.stats()["state"] == "held", 10)
     write_app_key(app_key_file(home), key)
     assert api.wait_for_count(1, 10)
     assert keys_sent(api) == [key]

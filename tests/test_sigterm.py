@@ -89,6 +89,7 @@ def test_the_handlers_threads_leave_signals_to_the_main_thread(api: FakeApi,
     import threading
 
     handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=tmp_path / "s.db")
+    assert handler.force_flush(10)  # the delivery threads start with the pipeline's start
     ours = [t for t in threading.enumerate() if t.name.startswith("massugc-logging")]
     assert len(ours) >= 2
     for thread in ours:

@@ -154,7 +154,8 @@ def test_a_ca_the_operating_system_trusts_needs_no_setting(
         "logging.getLogger('massugc.jobs').addHandler(h)\n"
         "logging.getLogger('massugc.jobs').error('job failed',"
         " extra={'event_type': 'video_generation'})\n"
-        "print(h.stats()['trust'], h.force_flush(10))\n"
+        "delivered = h.force_flush(10)\n"  # the trust store loads with the first send
+        "print(h.stats()['trust'], delivered)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=60, check=False, stdin=subprocess.DEVNULL)

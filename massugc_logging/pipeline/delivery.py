@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.outcome import Outcome, OutcomeKind
@@ -47,8 +47,9 @@ from massugc_logging.pipeline.decisions import (
 )
 from massugc_logging.pipeline.retry import RetryPolicy
 from massugc_logging.pipeline.spool import Outbox, Settlement, SpooledEvent, SpoolError
-from massugc_logging.pipeline.transport import Transport
-from massugc_logging.pipeline.trust import FIX as TLS_FIX
+
+if TYPE_CHECKING:
+    from massugc_logging.pipeline.transport import Transport
 
 #: Events leased from the outbox at once.
 LEASE_BATCH = 50
@@ -69,6 +70,14 @@ class _InFlight:
 
 #: Answers about the key: they speak of the key a request was sent with.
 _KEY_ANSWERS = (OutcomeKind.AUTH, OutcomeKind.DEVICE_MISMATCH, OutcomeKind.NO_CREDITS)
+
+
+def _tls_fix() -> str:
+    """What to do about a certificate that does not verify (the trust module loads ssl,
+    which an app that never meets one need not pay for at start)."""
+    from massugc_logging.pipeline.trust import FIX  # noqa: PLC0415
+
+    return FIX
 
 
 class DeliveryEngine:
@@ -322,7 +331,7 @@ class DeliveryEngine:
                 "send:untrusted", logging.ERROR,
                 "CloudHandler cannot deliver: %s; %s. Retrying cannot help until this is "
                 "fixed; every event is kept in the spool and the API is tried again at most "
-                "%.0f s apart.", outcome.reason, TLS_FIX, self.policy.probe_interval_cap)
+                "%.0f s apart.", outcome.reason, _tls_fix(), self.policy.probe_interval_cap)
         elif outcome.kind is OutcomeKind.NO_ROUTE:
             self.diagnostics.say_once(
                 "send:route", logging.ERROR,
@@ -557,8 +566,15 @@ class DeliveryWorkers:
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
+    def use_transport(self, transport: Transport) -> None:
+        """The transport ``send`` goes through, whose overdue requests the idle worker has
+        cut off (made after the workers were built: see the pipeline's start)."""
+        self._transport = transport
+
     def start(self) -> None:
-        """Start the workers."""
+        """Start the workers (once)."""
+        if self._threads:
+            return
         for n in range(self.engine.max_in_flight + 1):
             thread = threading.Thread(target=self._work, daemon=True,
                                       name=f"massugc-logging-delivery-{n}")

@@ -52,6 +52,10 @@ class Prepared:
 _STOP_GRACE = 0.2
 
 
+class _Begin:
+    """Start now, without waiting out the start delay (a flush is waiting)."""
+
+
 class _Stop:
     """The last item: stop after writing what came before, then run ``then``."""
 
@@ -69,6 +73,8 @@ class Intake:
         counters, diagnostics: where outcomes are counted and problems said.
         on_written: called after each batch is in the outbox (to wake delivery).
         on_start: run on the intake thread before it takes the first item.
+        start_delay: how long ``on_start`` waits for a first item before it runs anyway
+            (the app's own start-up goes first).
         clock: wall-clock seconds, the spool's ``spooled_at``.
     """
 
@@ -82,11 +88,13 @@ class Intake:
         diagnostics: Diagnostics,
         on_written: Callable[[], None],
         on_start: Optional[Callable[[], None]] = None,
+        start_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
         self._build = build
         self._on_start = on_start
+        self._start_delay = start_delay
         self.capacity = max(1, int(capacity))
         self._counters = counters
         self._diagnostics = diagnostics
@@ -100,6 +108,9 @@ class Intake:
         self._accepted = AtomicCounter()
         #: Items written or dropped; changed by the intake thread (and stop) only.
         self._finished = 0
+        #: True once ``on_start`` has run (set by the intake thread, under ``_progress``).
+        self._begun = False
+        self._hurried = False
         self._abandon = False
         self._close_outbox_on_exit = False
         self._thread: Optional[threading.Thread] = None
@@ -156,6 +167,20 @@ class Intake:
                 self._progress.wait(remaining)
             return True
 
+    def begin_now(self, deadline: float) -> bool:
+        """Cut the start delay short and wait (by ``deadline``, monotonic) until
+        ``on_start`` has run; True once it has."""
+        with self._progress:
+            while not self._begun:
+                if not self._hurried:
+                    self._hurried = True
+                    self._queue.put(_Begin())
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.alive():
+                    return False
+                self._progress.wait(remaining)
+            return True
+
     def stop(self, deadline: float, then: Optional[Callable[[], None]] = None) -> bool:
         """Write out everything accepted, run ``then`` on the intake thread, then stop the
         thread (by ``deadline``, monotonic).
@@ -180,7 +205,7 @@ class Intake:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(item, _Stop):
+            if not isinstance(item, (_Stop, _Begin)):
                 leftover += 1
         if leftover:
             self._counters.drop("shutdown", leftover)
@@ -201,28 +226,38 @@ class Intake:
 
     def _run(self) -> None:
         try:
+            first = None
             if self._on_start is not None:
+                # The app is starting too: its start-up is not slowed by ours (they would
+                # share the interpreter lock) unless it logs, flushes or closes first.
+                with contextlib.suppress(queue.Empty):
+                    first = self._queue.get(timeout=self._start_delay)
                 try:
                     self._on_start()
                 except Exception as exc:  # a start-up chore must never stop the intake
                     self._diagnostics.say_once("intake:start", logging.ERROR,
                                                "CloudHandler could not finish starting: %s",
                                                type(exc).__name__)
-            self._drain()
+            with self._progress:
+                self._begun = True
+                self._progress.notify_all()
+            self._drain(None if isinstance(first, _Begin) else first)
         finally:
             if self._close_outbox_on_exit:
                 self.outbox.close()
 
-    def _drain(self) -> None:
+    def _drain(self, first: Any = None) -> None:
         q = self._queue
         while not self._abandon:
-            batch = [q.get()]
+            batch = [q.get() if first is None else first]
+            first = None
             while not isinstance(batch[-1], _Stop) and len(batch) < BATCH:
                 try:
                     batch.append(q.get_nowait())
                 except queue.Empty:
                     break
             stop = batch.pop() if isinstance(batch[-1], _Stop) else None
+            batch = [item for item in batch if not isinstance(item, _Begin)]
             if batch:
                 self._write(batch)
             if stop is not None:

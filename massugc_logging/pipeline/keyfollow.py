@@ -56,16 +56,38 @@ class KeyFollower:
         pinned: a key given directly (or a malformed one given directly, with its
             problem); the store is not followed while one is pinned.
         clock: monotonic seconds.
+        read_now: read the store here; else only the environment here (it reads no
+            file), the rest at the first :meth:`refresh`, on the pipeline's thread: the
+            app's thread never reads files.
     """
 
     def __init__(self, store: Optional[KeyStore] = None, pinned: Optional[KeyState] = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, read_now: bool = True) -> None:
         self._store = store
         self._pinned = pinned
         self._clock = clock
         self._lock = threading.Lock()
         self._checked_at = clock()
-        self._state = pinned if pinned is not None else self._read()
+        if pinned is not None:
+            self._state = pinned
+        elif read_now:
+            self._state = self._read()
+        else:
+            self._state = self._read_environment()
+
+    def _read_environment(self) -> KeyState:
+        """The key from ``MASSUGC_API_KEY`` alone, as :meth:`_read` would find it; with
+        none there, the store is due to be read at once."""
+        try:
+            store = self._store if self._store is not None else KeyStore()
+            self._store = store
+            key = store.from_environment()
+        except KeyStoreError as exc:
+            return KeyState(None, getattr(exc, "source", None) or "environment", str(exc))
+        if key is None:
+            self._checked_at = -float("inf")
+            return KeyState(None, "not read yet")
+        return KeyState(key, "environment")
 
     @property
     def state(self) -> KeyState:

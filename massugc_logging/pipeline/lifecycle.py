@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import random
@@ -33,14 +34,15 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from urllib.parse import urlsplit
 
 from massugc_logging._exiting import process_is_exiting
 from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
 from massugc_logging.diagnostics import Diagnostics
 from massugc_logging.jobs import JOB_MARK, JobMark
 from massugc_logging.keystore import ApiKey, KeyStore
-from massugc_logging.outcome import Outcome
+from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import (
     BuiltEvent,
     ExceptionSummary,
@@ -48,6 +50,14 @@ from massugc_logging.payload import (
     build_event,
     capture_exception,
     restamp_failure,
+)
+from massugc_logging.pipeline.addresses import (
+    Timeout,
+    app_headers,
+    check_api_url,
+    check_headers,
+    coerce_timeout,
+    is_loopback,
 )
 from massugc_logging.pipeline.counters import Counters
 from massugc_logging.pipeline.decisions import Mode
@@ -65,8 +75,10 @@ from massugc_logging.pipeline.spool import (
     Write,
     destination_of,
 )
-from massugc_logging.pipeline.transport import Timeout, Transport, app_headers, is_loopback
-from massugc_logging.redaction import KnownSecrets
+
+if TYPE_CHECKING:
+    from massugc_logging.pipeline.transport import Transport
+    from massugc_logging.redaction import KnownSecrets
 
 #: ``error_message`` of a job whose process ended while it ran (sent by the next run).
 STOPPED_MESSAGE = ("The app stopped while the job was running: its process ended before the "
@@ -76,21 +88,28 @@ SHUTDOWN_MESSAGE = "The app was shut down while the job was running"
 #: Where events are kept while the handler's ``api_url`` cannot be used.
 UNUSABLE_DESTINATION = "unusable-api-url"
 _REASON_CHARS = 300
+#: How long the pipeline lets the app's own start-up go first before it opens the spool,
+#: loads its rules and recovers abandoned jobs, unless the app logs or closes sooner.
+START_DELAY = 0.5
 #: The longest the workers get to stop after the shutdown deadline.
 _WORKERS_GRACE = 0.5
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What a pipeline is made from: the handler's arguments, checked and coerced."""
+    """What a pipeline is made from: the handler's arguments, checked and coerced.
+
+    ``settings`` makes the payload settings (redaction rules, failure categories) and
+    ``secrets`` the keys' scrubber: both are made on the pipeline's intake thread, on
+    first use, so the app's start does not pay for compiling rule tables.
+    """
 
     api_url: str
     endpoint: str
     api_key: Optional[Union[str, ApiKey]]
     spool_path: Any
     timeout: Timeout
-    settings: PayloadSettings
-    secrets: KnownSecrets
+    settings: Callable[[KnownSecrets], PayloadSettings]
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     queue_size: int = 10_000
     max_in_flight: int = 4
@@ -113,13 +132,15 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, *, key_store: Optional[KeyStore] = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.config = config
-        self.settings = config.settings
         self.policy = config.policy
         self.diagnostics = Diagnostics()
         self.counters = Counters()
         self._rng = rng
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
+        self._settings_lock = threading.Lock()
+        self._settings: Optional[PayloadSettings] = None
+        self._secrets: Optional[KnownSecrets] = None
         self._closed = False
         self._started = False
         self._pid = os.getpid()
@@ -128,72 +149,116 @@ class Pipeline:
         #: What the last write_out took, and what had been accepted then: shutdown takes
         #: it off its budget when nothing was accepted in between (logging.shutdown()).
         self._last_write_out: tuple[int, float] = (-1, 0.0)
-
-        problem: Optional[Exception] = None
-        self.transport: Optional[Transport]
-        try:
-            self.transport = Transport(
-                config.api_url, None, endpoint=config.endpoint, timeout=config.timeout,
-                allow_insecure_http=config.allow_insecure_http,
-                max_connections=config.max_in_flight, ca_bundle=config.ca_bundle,
-                user_agent=config.user_agent, headers=app_headers(config.headers),
-                on_route=self._remember_route)
-        except Exception as exc:  # a bad URL or timeout: keep events, say so once
-            self.transport, problem = None, exc
+        #: Made by the first delivery worker that needs it (see ``_transport``).
+        self.transport: Optional[Transport] = None
+        #: The route an earlier run found answering, for the transport to use.
+        self._learnt_route: Optional[str] = None
+        self._usable = self._check(config)
         #: Where this handler's events go; the spool keeps them for this destination only.
         #: An unusable URL is not written anywhere: it may hold a password.
-        self.destination = (destination_of(self.transport.api_url, self.transport.url[
-            len(self.transport.api_url):]) if self.transport is not None
-            else f"{UNUSABLE_DESTINATION}/{config.endpoint.strip().lstrip('/')}")
-        if problem is not None:
-            self.diagnostics.say_once(
-                "config:url", logging.ERROR,
-                "CloudHandler cannot send: %s. Events are kept in the spool; once the URL is "
-                "fixed, send them with 'massugc-logging spool replay --from %s'.", problem,
-                self.destination)
+        self.destination = destination_of(self._usable, config.endpoint) if self._usable \
+            else f"{UNUSABLE_DESTINATION}/{config.endpoint.strip().lstrip('/')}"
         self.keys = _key_follower(config.api_key, key_store)
         self.outbox = open_outbox(config.spool_path, config.spool_limits, self.diagnostics,
                                   self.counters.drop, self.destination)
-        self._build(Mode.BAD_URL if self.transport is None else Mode.SENDING)
-        if self.transport is not None:
-            self._use_key(self.keys.state, changed=False)
+        self._build(Mode.SENDING if self._usable else Mode.BAD_URL)
         _register_fork_hooks(self)
         self._start()
+
+    def _check(self, config: PipelineConfig) -> Optional[str]:
+        """The API URL checked, with the headers and the timeout, on the app's thread
+        without loading the HTTP stack; None (said once) when they are not usable."""
+        try:
+            url = check_api_url(config.api_url, allow_insecure_http=config.allow_insecure_http)
+            check_headers(app_headers(config.headers), config.user_agent)
+            coerce_timeout(config.timeout)
+            return url
+        except Exception as exc:
+            self._cannot_send(exc, config.endpoint)
+            return None
+
+    def _cannot_send(self, problem: Exception, endpoint: str) -> None:
+        self.diagnostics.say_once(
+            "config:url", logging.ERROR,
+            "CloudHandler cannot send: %s. Events are kept in the spool; once this is fixed, "
+            "send them with 'massugc-logging spool replay --from %s'.", problem,
+            getattr(self, "destination", f"{UNUSABLE_DESTINATION}/{endpoint.strip('/')}"))
+
+    @property
+    def settings(self) -> PayloadSettings:
+        """The payload settings, made on first use (by the intake thread, normally)."""
+        settings = self._settings
+        if settings is None:
+            with self._settings_lock:
+                if self._settings is None:
+                    from massugc_logging.redaction import KnownSecrets  # noqa: PLC0415
+
+                    self._secrets = KnownSecrets()
+                    self._settings = self.config.settings(self._secrets)
+                settings = self._settings
+        return settings
 
     # -- set-up -----------------------------------------------------------------------
 
     def _build(self, hold: Mode) -> None:
         """The engine, its workers and the intake (anew in a forked child)."""
-        transport = self.transport
+        usable = self._usable
         hint = ("Is the local collector running? Start it with 'massugc-logging serve'."
-                if transport is not None and is_loopback(transport.host) else "")
+                if usable and is_loopback(_host(usable)) else "")
         self.engine = DeliveryEngine(
             self.outbox, self._send, policy=self.policy,
             max_in_flight=self.config.max_in_flight, clock=time.monotonic, wall=time.time,
             rng=self._rng, counters=self.counters, diagnostics=self.diagnostics,
-            destination=self.destination, unreachable_hint=hint,
-            memory_key=transport.api_url if transport is not None else None)
+            destination=self.destination, unreachable_hint=hint, memory_key=usable)
         self.engine.set_hold(hold)
         self.workers = DeliveryWorkers(
-            self.engine, transport=transport, before_take=self._follow_key,
-            look_again_within=self._key_poll)
+            self.engine, before_take=self._follow_key, look_again_within=self._key_poll)
         self.intake = Intake(
             self.outbox, self._prepare, capacity=self.config.queue_size,
             counters=self.counters, diagnostics=self.diagnostics,
-            on_written=self.workers.wake, on_start=self._on_start)
+            on_written=self.workers.wake, on_start=self._on_start, start_delay=START_DELAY)
 
     def _start(self) -> None:
-        """Start the intake and delivery threads (never during interpreter shutdown)."""
+        """Start the intake thread (never during interpreter shutdown); it starts the
+        delivery workers once the transport, the key and the spool are ready."""
         if sys.is_finalizing():
             return
         self.intake.start()
-        self.workers.start()
-        idents = set(self.workers.idents)
         intake_thread = self.intake.thread
         if intake_thread is not None and intake_thread.ident is not None:
-            idents.add(intake_thread.ident)
-        self.thread_idents = frozenset(idents)
+            self.thread_idents = frozenset({intake_thread.ident})
         self._started = True
+
+    def _transport(self) -> Optional[Transport]:
+        """The transport, made on first use by a delivery worker: the HTTP stack and the
+        trust store load there, when there is something to send, never on the app's
+        thread. A configuration it refuses (a CA bundle that cannot be read) holds
+        sending, said once."""
+        transport = self.transport
+        if transport is not None or not self._usable:
+            return transport
+        with self._lock:
+            if self.transport is not None:
+                return self.transport
+            from massugc_logging.pipeline.transport import Transport  # noqa: PLC0415
+
+            config = self.config
+            try:
+                transport = Transport(
+                    config.api_url, self.keys.state.key, endpoint=config.endpoint,
+                    timeout=config.timeout, allow_insecure_http=config.allow_insecure_http,
+                    max_connections=config.max_in_flight, ca_bundle=config.ca_bundle,
+                    user_agent=config.user_agent, headers=app_headers(config.headers),
+                    on_route=self._remember_route)
+            except Exception as exc:
+                self._cannot_send(exc, config.endpoint)
+                self.engine.set_hold(Mode.BAD_URL)
+                return None
+            if self._learnt_route is not None:
+                transport.use_route(self._learnt_route)
+            self.workers.use_transport(transport)
+            self.transport = transport
+            return transport
 
     # -- the app thread ------------------------------------------------------------------
 
@@ -262,6 +327,9 @@ class Pipeline:
         be sent before the deadline (a pause, a backoff, a missing or refused key)."""
         if self._pid != os.getpid() or not self._started or self._closed:
             return False
+        # The spool's backlog counts too: the pipeline starts now if it had not yet.
+        if not self.intake.begin_now(deadline):
+            return False
         if not self.intake.wait_written(self.intake.accepted, deadline):
             return False
         self.workers.wake()
@@ -313,8 +381,13 @@ class Pipeline:
     # -- fork -------------------------------------------------------------------------
 
     def before_fork(self) -> None:
-        """Hold the outbox's locks so that no transaction is open at the fork."""
+        """Let the pipeline finish starting (its start reads the key store, which may
+        import the keyring's backends) and finish the imports its threads make on first
+        use, then hold the outbox's locks so that no transaction is open at the fork."""
         if not self._closed:
+            if self._started and self._pid == os.getpid():
+                self.intake.begin_now(time.monotonic() + _FORK_WAIT)
+            _finish_lazy_imports()
             self.outbox.prepare_fork()
 
     def after_fork_in_parent(self) -> None:
@@ -332,6 +405,7 @@ class Pipeline:
         self.keys.after_fork_in_child()
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
+        self._settings_lock = threading.Lock()  # the parent's intake may have held it
         try:
             self.outbox.after_fork_child()
         except SpoolError as exc:
@@ -340,6 +414,8 @@ class Pipeline:
         if self.transport is not None:
             self.transport.renew_session()
         self._build(self.engine.hold)
+        if self.transport is not None:
+            self.workers.use_transport(self.transport)
         self._started = False
         self.thread_idents = frozenset()
         self._pid = -1
@@ -363,12 +439,14 @@ class Pipeline:
 
     def _use_key(self, state: KeyState, *, changed: bool) -> None:
         """Send with ``state``'s key from now on; hold sending while there is none."""
-        transport = self.transport
-        if transport is None:
+        if not self._usable:
             return
-        transport.set_key(state.key)
+        if self.transport is not None:
+            self.transport.set_key(state.key)
         if state.key is not None:
-            self.config.secrets.add(state.key.reveal())
+            _ = self.settings  # the scrubber exists from here on
+            assert self._secrets is not None
+            self._secrets.add(state.key.reveal())
             self.diagnostics.forget("config:no-key")
             self.diagnostics.forget("config:bad-key")
             self.engine.key_changed()
@@ -394,7 +472,7 @@ class Pipeline:
                 "'massugc-logging key set'%s. Events are kept in the spool until a key is set, "
                 "and the key store is read again every few seconds meanwhile.",
                 f" (the local collector accepts any well-formed key, e.g. MASSUGC_API_KEY="
-                f"{LOCAL_COLLECTOR_KEY})" if is_loopback(transport.host) else "")
+                f"{LOCAL_COLLECTOR_KEY})" if is_loopback(_host(self._usable)) else "")
         self.workers.wake()
 
     def _follow_key(self) -> None:
@@ -414,7 +492,7 @@ class Pipeline:
     def _key_poll(self) -> Optional[float]:
         """How soon an idle worker looks at the key store again: soon while events wait
         for a usable key, else never (no polling when there is nothing to send)."""
-        if self.transport is not None and self.keys.follows_the_store \
+        if self._usable and self.keys.follows_the_store \
                 and self.engine.waiting_for_key() and self.engine.has_pending():
             return KEY_CHECK_WHILE_HELD
         return None
@@ -440,11 +518,13 @@ class Pipeline:
         about the API, point out what the spool keeps for others, and turn jobs left
         running by a process that is gone into their failure events."""
         self.outbox.start(time.time())
-        transport = self.transport
-        if transport is not None:
-            learnt = self.outbox.recall(transport.api_url, time.time())
-            if "route" in learnt:
-                transport.use_route(learnt["route"])
+        _ = self.settings
+        if self._usable:
+            # The store is read here unless the environment gave the key when it was made.
+            read = self.keys.refresh() if self.keys.due(False) else None
+            self._use_key(read or self.keys.state, changed=False)
+            learnt = self.outbox.recall(self._usable, time.time())
+            self._learnt_route = learnt.get("route")
             if "health" in learnt:
                 self.engine.recall(learnt["health"])
         self._point_out_other_destinations()
@@ -455,6 +535,10 @@ class Pipeline:
                 "jobs:recovered", logging.WARNING,
                 "CloudHandler: %d job(s) were still running when the app last stopped; each "
                 "is reported as a failure.", found)
+        # Started while closing too: shutdown delivers what it can within its budget.
+        if not sys.is_finalizing():
+            self.workers.start()
+            self.thread_idents = self.thread_idents | self.workers.idents
         self.workers.wake()
 
     def _point_out_other_destinations(self) -> None:
@@ -521,8 +605,9 @@ class Pipeline:
 
     def _send(self, row: SpooledEvent) -> Outcome:
         """POST one event and redact what the server said (it is logged and stored)."""
-        transport = self.transport
-        assert transport is not None  # the engine holds while there is none
+        transport = self._transport()
+        if transport is None:  # the engine holds from now on
+            return Outcome(OutcomeKind.TRANSIENT, reason="the transport cannot be made")
         outcome = transport.send(row.body, row.event_id)
         if outcome.reason:
             outcome = dataclasses.replace(
@@ -600,6 +685,31 @@ def _register_fork_hooks(pipeline: Pipeline) -> None:
                         after_in_child=hook("for_child"))
 
 
+#: What the pipeline's threads import on first use (the app's start does not pay for it),
+#: with what the first request imports (a host name's codec, the trust store).
+_LOADED_ON_FIRST_USE = (
+    "massugc_logging.redaction", "massugc_logging.payload_config", "massugc_logging.classify",
+    "massugc_logging.pipeline.processes", "massugc_logging.pipeline.transport",
+    "massugc_logging.pipeline.trust", "truststore", "certifi", "encodings.idna",
+    "email.utils", "urllib.request",
+)
+#: How long a fork waits for the pipeline to finish starting (see ``before_fork``).
+_FORK_WAIT = 2.0
+
+
+def _finish_lazy_imports() -> None:
+    """Import, in the forking thread, what the pipeline's threads import on first use.
+
+    A module one of them is importing at the fork would be left half made in the child,
+    where that thread does not exist: importing it there fails or never returns.
+    Importing it here waits for that thread to finish it. A process that forks pays for
+    these imports once (a few tens of milliseconds).
+    """
+    for name in _LOADED_ON_FIRST_USE:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
 def _key_follower(api_key: Optional[Union[str, ApiKey]],
                   key_store: Optional[KeyStore]) -> KeyFollower:
     """A key given to the handler is pinned (a malformed one holds sending); without one
@@ -611,7 +721,11 @@ def _key_follower(api_key: Optional[Union[str, ApiKey]],
             return KeyFollower(key_store, KeyState(ApiKey(str(api_key).strip()), "argument"))
         except ValueError as exc:
             return KeyFollower(key_store, KeyState(None, "argument", str(exc)))
-    return KeyFollower(key_store)
+    return KeyFollower(key_store, read_now=False)  # read on the intake thread
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
 
 
 def _write_of(prepared: Prepared) -> Write:

@@ -20,7 +20,6 @@ malformed or hostile value cannot stall delivery for days.
 
 from __future__ import annotations
 
-import email.utils
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -167,6 +166,8 @@ def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
     if text.isascii() and text.isdigit():
         return float(int(text[:12]))
     try:
+        import email.utils  # noqa: PLC0415 - an HTTP date is rare; most are seconds
+
         parsed = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None

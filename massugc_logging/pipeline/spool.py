@@ -57,7 +57,6 @@ from typing import Any, Callable, Optional, Protocol, TypeVar, Union
 from urllib.parse import urlsplit
 
 from massugc_logging.payload import costs_credits
-from massugc_logging.pipeline.processes import process_is_gone, process_start_marker
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -328,6 +327,8 @@ class Outbox(Protocol):
 @functools.lru_cache(maxsize=4)
 def _start_of(pid: int) -> str:
     """The start marker of this process, read once per pid (a forked child has its own)."""
+    from massugc_logging.pipeline.processes import process_start_marker  # noqa: PLC0415
+
     return process_start_marker() or ""
 
 
@@ -364,6 +365,8 @@ def _owner_is_dead(owner: str, me: str) -> bool:
         # time: an earlier process that had our pid (pids are reused quickly on Windows,
         # and an app in a container is pid 1 on every run).
         return start is not None and start != _start_of(pid)
+    from massugc_logging.pipeline.processes import process_is_gone  # noqa: PLC0415
+
     return process_is_gone(pid, start)
 
 
@@ -719,14 +722,17 @@ class Spool:
     # -- running jobs ---------------------------------------------------------------
 
     def recover_abandoned(self, now: float) -> int:
-        """Turn the running jobs whose process is gone into their failure events.
+        """Turn the running jobs whose process is gone into their failure events, and
+        take back the events such a process held for this destination.
 
         One transaction: of processes starting on the file at once, exactly one
         reports each job. A job whose owner ran under another host name (which
         cannot be probed) counts as abandoned after :data:`ABANDONED_AFTER`. The
-        events keep the destination their job was logged for.
+        events keep the destination their job was logged for. Taking back the held
+        events here, at start, lets a flush right after see them as waiting.
         """
         with self._transaction("recover running jobs in") as conn:
+            self._take_back_from_the_dead(conn, now)
             rows = conn.execute("SELECT token, event_id, body, created, owner, destination"
                                 " FROM running_job WHERE owner != ?", (self.owner,)).fetchall()
             gone = [r for r in rows if _abandoned(str(r[4]), float(r[3]), now, self.owner)]

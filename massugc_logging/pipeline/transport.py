@@ -1,8 +1,8 @@
 """The HTTP transport: the only module that talks HTTP.
 
-It posts one event and returns an :class:`Outcome`; it never raises a
-``requests`` or ``urllib3`` exception to its caller. Errors are translated at
-this boundary, as requests does for urllib3::
+It posts one event with ``urllib3`` and returns an :class:`Outcome`; it never
+raises a ``urllib3`` exception to its caller. Errors are translated at this
+boundary::
 
     TransportError            configuration the transport refuses to use
     └── InsecureURLError      plain http:// to a host that is not loopback
@@ -42,35 +42,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
-
-# requests imports netrc lazily, on the sender thread, inside the first request. A
-# fork at that moment leaves the child with that module's import lock held forever
-# and its sender deadlocked; importing it here, once, closes that window.
-import netrc  # noqa: F401
 import os
-import platform
-import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from urllib.parse import urlsplit
 
-import certifi
-import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager, ProxyManager
 from urllib3.util import make_headers
 
-from massugc_logging._version import __version__
-from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT, LEGACY_ENDPOINT
+from massugc_logging.contract import API_KEY_PATTERN, DEFAULT_ENDPOINT
 from massugc_logging.outcome import Outcome, OutcomeKind
+from massugc_logging.pipeline.addresses import (
+    DEFAULT_TIMEOUT,
+    KNOWN_ENDPOINTS,
+    InsecureURLError,
+    Timeout,
+    TransportError,
+    app_headers,
+    check_api_url,
+    check_headers,
+    coerce_timeout,
+    default_user_agent,
+    environ_proxy,
+    is_loopback,
+    proxy_credentials,
+)
 from massugc_logging.pipeline.retry import parse_retry_after
 from massugc_logging.pipeline.trust import (
     Trust,
@@ -84,24 +88,12 @@ from massugc_logging.redaction import KnownSecrets
 if TYPE_CHECKING:  # urllib3 2.x names its response base class; 1.26 has HTTPResponse only
     from urllib3.response import BaseHTTPResponse
 
-Timeout = Union[float, tuple[float, float]]
-DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
 _MAX_RESPONSE_BYTES = 64 * 1024
 _MAX_REASON_CHARS = 300
-#: The usage-log paths the API is known to answer on; a 404 or 405 on one tries the other.
-KNOWN_ENDPOINTS = (DEFAULT_ENDPOINT, LEGACY_ENDPOINT)
 _NO_ROUTE_STATUSES = (404, 405)
 #: What a 2xx that is a web page most likely is.
 NOT_THE_API = ("an HTML page answered for the API (a captive portal, a proxy's sign-in page "
                "or a maintenance page?)")
-
-
-class TransportError(Exception):
-    """A configuration the transport refuses to use."""
-
-
-class InsecureURLError(TransportError):
-    """A plain ``http://`` API URL for a host that is not loopback."""
 
 
 class SecretKey(Protocol):
@@ -199,6 +191,8 @@ def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str],
     elif isinstance(trust.verify, str):
         tls["ca_cert_dir" if os.path.isdir(trust.verify) else "ca_certs"] = trust.verify
     else:
+        import certifi  # noqa: PLC0415 - only without the system store (Python 3.9)
+
         tls["ca_certs"] = certifi.where()
     options: dict[str, Any] = {"num_pools": 2, "maxsize": maxsize, "block": False, **tls}
     if proxy is None:
@@ -208,144 +202,11 @@ def _pool_manager(trust: Trust, maxsize: int, proxy: Optional[str],
 
         return SOCKSProxyManager(proxy, **options)
     else:
-        user, password = requests.utils.get_auth_from_url(proxy)  # percent-decoded, as requests
+        user, password = proxy_credentials(proxy)
         headers = make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
         manager = ProxyManager(proxy, proxy_headers=headers, **options)
     manager.pool_classes_by_scheme = _tracked_pool_classes(requests_)
     return manager
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_api_url(api_url: str, *, allow_insecure_http: bool = False) -> str:
-    """Validate the API base URL and return it without a trailing slash.
-
-    Error messages name what is wrong (the scheme, a missing host, credentials or a
-    query present) and never quote the URL: a mistyped one may carry a password or
-    a key. A URL written without ``://`` (``127.0.0.1:8765``) is told the URL to
-    write instead, naming its host and port only when nothing else is in them.
-
-    Raises:
-        TransportError: not an http(s) URL, or it carries credentials or a query.
-        InsecureURLError: plain http to a non-loopback host without explicit consent.
-    """
-    text = api_url.strip()
-    try:
-        parts = urlsplit(text)
-        hostname = parts.hostname
-        has_credentials = bool(parts.username or parts.password or "@" in parts.netloc)
-    except ValueError:
-        raise TransportError("api_url is not a URL; use one such as "
-                             "https://api.example.com") from None
-    if parts.scheme not in ("http", "https"):
-        if "://" not in text:
-            # 'localhost:8765' parses as scheme 'localhost': it is a host without a scheme.
-            written, loopback = None, False
-            try:
-                bare = urlsplit("//" + text)
-                host, port = bare.hostname, bare.port
-                if host and "@" not in bare.netloc and not API_KEY_PATTERN.search(text):
-                    loopback = is_loopback(host)
-                    shown = f"[{host}]" if ":" in host else host
-                    written = shown + (f":{port}" if port is not None else "")
-            except ValueError:
-                pass
-            if written is None:
-                fix = ("https://<host> (or http://127.0.0.1:8765 for the local collector on "
-                       "this machine)")
-            else:
-                fix = f"http://{written}" if loopback else f"https://{written}"
-            raise TransportError(f"api_url has no scheme (no '://'); write it as {fix}")
-        if not parts.scheme:
-            raise TransportError("api_url has no scheme before '://'; start it with https:// "
-                                 "(or http:// for loopback)")
-        scheme = API_KEY_PATTERN.sub("[REDACTED]", parts.scheme[:20])
-        raise TransportError(f"api_url must start with https:// (or http:// for loopback); "
-                             f"its scheme is {scheme!r}")
-    if not hostname:
-        raise TransportError("api_url has no host name; use one such as "
-                             "https://api.example.com (two slashes after the scheme)")
-    if has_credentials or parts.query or parts.fragment:
-        present = ", ".join(what for what, there in (
-            ("user name or password", has_credentials), ("a query string", parts.query),
-            ("a fragment", parts.fragment)) if there)
-        raise TransportError(
-            f"api_url must not carry {present}; give the bare base URL. The key travels "
-            "only in the X-API-Key header"
-        )
-    if parts.scheme == "http" and not is_loopback(hostname) and not allow_insecure_http:
-        raise InsecureURLError(
-            f"refusing plain http:// to {hostname}: the API key would travel unencrypted. "
-            "Use https://, or set allow_insecure_http: true if you really mean it"
-        )
-    return api_url.strip().rstrip("/")
-
-
-#: Headers the transport owns: extra headers may never replace them.
-RESERVED_HEADERS = frozenset({"x-api-key", "content-type", "idempotency-key", "content-length",
-                              "host", "transfer-encoding"})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-def check_headers(headers: Optional[Mapping[str, Any]],
-                  agent: Optional[str] = None) -> tuple[dict[str, str], Optional[str]]:
-    """Validate the app's extra static headers and User-Agent; return them as strings.
-
-    Error messages name the header, never its value (a device fingerprint is an
-    identifier the app may not want in a log).
-
-    Raises:
-        TransportError: a name that is not a header name, a reserved one
-            (``X-API-Key``, ``Content-Type``, ``Idempotency-Key``...), or a value with
-            a line break or another control character.
-    """
-    checked: dict[str, str] = {}
-    for raw_name, value in (headers or {}).items():
-        name = str(raw_name).strip()
-        if not _HEADER_NAME.match(name):
-            raise TransportError(f"headers: {name[:40]!r} is not a valid header name")
-        if name.lower() in RESERVED_HEADERS or name.lower() == "user-agent":
-            hint = "; use user_agent" if name.lower() == "user-agent" else ""
-            raise TransportError(f"headers: {name} is set by the handler itself and cannot "
-                                 f"be replaced{hint}")
-        checked[name] = _header_value(name, value)
-    return checked, (None if agent is None else _header_value("user_agent", agent))
-
-
-#: Where the app may put its device fingerprint instead of the configuration.
-FINGERPRINT_VARIABLE = "MASSUGC_DEVICE_FINGERPRINT"
-
-
-def app_headers(headers: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """The headers given, plus ``X-Device-Fingerprint`` from the environment when set
-    there and not given."""
-    merged = dict(headers or {})
-    fingerprint = os.environ.get(FINGERPRINT_VARIABLE, "").strip()
-    if fingerprint and not any(k.lower() == "x-device-fingerprint" for k in merged):
-        merged["X-Device-Fingerprint"] = fingerprint
-    return merged
-
-
-def _header_value(name: str, value: Any) -> str:
-    text = str(value)
-    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
-        raise TransportError(f"headers: the value of {name} contains a line break or another "
-                             "control character; it would let it forge other headers")
-    return text.strip()
-
-
-def default_user_agent() -> str:
-    """``massugc-logging/<version> (<platform>)``."""
-    system = f"{platform.system() or 'unknown'} {platform.release()}".strip()
-    return f"massugc-logging/{__version__} ({system}; Python {platform.python_version()})"
 
 
 def _reason_from_body(body: Any, fallback: str) -> str:
@@ -396,7 +257,7 @@ class Transport:
         self.endpoints = (endpoint, *(e for e in KNOWN_ENDPOINTS if e != endpoint))
         self._route = endpoint
         self._on_route = on_route
-        self.timeout = _coerce_timeout(timeout)
+        self.timeout = coerce_timeout(timeout)
         self._timeouts = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
         self._key = api_key
         #: The keys this transport has sent with, scrubbed from what servers send back.
@@ -412,8 +273,7 @@ class Transport:
         # could add an Authorization header to our requests) is never consulted.
         # Loopback traffic is allowed in plain http because it stays on this
         # machine: a proxy would carry the key off it, so loopback never uses one.
-        self._proxy: Optional[str] = None if is_loopback(self.host) else \
-            requests.utils.select_proxy(self.url, requests.utils.get_environ_proxies(self.url))
+        self._proxy: Optional[str] = environ_proxy(self.url)
         self._base_path = urlsplit(self.api_url).path.rstrip("/")
         self._pool = self._new_pool()
 
@@ -616,19 +476,6 @@ def _read_bounded(response: BaseHTTPResponse) -> tuple[bytes, bool]:
         return raw, False
     response.release_conn()
     return raw, True
-
-
-def _coerce_timeout(timeout: Any) -> tuple[float, float]:
-    """A (connect, read) pair from a number or a pair; both must be positive."""
-    if isinstance(timeout, (list, tuple)) and len(timeout) == 2:
-        pair = (float(timeout[0]), float(timeout[1]))
-    elif isinstance(timeout, (int, float, str)) and not isinstance(timeout, bool):
-        pair = (float(timeout), float(timeout))
-    else:
-        raise ValueError(f"timeout must be seconds or [connect, read], got {timeout!r}")
-    if not all(v > 0 for v in pair):
-        raise ValueError(f"timeouts must be positive, got {timeout!r}")
-    return pair
 
 
 def _connection_reason(exc: BaseException) -> str:
