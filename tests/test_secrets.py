@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import pickle
 from pathlib import Path
@@ -37,8 +38,11 @@ def assert_absent(key: str, text: str) -> None:
 
 
 def test_the_key_never_appears_in_payloads_logs_reprs_or_the_spool(
-        api: FakeApi, tmp_path: Path, key: str) -> None:
-    """A whole session with DEBUG everywhere: the key is only ever in the X-API-Key header."""
+        api: FakeApi, tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole session with DEBUG everywhere, http.client's debug printing turned on for
+    every connection too: the key is only ever in the X-API-Key header."""
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)
     everything = _Everything()
     root = logging.getLogger()
     root.addHandler(everything)
@@ -61,7 +65,9 @@ def test_the_key_never_appears_in_payloads_logs_reprs_or_the_spool(
         assert_absent(key, request.raw.decode())
         assert_absent(key, request.path)
     assert_absent(key, "\n".join(everything.lines))
-    assert any(line.startswith("urllib3") for line in everything.lines)
+    assert any(line.startswith("massugc_logging") for line in everything.lines)
+    printed = capsys.readouterr()
+    assert_absent(key, printed.out + printed.err)
     assert_absent(key, repr(handler))
     assert_absent(key, repr(vars(handler)))
     assert_absent(key, str(handler.stats()))

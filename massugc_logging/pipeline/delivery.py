@@ -429,6 +429,11 @@ class DeliveryEngine:
         """Requests started and not yet settled."""
         return len(self._in_flight)
 
+    def room_for_another(self) -> bool:
+        """Whether another request could start now with an event already leased (read
+        without the lock: a hint for waking one more worker)."""
+        return bool(self._ready) and len(self._in_flight) < self.state.slots(self.clock())
+
     def next_wake(self) -> Optional[float]:
         """When something may next be sent (wall clock); None when nothing is waiting.
 
@@ -591,10 +596,18 @@ class DeliveryWorkers:
         return any(t.is_alive() for t in self._threads)
 
     def wake(self) -> None:
-        """Something changed (new events, a new key): look again."""
+        """Something changed (new events, a new key): look again.
+
+        One idle worker wakes; each worker that takes an event wakes one more while
+        there is room for another request, so as many run as there is work and room for,
+        without every idle worker contending for each batch.
+        """
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         with self._wake:
             self._generation += 1
-            self._wake.notify_all()
+            self._wake.notify()
 
     def stop(self, deadline: float) -> bool:
         """Stop the engine and the workers, cutting off requests in flight; wait for them
@@ -649,6 +662,8 @@ class DeliveryWorkers:
                 if event is None:
                     self._idle(generation)
                     continue
+                if engine.room_for_another():
+                    self._wake_one()
             except Exception as exc:  # a bug must not kill a worker: pause, then carry on
                 engine.diagnostics.say_once("delivery:error", logging.ERROR,
                                             "CloudHandler's delivery hit %s; it carries on.",
@@ -666,9 +681,7 @@ class DeliveryWorkers:
                 engine.diagnostics.say_once("delivery:error", logging.ERROR,
                                             "CloudHandler's delivery hit %s; it carries on.",
                                             type(exc).__name__)
-            with self._wake:
-                self._generation += 1
-                self._wake.notify()  # a slot is free: one idle worker may take it
+            # This worker takes the freed slot itself; it wakes another if there is room.
             with self._settled:
                 self._settled.notify_all()
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import socket
@@ -75,6 +76,7 @@ from massugc_logging.pipeline.addresses import (
     is_loopback,
     proxy_credentials,
 )
+from massugc_logging.pipeline.direct import MAX_RESPONSE_BYTES, DirectConnections, tls_context_for
 from massugc_logging.pipeline.retry import parse_retry_after
 from massugc_logging.pipeline.trust import (
     Trust,
@@ -88,7 +90,7 @@ from massugc_logging.redaction import KnownSecrets
 if TYPE_CHECKING:  # urllib3 2.x names its response base class; 1.26 has HTTPResponse only
     from urllib3.response import BaseHTTPResponse
 
-_MAX_RESPONSE_BYTES = 64 * 1024
+_MAX_RESPONSE_BYTES = MAX_RESPONSE_BYTES
 _MAX_REASON_CHARS = 300
 _NO_ROUTE_STATUSES = (404, 405)
 #: What a 2xx that is a web page most likely is.
@@ -137,6 +139,11 @@ class _Requests:
                 return True
             return False
 
+    def was_cut_off(self) -> bool:
+        """Whether the calling thread's request was cut off."""
+        with self._lock:
+            return threading.get_ident() in self._cut_off
+
     def earliest(self) -> Optional[float]:
         """When the oldest request not yet cut off started (monotonic)."""
         with self._lock:
@@ -161,11 +168,15 @@ def _tracked_pool_classes(requests_: _Requests) -> dict[str, type]:
     """Connection pools whose connections tell ``requests_`` which thread uses them."""
 
     class TrackedHTTPConnection(HTTPConnection):
+        debuglevel = 0  # http.client's debug printing shows the key (see pipeline.direct)
+
         def putrequest(self, *args: Any, **kwargs: Any) -> None:
             requests_.using(self)
             super().putrequest(*args, **kwargs)
 
     class TrackedHTTPSConnection(HTTPSConnection):
+        debuglevel = 0
+
         def putrequest(self, *args: Any, **kwargs: Any) -> None:
             requests_.using(self)
             super().putrequest(*args, **kwargs)
@@ -223,10 +234,10 @@ def _reason_from_body(body: Any, fallback: str) -> str:
 class Transport:
     """Posts events to ``{api_url}{endpoint}`` over keep-alive connections.
 
-    It speaks urllib3 directly: for one small POST at a time the layers of a
-    ``requests`` session (cookies, hooks, redirects, per-request settings) cost
-    more CPU than the request itself on a fast network. ``requests`` is used
-    for what it does best here: reading the proxy variables as everyone expects.
+    With no proxy, each thread keeps its own ``http.client`` connection
+    (:mod:`massugc_logging.pipeline.direct`); through a proxy, urllib3's pool
+    manager speaks the CONNECT tunnel or SOCKS. The probe of ``check`` goes through
+    urllib3 either way.
     """
 
     def __init__(
@@ -275,6 +286,9 @@ class Transport:
         # machine: a proxy would carry the key off it, so loopback never uses one.
         self._proxy: Optional[str] = environ_proxy(self.url)
         self._base_path = urlsplit(self.api_url).path.rstrip("/")
+        self._tls_context = (tls_context_for(self.trust.ssl_context, self.trust.verify)
+                             if self.api_url.startswith("https:") else None)
+        self._inherited_direct: list[DirectConnections] = []
         self._pool = self._new_pool()
 
     def __repr__(self) -> str:
@@ -282,6 +296,12 @@ class Transport:
         return f"<Transport url={self.url!r} key={key}>"
 
     def _new_pool(self) -> PoolManager:
+        parts = urlsplit(self.api_url)
+        #: Without a proxy, each thread's own connection (see pipeline.direct).
+        self._direct: Optional[DirectConnections] = DirectConnections(
+            parts.scheme, parts.hostname or "", parts.port, self.timeout, self._tls_context,
+            self._fixed_headers(), self._requests.using, self._requests.was_cut_off,
+        ) if self._proxy is None else None
         manager = _pool_manager(self.trust, self._max_connections, self._proxy, self._requests)
         # One host: its connection pool is looked up once, not parsed from the URL on
         # every request. Plain http through a proxy needs the manager (absolute URLs).
@@ -290,12 +310,19 @@ class Transport:
             if self._proxy is None or self.url.startswith("https:") else None)
         return manager
 
+    def _fixed_headers(self) -> dict[str, str]:
+        """The headers every event's request carries (the key and the id vary)."""
+        return {**self._extra_headers, "Content-Type": "application/json",
+                "Accept": "application/json", "User-Agent": self._user_agent}
+
     def renew_session(self) -> None:
         """Start new connections in a forked child; the parent's pooled sockets are
         left alone (closing a shared socket here would not disturb the parent, but
         using one, or shutting one down, would cut into the parent's requests)."""
         # Kept, so that their finalizers never touch the parent's sockets.
         self._inherited.append(self._pool)
+        if self._direct is not None:
+            self._inherited_direct.append(self._direct)
         self._requests = _Requests()
         self._pool = self._new_pool()
 
@@ -379,14 +406,15 @@ class Transport:
     def _post(self, path: str, body: bytes, event_id: str) -> Outcome:
         """POST one event to ``path`` of the API; classify the answer. Never raises."""
         assert self._key is not None
-        headers = {
-            **self._extra_headers,
-            "X-API-Key": self._key.reveal(),
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": self._user_agent,
-            "Idempotency-Key": event_id,
-        }
+        varying = {"X-API-Key": self._key.reveal(), "Idempotency-Key": event_id}
+        if self._direct is not None:
+            try:
+                answer = self._direct.post(self._base_path + path, body, varying)
+            except Exception as exc:
+                return self._failure(exc)
+            return self._classified(answer.status, answer.headers, answer.body,
+                                    answer.complete)
+        headers = {**self._fixed_headers(), **varying}
         try:
             if self._host_pool is not None:
                 response = self._host_pool.urlopen(
@@ -406,15 +434,18 @@ class Transport:
             # For a 2xx the event is in: the server said so before the body stalled.
             raw, complete = b"", False
             response.close()
-        outcome = classify_response(response.status, response.headers, raw, now=time.time(),
-                                    complete=complete)
+        return self._classified(response.status, response.headers, raw, complete)
+
+    def _classified(self, status: int, headers: Mapping[str, str], raw: bytes,
+                    complete: bool) -> Outcome:
+        outcome = classify_response(status, headers, raw, now=time.time(), complete=complete)
         if outcome.reason:
             outcome = dataclasses.replace(outcome, reason=self._without_key(outcome.reason))
         return outcome
 
     def _failure(self, exc: BaseException) -> Outcome:
         """A request that got no answer, as an outcome (urllib3's errors end here)."""
-        if isinstance(exc, urllib3.exceptions.SSLError):
+        if isinstance(exc, (urllib3.exceptions.SSLError, ssl.SSLError)):
             return self._tls_failure(exc)
         cause = getattr(exc, "original_error", None) or exc.__cause__
         if isinstance(exc, urllib3.exceptions.ProxyError) and isinstance(
@@ -425,8 +456,14 @@ class Transport:
                            "connection; check HTTPS_PROXY and NO_PROXY")
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
-        if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout)):
             return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
+        if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
+                            BrokenPipeError, ConnectionAbortedError)):
+            return Outcome(OutcomeKind.TRANSIENT, reason="connection closed by the server")
+        if isinstance(exc, http.client.HTTPException):
+            return Outcome(OutcomeKind.TRANSIENT, reason="the answer could not be read "
+                           "(not HTTP, or cut short)")
         if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
             return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
         return Outcome(OutcomeKind.TRANSIENT, reason=f"request failed: {type(exc).__name__}")
@@ -464,6 +501,9 @@ class Transport:
         """Close pooled connections."""
         with contextlib.suppress(Exception):
             self._pool.clear()
+        if self._direct is not None:
+            with contextlib.suppress(Exception):
+                self._direct.close()
 
 
 def _read_bounded(response: BaseHTTPResponse) -> tuple[bytes, bool]:
