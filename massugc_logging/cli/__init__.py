@@ -17,21 +17,21 @@ from collections.abc import Sequence
 from typing import NoReturn, Optional
 
 from massugc_logging._version import __version__
-from massugc_logging.cli._common import (
+from massugc_logging.cli.check import cmd_check
+from massugc_logging.cli.common import (
     EXIT_PROBLEM,
     EXIT_USAGE,
-    _add_api_options,
-    _Output,
-    _port,
-    _positive_int,
+    Output,
+    add_api_options,
+    port_number,
+    positive_int,
 )
-from massugc_logging.cli.check import cmd_check
 from massugc_logging.cli.demo import cmd_demo
 from massugc_logging.cli.init import cmd_init
 from massugc_logging.cli.keys import cmd_key
 from massugc_logging.cli.send_test import cmd_send_test
 from massugc_logging.cli.serve import cmd_serve
-from massugc_logging.cli.spool import _SPOOL_ACTIONS, cmd_spool
+from massugc_logging.cli.spool import SPOOL_ACTIONS, cmd_spool
 from massugc_logging.config import ENV_VARIABLE
 
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     demo = sub.add_parser("demo", help="run simulated jobs into a local collector and verify")
-    demo.add_argument("--jobs", type=_positive_int, default=48,
+    demo.add_argument("--jobs", type=positive_int, default=48,
                       help="how many jobs (default 48)")
     demo.add_argument("--config", help="logging.yaml to use (default: ./logging.yaml, else the "
                       "reference configuration shipped in the package)")
@@ -75,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the local collector (development and demos)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=_port, default=8765,
+    serve.add_argument("--port", type=port_number, default=8765,
                        help="port to listen on (default 8765; 0 picks a free one)")
     serve.add_argument("--db", help="SQLite file to keep events in (default: memory)")
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send-test", help="send one test event and print the outcome")
-    _add_api_options(send)
+    add_api_options(send)
     send.set_defaults(func=cmd_send_test)
 
     check = sub.add_parser("check", help="validate a logging.yaml; no event is sent")
@@ -102,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         "letters); replay (deliver what is kept for --api-url now, with the handler's own "
         "delivery engine; --from to send events logged for another); export (JSON lines, "
         "--dead or --all for dead letters); purge (delete, asks first; --dead-only, --yes).")
-    spool.add_argument("action", choices=sorted(_SPOOL_ACTIONS),
+    spool.add_argument("action", choices=sorted(SPOOL_ACTIONS),
                        help="status, replay, export or purge")
     spool.add_argument("--spool", help="spool file (default: $MASSUGC_SPOOL_PATH, else the "
                                        "platform's data directory)")
-    _add_api_options(spool)
+    add_api_options(spool)
     spool.add_argument("--from", dest="from_destination", metavar="DESTINATION",
                        help="replay: send the events logged for DESTINATION (as status lists "
                        "it), 'unaddressed' (kept by release 0.1) or 'any', instead of those "
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = _Output()
+    out = Output()
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)
         out.problem("choose a command, e.g. 'massugc-logging demo' (see --help)")

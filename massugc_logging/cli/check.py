@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 
 from massugc_logging.checks import check_configuration
-from massugc_logging.cli._common import EXIT_OK, EXIT_PROBLEM, _Output
+from massugc_logging.cli.common import EXIT_OK, EXIT_PROBLEM, Output
 from massugc_logging.config import ConfigError, default_config_path
 
 
-def cmd_check(args: argparse.Namespace, out: _Output) -> int:
+def cmd_check(args: argparse.Namespace, out: Output) -> int:
     """Validate a logging.yaml without sending anything."""
     path = args.path if args.path is not None else str(default_config_path())
     try:

@@ -1,5 +1,9 @@
 """What every command shares: output and exit codes, the API URL, key and transport
-from the options, and option parsers."""
+from the options, and option parsers.
+
+Public within the command-line package (its modules import these names); not part of
+the package's documented API.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from massugc_logging.checks import KEY_HINT, ca_bundle_problem, key_problem, no_key_problem
+from massugc_logging.checks import ca_bundle_problem, key_problem, no_key_problem
 from massugc_logging.contract import DEFAULT_ENDPOINT, PRODUCTION_API_URL
 from massugc_logging.keystore import KeyStore, KeyStoreError
 from massugc_logging.pipeline.outbox import default_spool_path
@@ -21,11 +25,10 @@ from massugc_logging.pipeline.transport import (
 )
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-_KEY_HINT = KEY_HINT
 _key_problem = key_problem
 
 
-class _Output:
+class Output:
     """Plain-text output: results on stdout, progress and problems on stderr."""
 
     def __init__(self, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
@@ -52,18 +55,18 @@ class _Output:
 # -- shared helpers -----------------------------------------------------------------
 
 
-def _api_url(args: argparse.Namespace) -> str:
+def api_url_of(args: argparse.Namespace) -> str:
     return str(getattr(args, "api_url", None) or os.environ.get("MASSUGC_API_URL")
                or PRODUCTION_API_URL)
 
 
-def _spool_path(args: argparse.Namespace) -> Path:
+def spool_path_of(args: argparse.Namespace) -> Path:
 
     given = getattr(args, "spool", None) or os.environ.get("MASSUGC_SPOOL_PATH")
     return Path(given).expanduser() if given else default_spool_path()
 
 
-def _url_problem(exc: Exception) -> str:
+def url_problem(exc: Exception) -> str:
     """A refused API URL with the command line's way out."""
     if isinstance(exc, InsecureURLError):
         return (f"{exc} (on the command line: --allow-insecure-http; better, use "
@@ -71,13 +74,13 @@ def _url_problem(exc: Exception) -> str:
     return f"{exc}; fix --api-url or MASSUGC_API_URL"
 
 
-def _transport(args: argparse.Namespace, out: _Output) -> Any:
+def make_transport(args: argparse.Namespace, out: Output) -> Any:
     """A transport for the configured API and key, or None after saying why.
 
     What is wrong is named in the order a user fixes it: the key, the URL, then
     the CA bundle (``--ca-bundle``, else ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE``).
     """
-    url = _api_url(args)
+    url = api_url_of(args)
     insecure = bool(getattr(args, "allow_insecure_http", False))
     ca_bundle = getattr(args, "ca_bundle", None)
     try:
@@ -91,7 +94,7 @@ def _transport(args: argparse.Namespace, out: _Output) -> Any:
     try:
         check_api_url(url, allow_insecure_http=insecure)
     except TransportError as exc:
-        out.problem(_url_problem(exc))
+        out.problem(url_problem(exc))
         return None
     untrusted = ca_bundle_problem(ca_bundle, "--ca-bundle")
     if untrusted is not None:
@@ -103,11 +106,11 @@ def _transport(args: argparse.Namespace, out: _Output) -> Any:
                          timeout=(3.05, 10.0), allow_insecure_http=insecure,
                          ca_bundle=ca_bundle)
     except (TransportError, ValueError) as exc:
-        out.problem(_url_problem(exc))
+        out.problem(url_problem(exc))
         return None
 
 
-def _describe(outcome: Any) -> str:
+def describe_outcome(outcome: Any) -> str:
     status = f"HTTP {outcome.status}" if outcome.status is not None else "no response"
     reason = f": {outcome.reason}" if outcome.reason else ""
     return f"{outcome.kind.value} ({status}{reason})"
@@ -116,7 +119,7 @@ def _describe(outcome: Any) -> str:
 # -- serve --------------------------------------------------------------------------
 
 
-def _add_api_options(p: argparse.ArgumentParser) -> None:
+def add_api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-url", help="API base URL (default: $MASSUGC_API_URL, else production)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
                    help=f"usage-log path (default {DEFAULT_ENDPOINT})")
@@ -126,7 +129,7 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
                    "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system trust store)")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -136,7 +139,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

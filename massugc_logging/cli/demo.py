@@ -15,12 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
-    _Output,
+    Output,
 )
-from massugc_logging.cli.init import _reference_config
+from massugc_logging.cli.init import reference_config
 from massugc_logging.collector import Collector
 from massugc_logging.config import (
     ConfigError,
@@ -171,9 +171,9 @@ def _held_problem(handler: CloudHandler, config: Path, applied: Any, said: list[
             "what to fix")
 
 
-def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     """Run simulated jobs through logging.yaml into a local collector; verify delivery."""
-    config = Path(args.config) if args.config else _reference_config()
+    config = Path(args.config) if args.config else reference_config()
     if config is None:
         out.problem("no logging.yaml here and none shipped in the package; pass --config "
                     "PATH, or write one with 'massugc-logging init'")
@@ -186,7 +186,7 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_demo(args: argparse.Namespace, out: _Output, config: Path, workdir: Path) -> int:
+def _run_demo(args: argparse.Namespace, out: Output, config: Path, workdir: Path) -> int:
     demo_key = "massugc_demo" + uuid.uuid4().hex[:28]
     user = "alice"
     with Collector(workdir / "collector.sqlite3").start() as collector:

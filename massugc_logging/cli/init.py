@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
-    _Output,
+    Output,
 )
 from massugc_logging.config import (
     packaged_config_path,
@@ -18,7 +18,7 @@ from massugc_logging.contract import LOCAL_COLLECTOR_KEY
 from massugc_logging.keystore import ENV_VAR
 
 
-def _reference_config() -> Optional[Path]:
+def reference_config() -> Optional[Path]:
     """``./logging.yaml``, else the reference configuration shipped in the package."""
     for candidate in (Path("logging.yaml"), packaged_config_path()):
         if candidate.is_file():
@@ -26,7 +26,7 @@ def _reference_config() -> Optional[Path]:
     return None
 
 
-def cmd_init(args: argparse.Namespace, out: _Output) -> int:
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
     """Write the reference logging.yaml (development, test and production) to start from."""
     target = Path(args.path)
     if target.is_dir():

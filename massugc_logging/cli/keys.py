@@ -8,22 +8,22 @@ import os
 import sys
 from pathlib import Path
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
+    Output,
     _key_problem,
-    _Output,
 )
 from massugc_logging.keystore import ENV_VAR, InvalidApiKey, KeyStore, KeyStoreError
 
 
-def _read_secret(out: _Output) -> str:
+def _read_secret(out: Output) -> str:
     if sys.stdin.isatty():
         return getpass.getpass("MassUGC API key (input hidden): ")
     return sys.stdin.readline().strip()
 
 
-def _key_set(store: KeyStore, out: _Output) -> int:
+def _key_set(store: KeyStore, out: Output) -> int:
     secret = _read_secret(out)
     if not secret:
         out.problem("no key given: type it when asked, or pipe it in "
@@ -43,7 +43,7 @@ def _key_set(store: KeyStore, out: _Output) -> int:
     return EXIT_OK
 
 
-def cmd_key(args: argparse.Namespace, out: _Output) -> int:
+def cmd_key(args: argparse.Namespace, out: Output) -> int:
     """Manage the stored API key; it is never printed in full."""
 
     store = KeyStore(legacy_path=Path(args.legacy_path) if args.legacy_path else None)

@@ -8,12 +8,12 @@ import logging.config
 import time
 import uuid
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
-    _describe,
-    _Output,
-    _transport,
+    Output,
+    describe_outcome,
+    make_transport,
 )
 from massugc_logging.keystore import ENV_VAR
 from massugc_logging.payload import PayloadSettings, build_event
@@ -34,10 +34,10 @@ _OUTCOME_HINTS = {
 }
 
 
-def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
+def cmd_send_test(args: argparse.Namespace, out: Output) -> int:
     """Send one clearly-marked test event to the configured API."""
 
-    transport = _transport(args, out)
+    transport = make_transport(args, out)
     if transport is None:
         return EXIT_PROBLEM
     record = logging.LogRecord("massugc.jobs", logging.INFO, __file__, 0,
@@ -50,7 +50,7 @@ def cmd_send_test(args: argparse.Namespace, out: _Output) -> int:
             f"{transport.trust.description}) ...")
     outcome = transport.send(built.body(), built.event_id)
     transport.close()
-    out.say(f"Outcome: {_describe(outcome)}")
+    out.say(f"Outcome: {describe_outcome(outcome)}")
     if outcome.delivered:
         return EXIT_OK
     out.problem(_OUTCOME_HINTS.get(outcome.kind, "see the outcome above"))

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
-    _Output,
+    Output,
 )
 from massugc_logging.collector import DatabaseUnusable, NotACollectorDatabase, serve_forever
 from massugc_logging.contract import LOCAL_COLLECTOR_KEY
 from massugc_logging.keystore import ENV_VAR
 
 
-def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     """Run the local collector until interrupted."""
 
     def ready(url: str) -> None:

@@ -8,13 +8,13 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from massugc_logging.cli._common import (
+from massugc_logging.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
-    _describe,
-    _Output,
-    _spool_path,
-    _transport,
+    Output,
+    describe_outcome,
+    make_transport,
+    spool_path_of,
 )
 from massugc_logging.outcome import Outcome
 from massugc_logging.payload import format_utc
@@ -26,9 +26,9 @@ from massugc_logging.pipeline.spool import UNADDRESSED, Spool, SpoolError
 ANY_DESTINATION = "any"
 
 
-def _open_spool(args: argparse.Namespace, out: _Output) -> Any:
+def _open_spool(args: argparse.Namespace, out: Output) -> Any:
 
-    path = _spool_path(args)
+    path = spool_path_of(args)
     if not path.exists():
         return None
     try:
@@ -46,9 +46,9 @@ def _iso(ts: float) -> str:
     return format_utc(ts)
 
 
-def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
+def cmd_spool(args: argparse.Namespace, out: Output) -> int:
     """Inspect, replay, export or purge the spool."""
-    path = _spool_path(args)
+    path = spool_path_of(args)
     if not path.exists():
         # The normal state of a fresh install: nothing was ever kept for later.
         out.say(f"nothing is kept yet: no spool at {path} (another one: --spool PATH or "
@@ -58,7 +58,7 @@ def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
     if spool is None:
         return EXIT_PROBLEM
     try:
-        return _SPOOL_ACTIONS[args.action](spool, args, out)
+        return SPOOL_ACTIONS[args.action](spool, args, out)
     except SpoolError as exc:
         out.problem(f"{exc}; nothing more was done (is another program holding the file?)")
         return EXIT_PROBLEM
@@ -66,7 +66,7 @@ def cmd_spool(args: argparse.Namespace, out: _Output) -> int:
         spool.close()
 
 
-def _spool_status(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+def _spool_status(spool: Any, args: argparse.Namespace, out: Output) -> int:
     pending = spool.pending()
     dead = spool.dead_letters()
     out.say(f"spool:          {spool.path}")
@@ -100,10 +100,10 @@ def _replayed_destinations(spool: Any, args: argparse.Namespace, sending_to: str
     return [None if chosen == UNADDRESSED else chosen.strip().rstrip("/")]
 
 
-def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+def _spool_replay(spool: Any, args: argparse.Namespace, out: Output) -> int:
     """Deliver what the spool holds now, with the handler's own delivery engine: the events
     logged for the API it sends to, or (``--from``) those logged for another."""
-    transport = _transport(args, out)
+    transport = make_transport(args, out)
     if transport is None:
         return EXIT_PROBLEM
     try:
@@ -113,7 +113,7 @@ def _spool_replay(spool: Any, args: argparse.Namespace, out: _Output) -> int:
         transport.close()
 
 
-def _replay_from(file: Any, sources: list[Optional[str]], transport: Any, out: _Output) -> int:
+def _replay_from(file: Any, sources: list[Optional[str]], transport: Any, out: Output) -> int:
     """Replay the events of each destination in ``sources`` through ``transport``."""
     views = [Spool(file.path, destination=source) for source in sources]
     try:
@@ -131,7 +131,7 @@ def _replay_from(file: Any, sources: list[Optional[str]], transport: Any, out: _
             view.close()
 
 
-def _replay_views(views: list[Spool], total: int, transport: Any, out: _Output) -> int:
+def _replay_views(views: list[Spool], total: int, transport: Any, out: Output) -> int:
     """Drain each view through the delivery engine; report what became of the events."""
     tally = {"sent": 0, "rejected": 0}
     failures: list[Outcome] = []
@@ -156,7 +156,7 @@ def _replay_views(views: list[Spool], total: int, transport: Any, out: _Output) 
             break  # the API as a whole refused: the other destinations would fare no better
     left = sum(view.pending_count() for view in views)
     if left and failures:
-        out.problem(f"stopped: {_describe(failures[-1])}; the rest stays in the spool")
+        out.problem(f"stopped: {describe_outcome(failures[-1])}; the rest stays in the spool")
     elif left:
         out.problem(f"{left} event(s) are held by a program that is still running "
                     "(the app, or another replay); it delivers them itself. Run the "
@@ -166,7 +166,7 @@ def _replay_views(views: list[Spool], total: int, transport: Any, out: _Output) 
     return EXIT_OK if left == 0 else EXIT_PROBLEM
 
 
-def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+def _spool_export(spool: Any, args: argparse.Namespace, out: Output) -> int:
     rows: list[dict[str, Any]] = []
     for event in spool.pending():
         rows.append({"state": "pending", "event_id": event.event_id,
@@ -197,7 +197,7 @@ def _spool_export(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-def _spool_purge(spool: Any, args: argparse.Namespace, out: _Output) -> int:
+def _spool_purge(spool: Any, args: argparse.Namespace, out: Output) -> int:
     dead = spool.dead_letter_count()
     what = (f"{dead} dead-lettered event(s)" if args.dead_only else
             f"{spool.total_count()} pending and {dead} dead-lettered event(s)")
@@ -218,7 +218,7 @@ def _spool_purge(spool: Any, args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-_SPOOL_ACTIONS: dict[str, Callable[[Any, argparse.Namespace, _Output], int]] = {
+SPOOL_ACTIONS: dict[str, Callable[[Any, argparse.Namespace, Output], int]] = {
     "status": _spool_status, "replay": _spool_replay, "export": _spool_export,
     "purge": _spool_purge,
 }
