@@ -85,9 +85,10 @@ class EngineClient:
             taken.append(event)
 
     def settle(self, event: SpooledEvent, outcome: Outcome) -> bool:
-        return self.engine.settle(event, outcome) is EventAction.DELIVERED
+        return self.engine.settle(event, outcome).action is EventAction.DELIVERED
 
     def next_wake(self) -> Optional[float]:
+        self.engine.record_settled()  # what the handler's idle worker does before it sleeps
         return self.engine.next_wake()
 
     def dropped(self) -> int:

@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any, Callable, Optional
 
 from massugc_logging.contract import DEFAULT_EVENT_TYPE
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.diagnostics import logger as diagnostics_logger
 
 #: The extra that marks a job's start and outcome records.
@@ -151,11 +151,11 @@ class JobScope:
         filename, line = self._where
         _diagnostics.count("job_without_outcome")
         _diagnostics.say_once(
-            f"report_job:no-outcome:{filename}:{line}", logging.WARNING,
+            Topic.REPORT_JOB_NO_OUTCOME, logging.WARNING,
             "report_job at %s:%d: the block ended without succeeded(), failed() or an "
             "exception; the job is reported as a failure, never as an unseen success. Call "
             "job.succeeded(output) or job.failed(reason) before leaving it (said once for "
-            "this place).", filename, line)
+            "this place).", filename, line, about=f"{filename}:{line}")
 
 
 def report_job(logger: logging.Logger, fields: Mapping[str, Any], *,
@@ -183,9 +183,9 @@ def _log(logger: logging.Logger, level: int, message: str, extra: dict[str, Any]
     clashing = sorted(k for k in extra if k in _RECORD_ATTRIBUTES)
     if clashing:  # logging would raise KeyError into the job's code: leave them out
         _diagnostics.say_once(
-            "report_job:clash:" + ",".join(clashing), logging.WARNING,
+            Topic.REPORT_JOB_CLASH, logging.WARNING,
             "report_job: job field(s) %s share a name with LogRecord attributes and are left "
-            "out", ", ".join(clashing))
+            "out", ", ".join(clashing), about=",".join(clashing))
         extra = {k: v for k, v in extra.items() if k not in _RECORD_ATTRIBUTES}
     # stacklevel 3: the record names the app's line, not this module's.
     logger.log(level, message, exc_info=exc_info, extra=extra, stacklevel=3)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional, Protocol, Union
 
 from massugc_logging.contract import API_KEY_PATTERN
-from massugc_logging.diagnostics import Diagnostics, logger
+from massugc_logging.diagnostics import Diagnostics, Topic, logger
 
 __all__ = [
     "ENV_VAR",
@@ -349,7 +349,7 @@ class KeyStore:
         except Exception as exc:  # locked, no D-Bus...: fall back, and say so once
             _diagnostics.count("keyring_read_failed")
             _diagnostics.say_once(
-                "keystore.keyring-read",
+                Topic.KEYRING_READ,
                 logging.WARNING,
                 "could not read the API key from the OS keyring (%s); trying the key file",
                 type(exc).__name__,
@@ -380,12 +380,13 @@ class KeyStore:
         if _is_posix() and mode & 0o077:
             _diagnostics.count("key_file_permissions")
             _diagnostics.say_once(
-                f"keystore.permissions:{path}",
+                Topic.KEY_FILE_PERMISSIONS,
                 logging.WARNING,
                 "%s can be read by other users (mode %s); restrict it with: chmod 600 %s",
                 what,
                 oct(mode)[2:].zfill(3),
                 path,
+                about=str(path),
             )
         if len(data) > _MAX_FILE_BYTES:
             raise _invalid(what, source, "it is far too large to be a key file", hint)
@@ -540,7 +541,7 @@ class KeyStore:
             except Exception as exc:  # keyring locked or refused: the file still works
                 _diagnostics.count("keyring_write_failed")
                 _diagnostics.say_once(
-                    "keystore.keyring-write",
+                    Topic.KEYRING_WRITE,
                     logging.WARNING,
                     "could not store the API key in the OS keyring (%s); using the key file %s",
                     type(exc).__name__,

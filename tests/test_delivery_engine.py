@@ -3,15 +3,19 @@ fake clock; no socket, no thread, no sleep."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from typing import Callable, Optional
 
+import pytest
+
+from massugc_logging.diagnostics import Topic
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.pipeline.decisions import Mode
 from massugc_logging.pipeline.delivery import DeliveryEngine
 from massugc_logging.pipeline.retry import RetryPolicy
-from massugc_logging.pipeline.spool import MemorySpool, SpooledEvent
+from massugc_logging.pipeline.spool import MemorySpool, Settlement, SpooledEvent
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 UNAVAILABLE = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
@@ -250,3 +254,67 @@ def test_a_pause_survives_a_restart_neither_sooner_nor_later() -> None:
     mono2.now, wall.now = 90.0, wall.now + 1.0
     assert second.pump() == 2
     assert [at for at, _, _ in api.requests] == [90.0, 90.0]
+
+
+class CountingOutbox(MemorySpool):
+    """A memory outbox that counts the calls that change it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_events=100_000)
+        self.writes: Counter[str] = Counter()
+
+    def settle(self, settlement: Settlement, now: float) -> None:
+        self.writes["settle"] += 1
+        super().settle(settlement, now)
+
+    def remember(self, api_url: str, name: str, value: str, until: float) -> None:
+        self.writes["remember"] += 1
+        super().remember(api_url, name, value, until)
+
+
+def test_queries_only_read_and_outcomes_are_written_by_commands() -> None:
+    """next_wake, quiet, status and holds change nothing, in the engine or the outbox;
+    the outcomes gathered reach the outbox when a command (record_settled) writes them,
+    and until then the queries count them as written."""
+    clock = Clock()
+    outbox = CountingOutbox()
+    outbox.add([(f"e{i}", b"{}", clock.now) for i in range(3)], clock.now)
+    api = ScriptedApi(clock, lambda n, t, e: UNAVAILABLE if e == "e2" else OK)
+    engine = DeliveryEngine(outbox, api, clock=clock, rng=lambda: 0.5,
+                            memory_key="http://127.0.0.1:9")
+    for _ in range(3):
+        event = engine.take()
+        assert event is not None
+        engine.settle(event, api(event))
+    before = (dict(outbox.writes), outbox.pending_count(), engine.state, engine.status())
+    for _ in range(3):
+        wake = engine.next_wake()
+        assert not engine.quiet()
+        engine.holds()
+        engine.status()
+    assert (dict(outbox.writes), outbox.pending_count(), engine.state, engine.status()) == before
+    assert outbox.pending_count() == 3  # two delivered, not yet written
+    assert wake is not None and wake > clock.now  # e2's backoff, counted though unwritten
+    engine.record_settled()
+    assert outbox.writes["settle"] == 1 and outbox.pending_count() == 1
+    assert engine.status() == "backing_off"
+
+
+def test_settle_returns_what_to_say_and_logs_nothing_itself(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refused key pauses sending: settle logs nothing under its lock; the notice it
+    returns says it once when published, and a new key lets it be said again."""
+    engine, api, _, _ = make(2, lambda n, t, e: REFUSED)
+    event = engine.take()
+    assert event is not None
+    with caplog.at_level(logging.INFO, logger="massugc_logging"):
+        settled = engine.settle(event, api(event))
+        assert caplog.records == []
+        assert [n.topic for n in settled.notices] == [Topic.SEND_RESUMED, Topic.SEND_AUTH]
+        engine.diagnostics.publish(settled.notices)
+        engine.diagnostics.publish(settled.notices)
+        assert [r.getMessage()[:40] for r in caplog.records] == [
+            "The MassUGC Cloud API refused the API ke"]
+        engine.diagnostics.publish(engine.key_changed())
+        engine.diagnostics.publish(settled.notices)
+    assert len(caplog.records) == 2

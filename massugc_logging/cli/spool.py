@@ -151,7 +151,7 @@ def _replay_views(views: list[Spool], total: int, transport: Any, out: Output) -
         engine = DeliveryEngine(view, lambda e: transport.send(e.body, e.event_id),
                                 max_in_flight=1, on_settled=settled)
         engine.drain(deadline=deadline)
-        engine.stop()
+        engine.diagnostics.publish(engine.stop())
         if failures and engine.state.mode.value != "sending":
             break  # the API as a whole refused: the other destinations would fare no better
     left = sum(view.pending_count() for view in views)

@@ -24,7 +24,7 @@ from massugc_logging.classify import Classifier
 from massugc_logging.collector.query import DEFAULT_WINDOW_S
 from massugc_logging.collector.store import EventFilter, EventStore, format_time
 from massugc_logging.contract import validate_event
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.groups import FailureGroup, group_failures
 
 __all__ = ["Collector", "Ingested", "serve_forever"]
@@ -120,9 +120,9 @@ class Collector:
         """Log a failure of the collector's own code once at WARNING, repeats at DEBUG."""
         self.record("internal_errors")
         self._traffic.say_once(
-            f"internal:{type(exc).__name__}", logging.WARNING,
+            Topic.COLLECTOR_INTERNAL, logging.WARNING,
             "collector: unexpected %s while handling %s (repeats are logged at DEBUG)",
-            type(exc).__name__, where[:200],
+            type(exc).__name__, where[:200], about=type(exc).__name__,
         )
         _log.debug("collector: internal error", exc_info=exc)
 

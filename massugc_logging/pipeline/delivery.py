@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Notice, Topic
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.payload import costs_credits
 from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
@@ -58,6 +58,23 @@ SETTLE_BATCH = 50
 _EXPIRE_EVERY = 3600.0
 
 Send = Callable[[SpooledEvent], Outcome]
+Notices = tuple[Notice, ...]
+
+#: Topics a return to healthy sending allows to be said again.
+_HEALTH_TOPICS = (Topic.SEND_RATE_LIMITED, Topic.SEND_AUTH, Topic.SEND_CIRCUIT,
+                  Topic.SEND_UNTRUSTED, Topic.SEND_ROUTE, Topic.SEND_DEVICE,
+                  Topic.SEND_NOT_THE_API)
+#: Topics about the key, said again for a new one.
+_KEY_TOPICS = (Topic.SEND_AUTH, Topic.SEND_DEVICE, Topic.SEND_CREDITS)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of an event, and what the engine has to say about it (for the caller
+    to publish once it holds no lock: see :class:`~massugc_logging.diagnostics.Notice`)."""
+
+    action: EventAction
+    notices: Notices = ()
 
 
 @dataclass(frozen=True)
@@ -143,17 +160,22 @@ class DeliveryEngine:
         self._in_flight: dict[int, _InFlight] = {}
         self._delivered: list[int] = []
         self._rescheduled: list[tuple[int, float]] = []
+        #: The due times of ``_rescheduled`` on the engine's clock, until written.
+        self._retry_at: dict[int, float] = {}
         self._dead: list[tuple[SpooledEvent, Optional[int], str]] = []
         self._stopped = False
         self._key_generation = 0
         self._last_expire = -_EXPIRE_EVERY
+        #: Set by commands (record_settled, a refill that found nothing due); read by status.
         self._backing_off = False
+        #: Notices made under the lock, handed out by the next command that returns some.
+        self._notices: list[Notice] = []
 
     # -- handing out ------------------------------------------------------------
 
     def take(self) -> Optional[SpooledEvent]:
         """The next event to send now, marked in flight; None when none may go now."""
-        with self.diagnostics.deferred(), self._lock:
+        with self._lock:
             if self._stopped or self.hold is not Mode.SENDING:
                 return None
             now = self.clock()
@@ -163,6 +185,7 @@ class DeliveryEngine:
                 self._refill(now)
                 if not self._ready:
                     return None
+            self._backing_off = False
             event = self._ready.popleft()
             self._in_flight[event.row_id] = _InFlight(event, now, self._key_generation)
             return event
@@ -178,34 +201,37 @@ class DeliveryEngine:
             held = set(self._in_flight)
             self._ready.extend(self.outbox.lease(LEASE_BATCH, wall, held,
                                                  costly=not self.state.credits_held(now)))
+            if not self._ready and not self._in_flight:
+                due = self._next_due(now)
+                self._backing_off = due is not None and due > now
         except SpoolError as exc:
             self._outbox_problem(exc)
 
     # -- settling -------------------------------------------------------------------
 
-    def settle(self, event: SpooledEvent, outcome: Outcome) -> EventAction:
-        """Act on one outcome: what becomes of the event, and of sending as a whole."""
-        with self.diagnostics.deferred(), self._lock:
+    def settle(self, event: SpooledEvent, outcome: Outcome) -> Settled:
+        """Act on one outcome: what becomes of the event, and of sending as a whole; with
+        what there is to say about it, for the caller to publish once unlocked."""
+        with self._lock:
             now = self.clock()
             flight = self._in_flight.pop(event.row_id, None)
             sent_at = flight.sent_at if flight else now
             if self._stopped:
-                return EventAction.RETRY  # after close: the next run settles it
+                return Settled(EventAction.RETRY)  # after close: the next run settles it
             if outcome.kind in _KEY_ANSWERS and (
                     outcome.status is None or flight is None
                     or flight.key_generation != self._key_generation):
                 # Sent with a key that has been replaced (or removed on its way out): what
                 # the API said of that key says nothing of the one in use now.
                 self._record(event, Outcome(OutcomeKind.TRANSIENT, reason=outcome.reason),
-                             EventAction.RETRY, self.wall())
-                return EventAction.RETRY
+                             EventAction.RETRY, now)
+                return Settled(EventAction.RETRY, self._hand_out())
             before = self.state
             decision, self.state = on_outcome(
                 self.policy, before, outcome, attempts=event.attempts + 1, sent_at=sent_at,
                 now=now, rng=self.rng)
             # The event's due time is kept across restarts: on the wall clock.
-            self._record(event, outcome, decision.action,
-                         self.wall() + (decision.retry_at - now))
+            self._record(event, outcome, decision.action, decision.retry_at)
             self._report(before, self.state, outcome)
             after = self.state
             if (after.mode, after.failed_probes, after.credits_until) != (
@@ -216,13 +242,27 @@ class DeliveryEngine:
                 self._ready = deque(e for e in self._ready if not costs_credits(e.body))
             if self._unrecorded() >= SETTLE_BATCH:
                 self._record_settled(now)
+            notices = self._hand_out()
         if self._on_settled is not None:
             self._on_settled(event, outcome, decision.action)
-        return decision.action
+        return Settled(decision.action, notices)
+
+    def _hand_out(self) -> Notices:
+        """The notices made so far, for the caller to publish (lock held)."""
+        notices, self._notices = tuple(self._notices), []
+        return notices
+
+    def _note(self, topic: Topic, level: int, message: str, *args: Any,
+              about: str = "") -> None:
+        self._notices.append(Notice(topic, level, message, args, about))
+
+    def _forget(self, *topics: Topic) -> None:
+        self._notices.extend(Notice.forgetting(*topics))
 
     def _record(self, event: SpooledEvent, outcome: Outcome, action: EventAction,
                 retry_at: float) -> None:
-        """Count the outcome and queue its write to the outbox (lock held)."""
+        """Count the outcome and queue its write to the outbox (lock held); ``retry_at``
+        is on the engine's clock."""
         self.counters.note(outcome.status, None if outcome.delivered or
                            outcome.kind is OutcomeKind.PERMANENT else
                            (outcome.reason or outcome.kind.value))
@@ -232,18 +272,21 @@ class DeliveryEngine:
         elif action is EventAction.DEAD_LETTER:
             self.counters.add("dead_lettered")
             self._dead.append((event, outcome.status, outcome.reason))
-            self.diagnostics.say_once(
-                f"send:permanent:{outcome.status}", logging.ERROR,
+            self._note(
+                Topic.SEND_PERMANENT, logging.ERROR,
                 "The MassUGC Cloud API rejected an event for good (HTTP %s: %s). It is kept "
                 "in the spool's dead-letter table and will not be retried; further "
-                "rejections are counted in stats().", outcome.status, outcome.reason)
+                "rejections are counted in stats().", outcome.status, outcome.reason,
+                about=str(outcome.status))
         else:
             self.counters.add("retried")
-            self._rescheduled.append((event.row_id, retry_at))
+            # The outbox keeps due times across restarts: on the wall clock.
+            self._rescheduled.append((event.row_id, self.wall() + (retry_at - self.clock())))
+            self._retry_at[event.row_id] = retry_at
             if outcome.kind is OutcomeKind.TRANSIENT and outcome.status is not None \
                     and 200 <= outcome.status < 300:
-                self.diagnostics.say_once(
-                    "send:not-the-api", logging.WARNING,
+                self._note(
+                    Topic.SEND_NOT_THE_API, logging.WARNING,
                     "CloudHandler: %s (HTTP %s from %s). The event is kept and sent again; "
                     "nothing counts as delivered until the API itself answers.",
                     outcome.reason, outcome.status, self.destination)
@@ -258,6 +301,7 @@ class DeliveryEngine:
         settlement = Settlement(tuple(self._delivered), tuple(self._rescheduled),
                                 tuple(self._dead))
         self._delivered, self._rescheduled, self._dead = [], [], []
+        self._retry_at = {}
         try:
             self.outbox.settle(settlement, self.wall())
         except SpoolError as exc:
@@ -295,22 +339,21 @@ class DeliveryEngine:
             age = max(0.0, self.wall() - float(memory["written_at"]))
         except (ValueError, TypeError, KeyError):
             return
-        with self.diagnostics.deferred(), self._lock:
+        with self._lock:
             now = self.clock()
             self.state = recalled(self.policy, self.state, memory, age=age, now=now)
             self._memory_written = None
 
     def _outbox_problem(self, exc: SpoolError) -> None:
         self.diagnostics.count("spool_errors")
-        self.diagnostics.say_once("delivery:spool", logging.ERROR,
-                                  "CloudHandler's delivery could not use its spool (%s); it "
-                                  "tries again.", exc)
+        self._note(Topic.DELIVERY_SPOOL, logging.ERROR,
+                   "CloudHandler's delivery could not use its spool (%s); it tries again.", exc)
 
     def _report(self, before: SendState, after: SendState, outcome: Outcome) -> None:
-        """Say each change of the API's health once, on the local logger (lock held)."""
+        """Note each change of the API's health, to be said once (lock held)."""
         if outcome.kind is OutcomeKind.NO_CREDITS:
-            self.diagnostics.say_once(
-                "send:credits", logging.WARNING,
+            self._note(
+                Topic.SEND_CREDITS, logging.WARNING,
                 "The MassUGC Cloud API says the account has no credits left, or no plan that "
                 "allows this (%s). Reports of successful jobs, which cost credits, wait in the "
                 "spool and are tried again every %.0f s (at once when the key changes); "
@@ -319,28 +362,26 @@ class DeliveryEngine:
         if after.mode is Mode.SENDING:
             if before.mode is not Mode.SENDING:
                 self.counters.clear_error()
-                for key in ("send:transient", "send:auth", "send:circuit", "send:untrusted",
-                            "send:route", "send:device", "send:not-the-api"):
-                    self.diagnostics.forget(key)
-                self.diagnostics.say_once("send:resumed", logging.INFO,
-                                          "CloudHandler: delivery to the API resumed.")
+                self._forget(*_HEALTH_TOPICS)
+                self._note(Topic.SEND_RESUMED, logging.INFO,
+                           "CloudHandler: delivery to the API resumed.")
             return
-        self.diagnostics.forget("send:resumed")
+        self._forget(Topic.SEND_RESUMED)
         if outcome.kind is OutcomeKind.UNTRUSTED:
-            self.diagnostics.say_once(
-                "send:untrusted", logging.ERROR,
+            self._note(
+                Topic.SEND_UNTRUSTED, logging.ERROR,
                 "CloudHandler cannot deliver: %s; %s. Retrying cannot help until this is "
                 "fixed; every event is kept in the spool and the API is tried again at most "
                 "%.0f s apart.", outcome.reason, _tls_fix(), self.policy.probe_interval_cap)
         elif outcome.kind is OutcomeKind.NO_ROUTE:
-            self.diagnostics.say_once(
-                "send:route", logging.ERROR,
+            self._note(
+                Topic.SEND_ROUTE, logging.ERROR,
                 "CloudHandler cannot deliver: %s. Every event is kept in the spool, and the "
                 "API is tried again at most %.0f s apart.", outcome.reason,
                 self.policy.probe_interval_cap)
         elif after.mode is Mode.DEVICE_MISMATCH:
-            self.diagnostics.say_once(
-                "send:device", logging.ERROR,
+            self._note(
+                Topic.SEND_DEVICE, logging.ERROR,
                 "The MassUGC Cloud API says this API key is in use on another device (%s). "
                 "Sending is paused for %.0f s and every event is kept in the spool. Enter the "
                 "key again in the app's Settings on this device (or set a new one with "
@@ -348,54 +389,76 @@ class DeliveryEngine:
                 "release it from the other device.",
                 outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause)
         elif after.mode is Mode.AUTH_PAUSED and outcome.kind is OutcomeKind.AUTH:
-            self.diagnostics.say_once(
-                "send:auth", logging.ERROR,
+            self._note(
+                Topic.SEND_AUTH, logging.ERROR,
                 "The MassUGC Cloud API refused the API key (%s). Sending is paused for %.0f s "
                 "and every event is kept in the spool. Check the key with "
                 "'massugc-logging key show' and set a new one with 'massugc-logging key set'.",
                 outcome.reason or f"HTTP {outcome.status}", self.policy.auth_pause)
         elif after.mode is Mode.CIRCUIT_OPEN and before.mode is Mode.SENDING:
-            self.diagnostics.say_once(
-                "send:circuit", logging.WARNING,
+            self._note(
+                Topic.SEND_CIRCUIT, logging.WARNING,
                 "CloudHandler cannot deliver to %s right now (%s).%s Events are kept in "
                 "the spool; the API is probed with one event at a time, at most %.0f s apart.",
                 self.destination, outcome.reason or outcome.kind.value,
                 f" {self._unreachable_hint}" if self._unreachable_hint else "",
                 self.policy.probe_interval_cap)
         elif after.mode is Mode.RATE_LIMITED and before.mode is Mode.SENDING:
-            self.diagnostics.say_once(
-                "send:transient", logging.WARNING,
+            self._note(
+                Topic.SEND_RATE_LIMITED, logging.WARNING,
                 "The MassUGC Cloud API asked to wait %.0f s (%s). Events are kept in the "
                 "spool and sent after the pause.", outcome.retry_after or 0.0,
                 outcome.reason or f"HTTP {outcome.status}")
 
     # -- control ----------------------------------------------------------------------
 
-    def key_changed(self) -> None:
-        """A new key: lift a hold for a missing or bad key, and end a pause for a refused one."""
-        with self.diagnostics.deferred(), self._lock:
+    def key_changed(self) -> Notices:
+        """A new key: lift a hold for a missing or bad key, and end a pause for a refused
+        one. The key's problems may be said again (the notices say so)."""
+        with self._lock:
             if self.hold in (Mode.NO_KEY, Mode.BAD_KEY):
                 self.hold = Mode.SENDING
             self._key_generation += 1
             self.state = on_new_key(self.state)
-            for key in ("send:auth", "send:device", "send:credits"):
-                self.diagnostics.forget(key)
+            self._forget(*_KEY_TOPICS)
+            return self._hand_out()
 
     def set_hold(self, hold: Mode) -> None:
         """Hold all sending for a configuration problem (one of ``HOLD_MODES``;
         ``Mode.SENDING`` lifts it)."""
         assert hold is Mode.SENDING or hold in HOLD_MODES
-        with self.diagnostics.deferred(), self._lock:
+        with self._lock:
             self.hold = hold
 
-    def stop(self) -> None:
+    def record_settled(self) -> Notices:
+        """Write the outcomes gathered so far and what to remember of the API's health to
+        the outbox; when nothing is in flight, note whether the next event waits on a
+        backoff, and clear the last error once nothing is left. What an idle worker does
+        before it sleeps."""
+        with self._lock:
+            now = self.clock()
+            self._record_settled(now)
+            self._remember(now)
+            if not self._in_flight and not self._ready and not self._stopped:
+                try:
+                    due = self._next_due(now)
+                except SpoolError as exc:
+                    self._outbox_problem(exc)
+                else:
+                    self._backing_off = due is not None and due > now
+                    if due is None:
+                        self.counters.clear_error()  # nothing left to deliver: all is well
+            return self._hand_out()
+
+    def stop(self) -> Notices:
         """Hand out nothing more and ignore late outcomes (the next run settles them)."""
-        with self.diagnostics.deferred(), self._lock:
+        with self._lock:
             now = self.clock()
             self._record_settled(now)
             self._remember(now)
             self._stopped = True
             self._ready.clear()
+            return self._hand_out()
 
     # -- outlook -----------------------------------------------------------------------
 
@@ -440,7 +503,7 @@ class DeliveryEngine:
         With requests in flight and no free slot, the answer is None too: their
         outcomes wake the caller.
         """
-        with self.diagnostics.deferred(), self._lock:
+        with self._lock:
             if self._stopped or self.hold is not Mode.SENDING:
                 return None
             now = self.clock()
@@ -448,51 +511,44 @@ class DeliveryEngine:
                 return None  # every slot is busy: an outcome will wake the caller
             if self._ready:
                 return max(now, self.state.resume_at)
-            self._record_settled(now)
-            self._remember(now)
             try:
                 due = self._next_due(now)
-            except SpoolError as exc:
-                self._outbox_problem(exc)
-                due = now + 1.0
-            self._backing_off = due is not None and due > now and not self._in_flight
-            if due is None:
-                if not self._in_flight:
-                    self.counters.clear_error()  # nothing left to deliver: all is well
-                return None
-            return max(due, self.state.resume_at)
+            except SpoolError:
+                due = now + 1.0  # the spool is busy or broken: look again soon
+            return None if due is None else max(due, self.state.resume_at)
 
     def _next_due(self, now: float) -> Optional[float]:
         """When the next event may go, on the engine's clock (lock held): while successes
-        are held for credits, the others when due and the successes when the hold ends."""
-        flying = set(self._in_flight)
+        are held for credits, the others when due and the successes when the hold ends.
+        Outcomes not yet written to the outbox count as written (reads only)."""
+        skipped = set(self._in_flight) | set(self._delivered) | set(self._retry_at) | {
+            event.row_id for event, _, _ in self._dead}
         wall = self.wall()
 
         def due(costly: bool = True) -> Optional[float]:
-            found = self.outbox.next_due(wall, flying, costly=costly)
+            found = self.outbox.next_due(wall, skipped, costly=costly)
             return None if found is None else now + (found - wall)
 
+        later = list(self._retry_at.values())
         if not self.state.credits_held(now):
-            return due()
-        free, every = due(costly=False), due()
-        held = None if every is None else max(every, self.state.credits_until)
-        known = [t for t in (free, held) if t is not None]
+            known = [t for t in (due(), *later) if t is not None]
+        else:
+            free, every = due(costly=False), due()
+            held = [max(t, self.state.credits_until) for t in (every, *later) if t is not None]
+            known = [t for t in (free, *held) if t is not None]
         return min(known) if known else None
 
     def quiet(self) -> bool:
-        """True when nothing is in flight and the outbox holds nothing for this engine."""
-        with self.diagnostics.deferred(), self._lock:
-            if self._in_flight or self._ready:
+        """True when nothing is in flight and the outbox holds nothing for this engine
+        (outcomes not yet written count as written; reads only)."""
+        with self._lock:
+            if self._in_flight or self._ready or self._rescheduled:
                 return False
-            now = self.clock()
-            self._record_settled(now)
+            done = set(self._delivered) | {event.row_id for event, _, _ in self._dead}
             try:
-                empty = self.outbox.next_due(self.wall()) is None
+                return self.outbox.next_due(self.wall(), done) is None
             except SpoolError:
                 return False
-            if empty:
-                self.counters.clear_error()  # nothing left to deliver: all is well
-            return empty
 
     def status(self) -> str:
         """A word for ``stats()``: held, idle, sending, backing_off, or the pause's mode."""
@@ -512,8 +568,9 @@ class DeliveryEngine:
         while True:
             event = self.take()
             if event is None:
+                self.diagnostics.publish(self.record_settled())
                 return sent
-            self.settle(event, self.send(event))
+            self.diagnostics.publish(self.settle(event, self.send(event)).notices)
             sent += 1
 
     def drain(self, *, sleep: Callable[[float], None] = time.sleep,
@@ -612,7 +669,7 @@ class DeliveryWorkers:
     def stop(self, deadline: float) -> bool:
         """Stop the engine and the workers, cutting off requests in flight; wait for them
         until ``deadline`` (monotonic). True if all stopped."""
-        self.engine.stop()
+        self.engine.diagnostics.publish(self.engine.stop())
         if self._transport is not None:
             self._transport.abort_all()
         with self._wake:
@@ -631,9 +688,7 @@ class DeliveryWorkers:
         for the next run instead of holding the exit until the deadline."""
         engine = self.engine
         with self._settled:
-            while True:
-                if engine.quiet():
-                    return True
+            while not engine.quiet():
                 if engine.hold is not Mode.SENDING or not self.alive():
                     return False
                 if give_up_when_paused and engine.state.mode is not Mode.SENDING \
@@ -647,6 +702,9 @@ class DeliveryWorkers:
                     if wake is not None and wake - engine.clock() > deadline - now:
                         return False
                 self._settled.wait(min(deadline - now, 0.25))
+        # What was delivered leaves the outbox now, not at the next idle turn.
+        engine.diagnostics.publish(engine.record_settled())
+        return True
 
     def _work(self) -> None:
         engine = self.engine
@@ -665,7 +723,7 @@ class DeliveryWorkers:
                 if engine.room_for_another():
                     self._wake_one()
             except Exception as exc:  # a bug must not kill a worker: pause, then carry on
-                engine.diagnostics.say_once("delivery:error", logging.ERROR,
+                engine.diagnostics.say_once(Topic.DELIVERY_ERROR, logging.ERROR,
                                             "CloudHandler's delivery hit %s; it carries on.",
                                             type(exc).__name__)
                 with self._wake:
@@ -676,11 +734,13 @@ class DeliveryWorkers:
             except Exception as exc:  # send never raises; a bug in it must not kill a worker
                 outcome = Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
             try:
-                engine.settle(event, outcome)
+                settled = engine.settle(event, outcome)
             except Exception as exc:
-                engine.diagnostics.say_once("delivery:error", logging.ERROR,
+                engine.diagnostics.say_once(Topic.DELIVERY_ERROR, logging.ERROR,
                                             "CloudHandler's delivery hit %s; it carries on.",
                                             type(exc).__name__)
+            else:
+                engine.diagnostics.publish(settled.notices)  # no lock held here
             # This worker takes the freed slot itself; it wakes another if there is room.
             with self._settled:
                 self._settled.notify_all()
@@ -689,6 +749,7 @@ class DeliveryWorkers:
         """Sleep until the next due time or request deadline, unless something changed
         since ``generation``; then have the transport cut off requests past their
         deadline."""
+        self.engine.diagnostics.publish(self.engine.record_settled())
         timeout = self._idle_timeout()
         with self._wake:
             if self._generation == generation and not self._stopping:

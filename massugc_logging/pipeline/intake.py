@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.pipeline.counters import AtomicCounter, Counters
 from massugc_logging.pipeline.spool import Outbox, RunningJob, Write
@@ -211,7 +211,7 @@ class Intake:
             self._counters.drop("shutdown", leftover)
             self._finish(leftover)
             self._diagnostics.say_once(
-                "drop:shutdown", logging.WARNING,
+                Topic.DROP_SHUTDOWN, logging.WARNING,
                 "CloudHandler could not write %d queued event(s) to the spool before its "
                 "shutdown deadline; they are counted as dropped.", leftover)
         return not self._thread.is_alive()
@@ -235,7 +235,7 @@ class Intake:
                 try:
                     self._on_start()
                 except Exception as exc:  # a start-up chore must never stop the intake
-                    self._diagnostics.say_once("intake:start", logging.ERROR,
+                    self._diagnostics.say_once(Topic.INTAKE_START, logging.ERROR,
                                                "CloudHandler could not finish starting: %s",
                                                type(exc).__name__)
             with self._progress:
@@ -265,7 +265,7 @@ class Intake:
                     try:
                         stop.then()
                     except Exception as exc:
-                        self._diagnostics.say_once("intake:stop", logging.ERROR,
+                        self._diagnostics.say_once(Topic.INTAKE_STOP, logging.ERROR,
                                                    "CloudHandler could not finish stopping: "
                                                    "%s", type(exc).__name__)
                 return
@@ -280,7 +280,7 @@ class Intake:
                 prepared = self._build(item)
             except Exception as exc:
                 self._counters.drop("internal_error")
-                self._diagnostics.say_once("intake:error", logging.ERROR,
+                self._diagnostics.say_once(Topic.INTAKE_ERROR, logging.ERROR,
                                            "CloudHandler could not process an event: %s",
                                            type(exc).__name__)
                 continue
@@ -298,12 +298,12 @@ class Intake:
                 if result.dropped_full:
                     self._counters.drop("spool_full", result.dropped_full)
                     self._diagnostics.say_once(
-                        "drop:spool_full", logging.WARNING,
+                        Topic.DROP_SPOOL_FULL, logging.WARNING,
                         "CloudHandler's spool is full: the oldest events are dropped to make "
                         "room. The count is in stats()['dropped'].")
         except Exception as exc:
             self._counters.drop("internal_error", len(events))
-            self._diagnostics.say_once("intake:spool", logging.ERROR,
+            self._diagnostics.say_once(Topic.INTAKE_SPOOL, logging.ERROR,
                                        "CloudHandler could not keep events: %s",
                                        type(exc).__name__)
         self._finish(len(items))

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from massugc_logging._exiting import process_is_exiting
 from massugc_logging.contract import LOCAL_COLLECTOR_KEY, PRODUCTION_API_URL
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.jobs import JOB_MARK, JobMark
 from massugc_logging.keystore import ApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
@@ -179,7 +179,7 @@ class Pipeline:
 
     def _cannot_send(self, problem: Exception, endpoint: str) -> None:
         self.diagnostics.say_once(
-            "config:url", logging.ERROR,
+            Topic.CONFIG_URL, logging.ERROR,
             "CloudHandler cannot send: %s. Events are kept in the spool; once this is fixed, "
             "send them with 'massugc-logging spool replay --from %s'.", problem,
             getattr(self, "destination", f"{UNUSABLE_DESTINATION}/{endpoint.strip('/')}"))
@@ -276,7 +276,7 @@ class Pipeline:
         if not self.intake.accept((record, exc)):
             self.counters.drop_on_app_thread("queue_full")
             self.diagnostics.say_once(
-                "drop:queue_full", logging.WARNING,
+                Topic.DROP_QUEUE_FULL, logging.WARNING,
                 "CloudHandler's queue is full (%d events): new events are dropped until it "
                 "drains. The count is in stats()['dropped'].", self.config.queue_size)
 
@@ -447,27 +447,27 @@ class Pipeline:
             _ = self.settings  # the scrubber exists from here on
             assert self._secrets is not None
             self._secrets.add(state.key.reveal())
-            self.diagnostics.forget("config:no-key")
-            self.diagnostics.forget("config:bad-key")
-            self.engine.key_changed()
+            self.diagnostics.forget(Topic.CONFIG_NO_KEY)
+            self.diagnostics.forget(Topic.CONFIG_BAD_KEY)
+            self.diagnostics.publish(self.engine.key_changed())
             if changed:
                 self.diagnostics.say_once(
-                    "config:key-changed", logging.INFO,
+                    Topic.CONFIG_KEY_CHANGED, logging.INFO,
                     "CloudHandler: now sending with the API key from %s (%s).",
                     state.source, state.key.masked)
-                self.diagnostics.forget("config:key-changed")
+                self.diagnostics.forget(Topic.CONFIG_KEY_CHANGED)
         elif state.problem is not None:
             self.engine.set_hold(Mode.BAD_KEY)
-            self.diagnostics.forget("config:no-key")
+            self.diagnostics.forget(Topic.CONFIG_NO_KEY)
             self.diagnostics.say_once(
-                "config:bad-key", logging.ERROR,
+                Topic.CONFIG_BAD_KEY, logging.ERROR,
                 "CloudHandler cannot use its API key: %s. Events are kept in the spool until "
                 "a valid key is set.", state.problem)
         else:
             self.engine.set_hold(Mode.NO_KEY)
-            self.diagnostics.forget("config:bad-key")
+            self.diagnostics.forget(Topic.CONFIG_BAD_KEY)
             self.diagnostics.say_once(
-                "config:no-key", logging.WARNING,
+                Topic.CONFIG_NO_KEY, logging.WARNING,
                 "CloudHandler has no API key: set MASSUGC_API_KEY, pass api_key, or run "
                 "'massugc-logging key set'%s. Events are kept in the spool until a key is set, "
                 "and the key store is read again every few seconds meanwhile.",
@@ -506,10 +506,10 @@ class Pipeline:
         if transport is None:
             return
         self.diagnostics.say_once(
-            "route:" + endpoint, logging.WARNING,
+            Topic.ROUTE_LEARNT, logging.WARNING,
             "CloudHandler: %s answers on %s, not on %s; events go there from now on (and in "
             "the next runs). Set endpoint: %s to say so in the configuration.",
-            transport.api_url, endpoint, transport.endpoints[0], endpoint)
+            transport.api_url, endpoint, transport.endpoints[0], endpoint, about=endpoint)
         with contextlib.suppress(Exception):
             self.outbox.remember(transport.api_url, "route", endpoint, float("inf"))
 
@@ -532,7 +532,7 @@ class Pipeline:
         if found:
             self.diagnostics.count("jobs_recovered", found)
             self.diagnostics.say_once(
-                "jobs:recovered", logging.WARNING,
+                Topic.JOBS_RECOVERED, logging.WARNING,
                 "CloudHandler: %d job(s) were still running when the app last stopped; each "
                 "is reported as a failure.", found)
         # Started while closing too: shutdown delivers what it can within its budget.
@@ -550,7 +550,7 @@ class Pipeline:
         counts.pop(self.destination, None)
         if unaddressed:
             self.diagnostics.say_once(
-                "spool:unaddressed", logging.WARNING,
+                Topic.SPOOL_UNADDRESSED, logging.WARNING,
                 "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
                 "not say which API they were logged for, so no handler sends them. Send them "
                 "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
@@ -558,7 +558,7 @@ class Pipeline:
                 unaddressed)
         if counts:
             self.diagnostics.say_once(
-                "spool:others", logging.INFO,
+                Topic.SPOOL_OTHERS, logging.INFO,
                 "CloudHandler: the spool %s also holds events logged for other APIs (%s); "
                 "this handler sends only those for %s. They wait for a handler of theirs; "
                 "if one is this API under an earlier address, send them here with "
@@ -599,8 +599,8 @@ class Pipeline:
                             fallback_id=str(uuid.uuid4()), now=time.time())
         for warning in built.warnings:
             self.diagnostics.count("field_warnings")
-            self.diagnostics.say_once("field:" + warning, logging.WARNING,
-                                      "CloudHandler: %s (said once)", warning)
+            self.diagnostics.say_once(Topic.FIELD, logging.WARNING,
+                                      "CloudHandler: %s (said once)", warning, about=warning)
         return built
 
     def _send(self, row: SpooledEvent) -> Outcome:

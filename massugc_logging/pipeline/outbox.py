@@ -37,7 +37,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.pipeline.spool import (
     _MEMORY_ID_BASE,
     DEFAULT_BUSY_TIMEOUT,
@@ -565,7 +565,7 @@ def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnos
         on_dropped(reason, n)
         if reason == "closed_in_memory":
             diagnostics.say_once(
-                "spool:closed-in-memory", logging.ERROR,
+                Topic.SPOOL_CLOSED_IN_MEMORY, logging.ERROR,
                 "CloudHandler could not write %d event(s) to its spool at exit (the file was "
                 "locked or unusable the whole time); they are lost. The count is in "
                 "stats()['dropped'].", n)
@@ -584,20 +584,20 @@ def spool_problem(diagnostics: Diagnostics, exc: SpoolError) -> None:
     diagnostics.count("spool_errors")
     if exc.busy:
         diagnostics.say_once(
-            "spool:unusable", logging.WARNING,
+            Topic.SPOOL_UNUSABLE, logging.WARNING,
             "CloudHandler's spool file is locked by another program (%s). Events wait in "
             "memory meanwhile and go back to the file as soon as it is free.", exc)
     else:
         diagnostics.say_once(
-            "spool:unusable", logging.ERROR,
+            Topic.SPOOL_UNUSABLE, logging.ERROR,
             "CloudHandler cannot use its spool (%s). It carries on in memory and tries the "
             "file again now and then: events not yet delivered will not survive a "
             "restart meanwhile.", exc)
 
 
 def _spool_recovered(diagnostics: Diagnostics, moved: int) -> None:
-    diagnostics.forget("spool:unusable")
-    diagnostics.say_once("spool:recovered", logging.INFO,
+    diagnostics.forget(Topic.SPOOL_UNUSABLE)
+    diagnostics.say_once(Topic.SPOOL_RECOVERED, logging.INFO,
                          "CloudHandler's spool file is usable again; %d event(s) kept in "
                          "memory meanwhile were moved back to it.", moved)
-    diagnostics.forget("spool:recovered")
+    diagnostics.forget(Topic.SPOOL_RECOVERED)

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Optional
 
 from massugc_logging._exiting import mark_exiting
-from massugc_logging.diagnostics import Diagnostics
+from massugc_logging.diagnostics import Diagnostics, Topic
 
 #: The longest shutdown_timeout of the handlers that asked for flush_on_sigterm.
 _budget = [0.0]
@@ -50,12 +50,12 @@ def install_sigterm_flush(diagnostics: Diagnostics, shutdown_timeout: float = 5.
     if current is _flush_then_die:
         return True
     if threading.current_thread() is not threading.main_thread():
-        diagnostics.say_once("sigterm:thread", logging.WARNING,
+        diagnostics.say_once(Topic.SIGTERM_THREAD, logging.WARNING,
                              "CloudHandler: flush_on_sigterm needs the handler to be made on "
                              "the main thread; SIGTERM keeps its current behaviour.")
         return False
     if current is not signal.SIG_DFL:
-        diagnostics.say_once("sigterm:taken", logging.INFO,
+        diagnostics.say_once(Topic.SIGTERM_TAKEN, logging.INFO,
                              "CloudHandler: the app has its own SIGTERM handler; "
                              "flush_on_sigterm leaves it alone (call massugc_logging.shutdown() "
                              "in it).")
