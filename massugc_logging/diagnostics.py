@@ -52,6 +52,7 @@ class Topic(enum.Enum):
     SPOOL_UNADDRESSED = "spool:unaddressed"
     SPOOL_OTHERS = "spool:others"
     SPOOL_UNUSABLE = "spool:unusable"
+    SPOOL_BUSY = "spool:busy"
     SPOOL_RECOVERED = "spool:recovered"
     SPOOL_CLOSED_IN_MEMORY = "spool:closed-in-memory"
     DELIVERY_SPOOL = "delivery:spool"

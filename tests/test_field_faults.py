@@ -304,6 +304,42 @@ def test_a_spool_locked_by_another_program_never_stretches_exit_or_blocks_emit(
     assert float(late) < 0.05 and dropped == "1"
 
 
+def test_while_another_program_locks_the_spool_events_wait_bounded_and_counted(
+        api: FakeApi, tmp_path: Path) -> None:
+    """A backup holds the spool's write lock: logged events wait in the handler's queue
+    (at most queue_size of them, the rest dropped and counted), nothing goes elsewhere;
+    once the lock goes they are written and delivered, each counted once."""
+    import sqlite3
+
+    path = tmp_path / "spool.sqlite3"
+    Spool(path).close()
+    handler = CloudHandler(api_url=api.url, api_key=KEY, spool_path=path, queue_size=5)
+    log = logging.getLogger("massugc.jobs.locked")
+    log.addHandler(handler)
+    log.propagate = False
+    assert handler.force_flush(5)  # started
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(20):
+            log.error("job failed", extra={"event_type": "video_generation",
+                                           "run_id": f"r{i}", "error_message": "x"})
+        assert wait_until(lambda: handler.stats()["problems"].get("spool_busy") == 1, 5)
+        stats = handler.stats()
+        dropped = stats["dropped"].get("queue_full", 0)
+        assert dropped >= 20 - 5 - 1  # the queue holds 5; the intake took one batch
+        assert stats["pending"] == 20 - dropped and not stats["spool_in_memory"]
+        assert api.captured == []
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert api.wait_for_count(20 - dropped, 10)
+    assert len(set(received(api))) == 20 - dropped
+    assert handler.stats()["spooled"] == 20 - dropped
+    handler.close()
+    log.removeHandler(handler)
+
+
 def test_a_wall_clock_set_back_an_hour_never_stalls_delivery(down_api: FakeApi,
                                                              tmp_path: Path) -> None:
     """The clock goes back an hour while the API is down (NTP, a laptop waking): once the

@@ -130,26 +130,20 @@ def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
 
 def test_a_job_finished_while_memory_stood_in_is_not_reported_abandoned(
         tmp_path: Path) -> None:
-    """Started in the file, finished while the file was busy: when the file is back, its
-    running row goes too, so no later start reports the job as abandoned."""
+    """Started in the file; the file is deleted (a cleaner) and the job finishes while
+    memory stands in: when the file is back, no running row is left in it, so no later
+    start reports the job as abandoned, and the outcome is in it."""
     path = tmp_path / "s.sqlite3"
-    opened: list[Spool] = []
-
-    def open_file() -> Spool:
-        spool = Spool(path, destination=DEST, busy_timeout=0.1)
-        opened.append(spool)
-        return spool
-
-    outbox = FallbackOutbox(open_file, MemorySpool(destination=DEST), path=path,
-                            on_problem=lambda exc: None, on_recovered=lambda n: None)
+    clock = [0.0]
+    outbox = FallbackOutbox(lambda: Spool(path, destination=DEST, busy_timeout=0.1),
+                            lambda: MemorySpool(destination=DEST), path=path,
+                            on_problem=lambda exc: None, on_recovered=lambda n: None,
+                            clock=lambda: clock[0])
     outbox.write(Write(started=(job("j"),)), 2000.0)
-    import sqlite3
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN IMMEDIATE")
+    path.unlink()
     outbox.write(Write(events=(("outcome", b"{}", 1.0),), finished=("j",)), 2001.0)
     assert outbox.using_memory
-    locker.execute("ROLLBACK")
-    locker.close()
+    clock[0] += 60.0  # the file's next try is due
     outbox.write(Write(events=(("later", b"{}", 2.0),)), 2002.0)
     assert not outbox.using_memory
     check = Spool(path, destination=DEST, owner=dead_owner())
@@ -166,21 +160,26 @@ def test_a_restamp_of_something_that_is_not_an_event_changes_nothing() -> None:
 
 def test_a_job_started_while_the_file_was_busy_and_ended_after_is_one_event(
         tmp_path: Path) -> None:
-    """The job starts while another program locks the file (kept in memory) and ends once
-    it is free: the move of memory into the file comes first, so the outcome closes the
-    job and shutdown finds nothing running."""
+    """Another program locks the file as the job starts: the write says so (busy) and
+    keeps nothing anywhere else; written again once the file is free, the job's outcome
+    closes it and shutdown finds nothing running."""
     import sqlite3
+
+    from massugc_logging.pipeline.spool import SpoolError
 
     path = tmp_path / "s.sqlite3"
     outbox = FallbackOutbox(lambda: Spool(path, destination=DEST, busy_timeout=0.1),
-                            MemorySpool(destination=DEST), path=path,
+                            lambda: MemorySpool(destination=DEST), path=path,
                             on_problem=lambda exc: None, on_recovered=lambda n: None)
     locker = sqlite3.connect(path, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
-    outbox.write(Write(started=(job("busy-start"),)), 2000.0)
-    assert outbox.using_memory
+    started = Write(started=(job("busy-start"),))
+    with pytest.raises(SpoolError) as caught:
+        outbox.write(started, 2000.0)
+    assert caught.value.busy and not outbox.using_memory
     locker.execute("ROLLBACK")
     locker.close()
+    outbox.write(started, 2000.5)  # what the intake does a moment later
     outbox.write(Write(events=(("real", b"{}", 1.0),), finished=("busy-start",)), 2001.0)
     assert outbox.abandon_running(lambda b, now: b, 2002.0) == 0
     assert [e.event_id for e in outbox.lease(10, 3000.0)] == ["real"]

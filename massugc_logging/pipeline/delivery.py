@@ -198,7 +198,7 @@ class DeliveryEngine:
             if now - self._last_expire >= _EXPIRE_EVERY:
                 self._last_expire = now
                 self.counters.drop("expired", self.outbox.expire(wall))
-            held = set(self._in_flight)
+            held = self._not_to_lease()
             self._ready.extend(self.outbox.lease(LEASE_BATCH, wall, held,
                                                  costly=not self.state.credits_held(now)))
             if not self._ready and not self._in_flight:
@@ -246,6 +246,11 @@ class DeliveryEngine:
         if self._on_settled is not None:
             self._on_settled(event, outcome, decision.action)
         return Settled(decision.action, notices)
+
+    def _not_to_lease(self) -> set[int]:
+        """Rows in flight, and rows whose outcome is not written yet (lock held)."""
+        return set(self._in_flight) | set(self._delivered) | set(self._retry_at) | {
+            event.row_id for event, _, _ in self._dead}
 
     def _hand_out(self) -> Notices:
         """The notices made so far, for the caller to publish (lock held)."""
@@ -300,12 +305,15 @@ class DeliveryEngine:
             return
         settlement = Settlement(tuple(self._delivered), tuple(self._rescheduled),
                                 tuple(self._dead))
-        self._delivered, self._rescheduled, self._dead = [], [], []
-        self._retry_at = {}
         try:
             self.outbox.settle(settlement, self.wall())
         except SpoolError as exc:
+            # Kept, and written with the next outcomes (a file another program keeps
+            # locked takes them once it is free).
             self._outbox_problem(exc)
+            return
+        self._delivered, self._rescheduled, self._dead = [], [], []
+        self._retry_at = {}
 
     def _remember(self, now: float) -> None:
         """Keep what a restarted process should know of the API's health in the outbox,
@@ -521,8 +529,7 @@ class DeliveryEngine:
         """When the next event may go, on the engine's clock (lock held): while successes
         are held for credits, the others when due and the successes when the hold ends.
         Outcomes not yet written to the outbox count as written (reads only)."""
-        skipped = set(self._in_flight) | set(self._delivered) | set(self._retry_at) | {
-            event.row_id for event, _, _ in self._dead}
+        skipped = self._not_to_lease()
         wall = self.wall()
 
         def due(costly: bool = True) -> Optional[float]:

@@ -14,6 +14,10 @@ outcome is in the batch (no longer running). Before the first batch it runs
 ``on_start`` (the handler recovers jobs left running by a process that is gone).
 Every accepted item is counted until it is written or counted as dropped, so
 ``stats()`` never under-reports what is on its way.
+
+While another program keeps the spool file locked, the intake holds its batch and
+writes it again every :data:`BUSY_RETRY` seconds; new events wait in the queue,
+whose ``capacity`` bounds them (beyond it, ``emit`` drops and counts).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from typing import Any, Callable, Optional
 from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.pipeline.counters import AtomicCounter, Counters
-from massugc_logging.pipeline.spool import Outbox, RunningJob, Write
+from massugc_logging.pipeline.spool import Outbox, RunningJob, SpoolError, Write
 
 #: Items taken off the queue at once; a burst is written in few transactions.
 BATCH = 256
+#: While another program keeps the spool file locked, a batch is written again this often.
+BUSY_RETRY = 0.25
 
 #: An event ready to spool: ``(event_id, body, created)``.
 Entry = tuple[str, bytes, float]
@@ -112,6 +118,8 @@ class Intake:
         self._begun = False
         self._hurried = False
         self._abandon = False
+        #: Set to cut short the intake's wait between tries of a locked file.
+        self._resting = threading.Event()
         self._close_outbox_on_exit = False
         self._thread: Optional[threading.Thread] = None
 
@@ -198,6 +206,7 @@ class Intake:
         self._thread.join(max(_STOP_GRACE, deadline - time.monotonic()))
         if self._thread.is_alive():
             self._abandon = True
+            self._resting.set()
             self._thread.join(0.05)
         leftover = 0
         while True:
@@ -290,25 +299,63 @@ class Intake:
                 started.append(prepared.started)
             if prepared.finished is not None:
                 finished.append(prepared.finished)
-        try:
-            write = Write(tuple(events), tuple(started), tuple(finished))
-            if write:
-                result = self.outbox.write(write, self._clock())
-                self._counters.add("spooled", len(result.row_ids))
-                if result.dropped_full:
-                    self._counters.drop("spool_full", result.dropped_full)
-                    self._diagnostics.say_once(
-                        Topic.DROP_SPOOL_FULL, logging.WARNING,
-                        "CloudHandler's spool is full: the oldest events are dropped to make "
-                        "room. The count is in stats()['dropped'].")
-        except Exception as exc:
-            self._counters.drop("internal_error", len(events))
-            self._diagnostics.say_once(Topic.INTAKE_SPOOL, logging.ERROR,
-                                       "CloudHandler could not keep events: %s",
-                                       type(exc).__name__)
+        write = Write(tuple(events), tuple(started), tuple(finished))
+        if write:
+            self._write_out(write)
         self._finish(len(items))
         with contextlib.suppress(Exception):  # waking delivery is best effort
             self._on_written()
+
+    def _write_out(self, write: Write) -> None:
+        """Write one batch to the outbox; while another program keeps the file locked,
+        hold it and write it again a moment later (new events wait in the queue, which
+        bounds them); never raises."""
+        busy = False
+        while True:
+            try:
+                result = self.outbox.write(write, self._clock())
+            except SpoolError as exc:
+                if exc.busy and not self._abandon:
+                    if not busy:
+                        busy = True
+                        self._diagnostics.count("spool_busy")
+                        self._diagnostics.say_once(
+                            Topic.SPOOL_BUSY, logging.WARNING,
+                            "CloudHandler's spool file is locked by another program (%s). "
+                            "Events wait in the handler's queue (up to queue_size) and are "
+                            "written as soon as it is free.", exc)
+                    self._resting.wait(BUSY_RETRY)
+                    continue
+                self._lost(write, exc)
+                return
+            except Exception as exc:
+                self._lost(write, exc)
+                return
+            break
+        if busy:
+            self._diagnostics.forget(Topic.SPOOL_BUSY)
+        self._counters.add("spooled", len(result.row_ids))
+        if result.dropped_full:
+            self._counters.drop("spool_full", result.dropped_full)
+            self._diagnostics.say_once(
+                Topic.DROP_SPOOL_FULL, logging.WARNING,
+                "CloudHandler's spool is full: the oldest events are dropped to make "
+                "room. The count is in stats()['dropped'].")
+
+    def _lost(self, write: Write, exc: Exception) -> None:
+        """A batch that could not be written: at the shutdown deadline (the file still
+        locked), or for a fault of the handler's own."""
+        if self._abandon:
+            self._counters.drop("shutdown", len(write.events))
+            self._diagnostics.say_once(
+                Topic.DROP_SHUTDOWN, logging.WARNING,
+                "CloudHandler could not write %d queued event(s) to the spool before its "
+                "shutdown deadline; they are counted as dropped.", len(write.events))
+            return
+        self._counters.drop("internal_error", len(write.events))
+        self._diagnostics.say_once(Topic.INTAKE_SPOOL, logging.ERROR,
+                                   "CloudHandler could not keep events: %s",
+                                   type(exc).__name__)
 
     def _finish(self, n: int) -> None:
         with self._progress:

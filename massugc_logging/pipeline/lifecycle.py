@@ -516,19 +516,27 @@ class Pipeline:
     def _on_start(self) -> None:
         """On the intake thread at start: open the spool, use what earlier runs learnt
         about the API, point out what the spool keeps for others, and turn jobs left
-        running by a process that is gone into their failure events."""
+        running by a process that is gone into their failure events.
+
+        A spool another program keeps locked skips what reads it (the next start does
+        it); the delivery workers start whatever happens.
+        """
         self.outbox.start(time.time())
         _ = self.settings
         if self._usable:
             # The store is read here unless the environment gave the key when it was made.
             read = self.keys.refresh() if self.keys.due(False) else None
             self._use_key(read or self.keys.state, changed=False)
-            learnt = self.outbox.recall(self._usable, time.time())
-            self._learnt_route = learnt.get("route")
-            if "health" in learnt:
-                self.engine.recall(learnt["health"])
-        self._point_out_other_destinations()
-        found = self.outbox.recover_abandoned(time.time())
+            with contextlib.suppress(SpoolError):
+                learnt = self.outbox.recall(self._usable, time.time())
+                self._learnt_route = learnt.get("route")
+                if "health" in learnt:
+                    self.engine.recall(learnt["health"])
+        with contextlib.suppress(SpoolError):
+            self._point_out_other_destinations()
+        found = 0
+        with contextlib.suppress(SpoolError):
+            found = self.outbox.recover_abandoned(time.time())
         if found:
             self.diagnostics.count("jobs_recovered", found)
             self.diagnostics.say_once(

@@ -1,34 +1,32 @@
-"""The outbox the handler uses: the SQLite spool, with memory standing in while it cannot.
+"""The outbox the handler uses: the SQLite spool file, or memory in its place while the
+file is broken.
 
-The fall-back to memory happens here and nowhere else. A file that fails is
-not given up for the rest of the run:
+A file that fails is not given up for the rest of the run, and what it cannot do
+is decided here and nowhere else:
 
-- **busy** (another program holds a write lock past the busy timeout: a
-  backup, an antivirus scan): events go to memory meanwhile, every later write
-  tries the file again with a short wait, and the first one that succeeds moves
-  the memory backlog back into the file;
-- **broken** (corrupt, read-only, disk full): the file is tried again after a
-  growing pause (1 s, doubling to a minute), reopened if need be;
-- **gone** (deleted, moved or replaced while in use, by a cleaner tool or a
-  user: noticed at the next write, by the file's identity): what the old file
-  still holds for this handler is read back through its open connection into
-  memory, and the file is recreated at the next try.
+- **busy** (another program holds a write lock past the busy timeout: a backup,
+  an antivirus scan): nothing changes place. The write raises
+  :class:`~massugc_logging.pipeline.spool.SpoolError` (``busy``) to its caller:
+  the intake keeps its batch, bounded and counted, and writes it again a moment
+  later; delivery tries again at its next turn. No thread waits long: the
+  handler's file gives up on a lock after a quarter of a second.
+- **broken** (corrupt, read-only, disk full) or **gone** (deleted, moved or
+  replaced while in use, by a cleaner tool or a user, noticed at the next write
+  by the file's identity): the whole outbox becomes a memory store, holding
+  what a gone file still had for this handler (read back through its open
+  connection). The file is tried again after a growing pause (1 s, doubling to
+  a minute), recreated if need be; once it takes the memory backlog, it is the
+  outbox again.
 
-No write waits long for a lock: the handler's spool gives up after a quarter
-of a second and memory takes the events meanwhile, so no thread that
-``close()`` waits for is held for seconds by another program's lock. The file
-is opened by the intake thread (``start``), never by the thread that made the
-handler.
-
-Row ids of the memory spool lie far above SQLite's, so outcomes find their way
-back to the store that holds the event; an event moved to the file while the
-engine held it keeps its memory id there until its outcome is in.
+An event in flight when the store changes is settled in the store that holds it
+now, which may not know it: it is sent again later, and the API drops the copy
+by its ``Idempotency-Key``. The file is opened by the intake thread
+(:meth:`FallbackOutbox.start`), never by the thread that made the handler.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import threading
@@ -39,11 +37,10 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.pipeline.spool import (
-    _MEMORY_ID_BASE,
-    DEFAULT_BUSY_TIMEOUT,
     AddResult,
     DeadLetter,
     MemorySpool,
+    Outbox,
     Restamp,
     Settlement,
     Spool,
@@ -52,18 +49,18 @@ from massugc_logging.pipeline.spool import (
     Write,
 )
 
-#: How long a write of the handler's spool waits for another program's lock before
-#: memory takes the events (our own transactions take milliseconds).
+#: How long a write of the handler's spool waits for another program's lock before the
+#: caller is told the file is busy (our own transactions take milliseconds).
 HANDLER_BUSY_TIMEOUT = 0.25
-#: While the file is busy, each write waits this long for the lock before using memory.
-BUSY_RETRY_WAIT = 0.2
-#: While the file is busy, delivery (leases, outcomes) tries it again at most this often:
+#: While the file is locked, calls other than writes try it again at most this often:
 #: the writes of new events find out first, and delivery never queues behind the lock.
 BUSY_DELIVERY_RETRY = 1.0
 _BROKEN_RETRY_FIRST = 1.0
-#: At close, how long moving the memory backlog to a busy file may wait for its lock.
-_CLOSE_WAIT = 0.25
+#: While memory stands in, a file found busy is tried again after this long.
+_BUSY_RETRY = 1.0
 _BROKEN_RETRY_CAP = 60.0
+#: At close, how long moving the memory backlog to the file may wait for its lock.
+_CLOSE_WAIT = 0.25
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -80,23 +77,24 @@ def _locked(method: _F) -> _F:
 
 
 class FallbackOutbox:
-    """A :class:`~massugc_logging.pipeline.spool.Spool` file with a memory stand-in.
+    """The spool file as an :class:`~massugc_logging.pipeline.spool.Outbox`, swapped whole
+    for a memory store while the file is broken (see the module docstring).
 
     Args:
         open_file: opens the spool file (raises :class:`SpoolError` when it cannot).
-        memory: where events wait while the file cannot be used.
-        on_problem: told of each switch to memory (to say so once, locally).
-        on_recovered: told when the file is in use again, with how many events moved back.
+        make_memory: makes the memory store that takes the file's place.
+        path: the file's path.
+        on_problem: told of each swap to memory (to say so once, locally).
+        on_recovered: told when the file is the outbox again, with how many events moved.
         on_dropped: told of events lost, by reason (the file's bound; memory at close).
         clock: monotonic seconds, for the retry pauses.
-        open_now: open the file here; else memory takes the events until :meth:`start`.
-        busy_timeout: how long the file's writes wait for another program's lock.
+        open_now: open the file here; else at :meth:`start`.
     """
 
     def __init__(
         self,
         open_file: Callable[[], Spool],
-        memory: MemorySpool,
+        make_memory: Callable[[], MemorySpool],
         *,
         path: Path,
         on_problem: Callable[[SpoolError], None],
@@ -104,434 +102,295 @@ class FallbackOutbox:
         on_dropped: Callable[[str, int], None] = lambda reason, n: None,
         clock: Callable[[], float] = time.monotonic,
         open_now: bool = True,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         self.path: Optional[Path] = path
         self._open_file = open_file
-        self._memory = memory
+        self._make_memory = make_memory
         self._on_problem = on_problem
         self._on_recovered = on_recovered
         self._on_dropped = on_dropped
         self._clock = clock
         self._lock = threading.RLock()
-        #: Outcomes the file could not record yet; written with the next ones.
-        self._unsettled = Settlement()
+        self._file: Optional[Spool] = None
+        #: The store in use while the file is broken; None while the file is the outbox.
+        self._memory: Optional[MemorySpool] = None
         #: Jobs that finished while memory stood in: their running rows in the file go
         #: when it is back, so they are never reported as abandoned.
         self._finished_meanwhile: list[str] = []
-        self._file: Optional[Spool] = None
-        self._degraded = False
-        self._busy = False
         self._retry_at = 0.0
         self._pause = _BROKEN_RETRY_FIRST
-        self._leased_from_memory: set[int] = set()
-        #: File row ids handed out by lease and not yet settled.
-        self._leased_from_file: set[int] = set()
-        #: Row ids of a file that was deleted or replaced: their outcomes are not written to
-        #: its successor (their events were read back into memory).
-        self._orphans: set[int] = set()
-        #: Memory row id -> file row id, for events moved while the engine held them.
-        self._moved: dict[int, int] = {}
-        self._busy_timeout = busy_timeout
-        self._started = open_now
+        #: Until when calls other than writes take the file for locked without trying it.
+        self._busy_until = 0.0
+        self._started = False
         if open_now:
-            self._open()
-
-    def _open(self) -> None:
-        try:
-            self._file = self._open_file()
-        except SpoolError as exc:
-            self._degrade(exc)
-
-    @_locked
-    def start(self, now: float) -> None:
-        """Open the file (on the intake thread) and move to it what memory took meanwhile."""
-        if self._started:
-            return
-        self._started = True
-        self._open()
-        if self._file is not None:
-            self._degraded = True  # what memory holds moves to the file now
-            try:
-                self._recovered(self._file, now, quiet=True)
-            except SpoolError as exc:
-                self._degrade(exc)
+            self.start(time.time())
 
     def __repr__(self) -> str:
-        where = "memory" if self._degraded else "file"
+        where = "memory" if self._memory is not None else "file"
         return f"<FallbackOutbox path={str(self.path)!r} using={where}>"
 
     @property
     def using_memory(self) -> bool:
-        """True while events go to memory because the file cannot be used."""
-        return self._degraded
+        """True while memory stands in for a broken file."""
+        return self._memory is not None
 
-    # -- switching ------------------------------------------------------------
+    # -- which store ------------------------------------------------------------
 
-    def _degrade(self, exc: SpoolError) -> None:
-        """Use memory until the file can be used again."""
-        first = not self._degraded
-        self._degraded = True
-        self._busy = exc.busy
-        if exc.gone and self._file is not None:
-            self._salvage(self._file)
-        if exc.busy:
-            self._retry_at = self._clock() + BUSY_DELIVERY_RETRY
-            if self._file is not None:
-                self._file.set_busy_timeout(BUSY_RETRY_WAIT)
-        else:
+    @_locked
+    def start(self, now: float) -> None:
+        """Open the file (on the intake thread): memory stands in if it is broken; a busy
+        file is opened again at the next call."""
+        self._started = True
+        with contextlib.suppress(SpoolError):  # busy: opened at the next call
+            self._store(now)
+
+    def _store(self, now: float) -> Outbox:
+        """The store in use now: the file, or memory while the file is broken (the file is
+        tried again when its pause is over). Raises SpoolError(busy) for a busy file."""
+        if self._memory is None:
+            if self._file is None:
+                try:
+                    self._file = self._open_file()
+                except SpoolError as exc:
+                    if exc.busy:
+                        self._busy_until = self._clock() + BUSY_DELIVERY_RETRY
+                        raise
+                    return self._swap_to_memory(exc)
+            return self._file
+        if self._clock() >= self._retry_at:
+            return self._try_the_file(now)
+        return self._memory
+
+    def _swap_to_memory(self, exc: SpoolError) -> MemorySpool:
+        """The file is broken or gone: memory is the outbox until the file works again,
+        holding what a gone file still had for this handler."""
+        memory = self._make_memory()
+        if self._file is not None:
+            if exc.gone:
+                events, jobs = self._file.salvage()
+                memory.keep(events, jobs)
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        self._memory = memory
+        self._retry_at = self._clock() + self._pause
+        self._pause = min(_BROKEN_RETRY_CAP, self._pause * 2)
+        self._on_problem(exc)
+        return memory
+
+    def _try_the_file(self, now: float) -> Outbox:
+        """Open the file and move memory's backlog (events, running jobs, finished jobs,
+        what sending learnt) into it; on success it is the outbox again. Returns the
+        store in use after the try."""
+        memory = self._memory
+        assert memory is not None
+        try:
+            file = self._open_file()
+        except SpoolError as exc:
+            self._retry_at = self._clock() + (_BUSY_RETRY if exc.busy else self._pause)
+            if not exc.busy:
+                self._pause = min(_BROKEN_RETRY_CAP, self._pause * 2)
+            return memory
+        moved = self._move(memory, file, now)
+        if moved is None:
+            file.close()
             self._retry_at = self._clock() + self._pause
             self._pause = min(_BROKEN_RETRY_CAP, self._pause * 2)
-            if self._file is not None and self._file_needs_reopening():
-                self._file.close()
-                self._file = None
-        if first:
-            self._on_problem(exc)
-
-    def _salvage(self, file: Spool) -> None:
-        """The file is gone: read back what it held for this handler into memory, and
-        close it (the next try creates a new one)."""
-        events, jobs = file.salvage()
-        self._memory.keep(events, jobs)
-        self._orphans |= self._leased_from_file
-        self._leased_from_file = set()
-        self._unsettled = Settlement()  # its rows are in memory now, under new ids
-        self._moved = {}
-        file.close()
-        self._file = None
-
-    def _file_needs_reopening(self) -> bool:
-        return self.path is not None and (not self.path.exists() or (
-            self._file is not None and not self._file.still_there()))
-
-    def _usable_file(self, *, writing: bool = False) -> Optional[Spool]:
-        """The file, if it is in use or due for another try (reopened if need be).
-
-        While it is busy, every write of new events tries it again (with a short wait:
-        the first write after the lock goes lands in the file), and delivery's own
-        calls try it at most every :data:`BUSY_DELIVERY_RETRY` seconds.
-        """
-        if not self._started:
-            return None
-        if not self._degraded:
-            return self._file
-        if not (writing and self._busy) and self._clock() < self._retry_at:
-            return None
-        if self._file is None:
-            try:
-                self._file = self._open_file()
-                if self._busy:
-                    self._file.set_busy_timeout(BUSY_RETRY_WAIT)
-            except SpoolError as exc:
-                self._degrade(exc)
-                return None
-        return self._file
-
-    def _recovered(self, file: Spool, now: float, *, quiet: bool = False) -> None:
-        """The file took a write: move the memory backlog to it and restore the busy wait
-        (``quiet``: the file was just opened; there is no recovery to tell of)."""
-        if not self._degraded:
-            return
-        movable = self._memory.take_all()
-        running = self._memory.take_running()
-        try:
-            added = file.adopt(movable, now, Write(started=tuple(running),
-                                                   finished=tuple(self._finished_meanwhile)))
-        except SpoolError:
-            self._memory.put_back(movable, running)
-            raise
-        self._finished_meanwhile = []
-        if movable:
-            if added.dropped_full:
-                self._on_dropped("spool_full", added.dropped_full)
-            for kept, new_id in zip(movable, added.row_ids):
-                if kept.event.row_id in self._leased_from_memory:
-                    self._moved[kept.event.row_id] = new_id
-            self._leased_from_memory.clear()
-        self._degraded = False
-        self._busy = False
+            return memory
+        self._file, self._memory = file, None
         self._pause = _BROKEN_RETRY_FIRST
-        file.set_busy_timeout(self._busy_timeout)
-        if not quiet:
-            self._on_recovered(len(movable))
+        self._on_recovered(moved)
+        return file
 
-    def _try_the_file_again(self, now: float) -> None:
-        """While degraded, with events in memory: move them to the file if it is usable
-        again (without waiting for the next write to find out)."""
-        if not self._degraded or not (self._memory.pending_count()
-                                      or self._memory.running_count()
-                                      or self._finished_meanwhile):
-            return
-        file = self._usable_file()
-        if file is not None:
-            try:
-                self._recovered(file, now)
-            except SpoolError as exc:
-                self._degrade(exc)
+    def _move(self, memory: MemorySpool, file: Spool, now: float) -> Optional[int]:
+        """Move memory's backlog into ``file`` in one transaction; how many events moved,
+        or None when the file refused (memory keeps everything then)."""
+        rows, running = memory.take_all(), memory.take_running()
+        try:
+            added = file.adopt(rows, now, Write(started=tuple(running),
+                                                finished=tuple(self._finished_meanwhile)))
+            for api_url, name, value, until in memory.remembered():
+                file.remember(api_url, name, value, until)
+        except SpoolError:
+            memory.put_back(rows, running)
+            return None
+        self._finished_meanwhile = []
+        if added.dropped_full:
+            self._on_dropped("spool_full", added.dropped_full)
+        return len(rows)
 
-    def _on_file(self, row_ids: Collection[int]) -> set[int]:
-        """``row_ids`` with the file ids of events moved there added."""
-        return set(row_ids) | {self._moved[r] for r in row_ids if r in self._moved}
+    def _call(self, now: float, use: Callable[[Outbox], Any], *, writing: bool = False) -> Any:
+        """``use`` the store in use; a file that breaks under it gives way to memory, which
+        is used at once (a write loses nothing); a busy one raises to the caller.
+
+        While the file is known to be locked, only writes of new events try it (each
+        waits briefly for the lock); the other calls (delivery's, stats) are refused at
+        once and try it again at most every :data:`BUSY_DELIVERY_RETRY` seconds, so no
+        thread that closing waits for queues behind another program's lock.
+        """
+        if not writing and self._memory is None and self._clock() < self._busy_until:
+            raise SpoolError("the spool file is locked by another program", busy=True)
+        store = self._store(now)
+        try:
+            result = use(store)
+        except SpoolError as exc:
+            if exc.busy:
+                self._busy_until = self._clock() + BUSY_DELIVERY_RETRY
+                raise
+            if store is not self._file:
+                raise
+            memory = self._swap_to_memory(exc)
+            return use(memory)
+        if writing:
+            self._busy_until = 0.0
+        return result
 
     # -- the Outbox protocol ----------------------------------------------------
 
     def add(self, events: Sequence[tuple[str, bytes, float]], now: float) -> AddResult:
-        """Write events ahead to the file; to memory while it cannot be used."""
+        """Write events ahead of delivery."""
         return self.write(Write(events=tuple(events)), now)
 
     @_locked
     def write(self, write: Write, now: float) -> AddResult:
-        """Write ahead to the file; to memory while it cannot be used."""
-        file = self._usable_file(writing=True)
-        if file is not None:
-            try:
-                # What memory held goes first: a job kept as running there must be in the
-                # file before this batch's outcome closes it.
-                self._recovered(file, now)
-                return file.write(write, now)
-            except SpoolError as exc:
-                self._degrade(exc)
-        self._finished_meanwhile.extend(write.finished)
-        return self._memory.write(write, now)
+        """Write ahead to the store in use; raises SpoolError(busy) while the file is busy."""
+        result: AddResult = self._call(now, lambda store: store.write(write, now),
+                                       writing=True)
+        if self._memory is not None:
+            self._finished_meanwhile.extend(write.finished)
+        return result
 
     @_locked
     def recover_abandoned(self, now: float) -> int:
-        """Turn the running jobs of processes that are gone into failure events (file only:
-        memory holds no other process's jobs)."""
-        file = self._usable_file()
-        if file is None:
-            return 0
-        try:
-            return file.recover_abandoned(now)
-        except SpoolError as exc:
-            self._degrade(exc)
-            return 0
+        """Turn the running jobs of processes that are gone into failure events (memory
+        holds no other process's jobs)."""
+        count: int = self._call(now, lambda store: store.recover_abandoned(now))
+        return count
 
     @_locked
     def remember(self, api_url: str, name: str, value: str, until: float) -> None:
-        """Keep what sending learnt about an API: in the file, and in memory meanwhile."""
-        self._memory.remember(api_url, name, value, until)
-        file = self._usable_file()
-        if file is not None:
-            try:
-                file.remember(api_url, name, value, until)
-            except SpoolError as exc:
-                self._degrade(exc)
+        """Keep what sending learnt about an API, for the next runs."""
+        self._call(time.time(), lambda store: store.remember(api_url, name, value, until))
 
     @_locked
     def recall(self, api_url: str, now: float) -> dict[str, str]:
-        """What earlier runs (the file) and this one (memory) learnt about an API."""
-        found: dict[str, str] = {}
-        file = self._usable_file()
-        if file is not None:
-            try:
-                found.update(file.recall(api_url, now))
-            except SpoolError as exc:
-                self._degrade(exc)
-        found.update(self._memory.recall(api_url, now))
+        """What earlier runs (and this one) learnt about an API."""
+        found: dict[str, str] = self._call(now, lambda store: store.recall(api_url, now))
         return found
 
     @_locked
     def counts_by_destination(self) -> dict[Optional[str], int]:
-        """Events waiting in the file, by destination (memory's are this handler's)."""
-        counts = self._memory.counts_by_destination()
-        if self._file is not None:
-            with contextlib.suppress(SpoolError):
-                for destination, n in self._file.counts_by_destination().items():
-                    counts[destination] = counts.get(destination, 0) + n
+        """Events waiting in the store in use, by destination."""
+        counts: dict[Optional[str], int] = self._call(
+            time.time(), lambda store: store.counts_by_destination())
         return counts
 
     @_locked
     def abandon_running(self, restamp: Restamp, now: float) -> int:
-        """Turn this process's running jobs, in both stores, into failure events now."""
-        count = self._memory.abandon_running(restamp, now)
-        file = self._usable_file()
-        if file is not None:
-            try:
-                count += file.abandon_running(restamp, now)
-            except SpoolError as exc:
-                self._degrade(exc)
+        """Turn this process's running jobs into failure events now."""
+        count: int = self._call(now, lambda store: store.abandon_running(restamp, now))
         return count
 
     @_locked
     def lease(self, limit: int, now: float, exclude: Collection[int] = (), *,
               costly: bool = True) -> list[SpooledEvent]:
-        """Due events from memory and file together, oldest first."""
-        self._try_the_file_again(now)
-        rows = self._memory.lease(limit, now, exclude, costly=costly)
-        file = self._usable_file()
-        if file is not None:
-            try:
-                rows = rows + file.lease(limit, now, self._on_file(exclude), costly=costly)
-            except SpoolError as exc:
-                self._degrade(exc)
-        rows.sort(key=lambda e: (e.created, e.row_id))
-        rows = rows[:limit]
-        self._leased_from_memory.update(e.row_id for e in rows if e.row_id >= _MEMORY_ID_BASE)
-        self._leased_from_file.update(e.row_id for e in rows if e.row_id < _MEMORY_ID_BASE)
+        """Due events, oldest first."""
+        rows: list[SpooledEvent] = self._call(
+            now, lambda store: store.lease(limit, now, exclude, costly=costly))
         return rows
 
     @_locked
     def next_due(self, now: float, exclude: Collection[int] = (), *,
                  costly: bool = True) -> Optional[float]:
-        """The earliest due time across memory and file."""
-        times = [self._memory.next_due(now, exclude, costly=costly)]
-        file = self._usable_file()
-        if file is not None:
-            try:
-                times.append(file.next_due(now, self._on_file(exclude), costly=costly))
-            except SpoolError as exc:
-                self._degrade(exc)
-        known = [t for t in times if t is not None]
-        return min(known) if known else None
+        """The earliest due time of the events kept."""
+        due: Optional[float] = self._call(
+            now, lambda store: store.next_due(now, exclude, costly=costly))
+        return due
 
     @_locked
     def settle(self, settlement: Settlement, now: float) -> None:
-        """Send each outcome to the store that holds the event."""
-        if self._moved:
-            settlement = self._redirect(settlement)
-
-        def in_memory(row_id: int) -> bool:
-            return row_id >= _MEMORY_ID_BASE
-
-        memory = Settlement(
-            delivered=tuple(r for r in settlement.delivered if in_memory(r)),
-            rescheduled=tuple(r for r in settlement.rescheduled if in_memory(r[0])),
-            dead=tuple(d for d in settlement.dead if in_memory(d[0].row_id)),
-        )
-        def on_this_file(row_id: int) -> bool:
-            return not in_memory(row_id) and row_id not in self._orphans
-
-        on_file = Settlement(
-            delivered=tuple(r for r in settlement.delivered if on_this_file(r)),
-            rescheduled=tuple(r for r in settlement.rescheduled if on_this_file(r[0])),
-            dead=tuple(d for d in settlement.dead if on_this_file(d[0].row_id)),
-        )
-        settled = {*settlement.delivered, *(r for r, _ in settlement.rescheduled),
-                   *(d[0].row_id for d in settlement.dead)}
-        self._leased_from_file -= settled
-        self._orphans -= settled
-        self._memory.settle(memory, now)
-        self._leased_from_memory.difference_update(memory.delivered)
-        self._leased_from_memory.difference_update(r for r, _ in memory.rescheduled)
-        self._leased_from_memory.difference_update(d[0].row_id for d in memory.dead)
-        on_file = _joined(self._unsettled, on_file)
-        self._unsettled = Settlement()
-        if on_file and self._file is not None:
-            try:
-                self._file.settle(on_file, now)
-            except SpoolError as exc:
-                self._unsettled = on_file  # kept, and written with the next outcomes
-                self._degrade(exc)
-
-    def _redirect(self, settlement: Settlement) -> Settlement:
-        """Outcomes of events moved to the file, addressed to their file rows."""
-        moved = self._moved
-
-        def where(row_id: int) -> int:
-            return moved.pop(row_id, row_id)
-
-        return Settlement(
-            delivered=tuple(where(r) for r in settlement.delivered),
-            rescheduled=tuple((where(r), due) for r, due in settlement.rescheduled),
-            dead=tuple((dataclasses.replace(e, row_id=where(e.row_id)), status, reason)
-                       for e, status, reason in settlement.dead),
-        )
+        """Record outcomes in the store in use (one that does not hold an event ignores
+        its outcome: the event is sent again, and dropped by the API as a copy)."""
+        self._call(now, lambda store: store.settle(settlement, now))
 
     @_locked
     def expire(self, now: float) -> int:
-        """Drop events over the age bound, in both stores."""
-        expired = self._memory.expire(now)
-        file = self._usable_file()
-        if file is not None:
-            try:
-                expired += file.expire(now)
-            except SpoolError as exc:
-                self._degrade(exc)
+        """Drop events over the age bound."""
+        expired: int = self._call(now, lambda store: store.expire(now))
         return expired
 
     @_locked
     def pending_count(self) -> int:
-        """Events waiting, in both stores (the file's as last readable)."""
-        count = self._memory.pending_count()
-        if self._file is not None:
-            with contextlib.suppress(SpoolError):
-                count += self._file.pending_count()
-        return count
+        """Events waiting in the store in use (0 while a busy file cannot say)."""
+        with contextlib.suppress(SpoolError):
+            count: int = self._call(time.time(), lambda store: store.pending_count())
+            return count
+        return 0
 
     @_locked
     def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
-        """Dead-lettered events, from the file and from memory."""
-        dead = self._memory.dead_letters(limit)
-        if self._file is not None:
-            with contextlib.suppress(SpoolError):
-                dead = self._file.dead_letters(limit) + dead
-        return dead[:limit]
+        """Dead-lettered events of the store in use."""
+        dead: list[DeadLetter] = self._call(time.time(), lambda store: store.dead_letters(limit))
+        return dead
 
     @_locked
     def release(self) -> None:
         """Give up this process's claims on the file's events (not while it is locked by
         another program: closing never waits for it; the claims then lapse with their
         leases, or at once for a process that has ended)."""
-        if self._file is not None and not self._degraded:
+        if self._file is not None and self._memory is None \
+                and self._clock() >= self._busy_until:
             with contextlib.suppress(SpoolError):
                 self._file.release()
 
     @_locked
     def close(self) -> None:
-        """Move what waits in memory to the file if it can be written now, count the rest
-        as dropped, and close the file's connection; safe to call twice."""
-        left = self._memory.pending_count()
-        if left and self._degraded:
-            file = self._usable_file() or self._file
-            if file is not None:
-                with contextlib.suppress(SpoolError):
-                    file.set_busy_timeout(_CLOSE_WAIT)
-                    self._recovered(file, time.time())
-            left = self._memory.pending_count()
-        if left:
-            self._memory.take_all()
-            self._on_dropped("closed_in_memory", left)
+        """Move what memory holds to the file if it can be written now, count the rest as
+        dropped, and close the file's connection; safe to call twice."""
+        memory = self._memory
+        if memory is not None and memory.pending_count():
+            with contextlib.suppress(SpoolError):
+                file = self._open_file()
+                file.set_busy_timeout(_CLOSE_WAIT)
+                if self._move(memory, file, time.time()) is not None:
+                    self._file, self._memory = file, None
+                else:
+                    file.close()
+            left = memory.pending_count()
+            if left:
+                memory.take_all()
+                self._on_dropped("closed_in_memory", left)
         if self._file is not None:
             self._file.close()
 
     def prepare_fork(self) -> None:
-        """Before ``os.fork()``: hold the outbox's and both stores' locks."""
+        """Before ``os.fork()``: hold the outbox's and the store's locks."""
         self._lock.acquire()
-        self._memory.prepare_fork()
-        if self._file is not None:
-            self._file.prepare_fork()
+        store = self._memory if self._memory is not None else self._file
+        if store is not None:
+            store.prepare_fork()
 
     def after_fork_parent(self) -> None:
         """In the parent: carry on."""
-        if self._file is not None:
-            self._file.after_fork_parent()
-        self._memory.after_fork_parent()
+        store = self._memory if self._memory is not None else self._file
+        if store is not None:
+            store.after_fork_parent()
         self._lock.release()
 
     def after_fork_child(self) -> None:
-        """In the child: a connection of its own; the parent's memory backlog is the parent's."""
+        """In the child: a connection of its own; the parent's memory backlog is the
+        parent's (a child that finds the file broken starts an empty memory store)."""
         self._lock = threading.RLock()
-        self._memory.after_fork_child()
-        self._leased_from_memory = set()
-        self._leased_from_file = set()
-        self._orphans = set()
-        self._moved = {}
         self._finished_meanwhile = []
+        if self._memory is not None:
+            self._memory = self._make_memory()
+            self._retry_at = 0.0
         if self._file is not None:
             try:
                 self._file.after_fork_child()
             except SpoolError as exc:
                 self._file = None
-                self._degrade(exc)
-
-
-
-def _joined(first: Settlement, second: Settlement) -> Settlement:
-    if not first:
-        return second
-    return Settlement(first.delivered + second.delivered,
-                      first.rescheduled + second.rescheduled, first.dead + second.dead)
+                self._swap_to_memory(exc)
 
 
 def default_spool_path() -> Path:
@@ -572,8 +431,8 @@ def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnos
 
     return FallbackOutbox(lambda: Spool(path, destination=destination,
                                         busy_timeout=HANDLER_BUSY_TIMEOUT, **limits),
-                          MemorySpool(destination=destination, **limits), path=path,
-                          open_now=False, busy_timeout=HANDLER_BUSY_TIMEOUT,
+                          lambda: MemorySpool(destination=destination, **limits), path=path,
+                          open_now=False,
                           on_problem=lambda exc: spool_problem(diagnostics, exc),
                           on_recovered=lambda moved: _spool_recovered(diagnostics, moved),
                           on_dropped=dropped)

@@ -264,7 +264,8 @@ class Outbox(Protocol):
     """What intake and delivery need of a store of undelivered events.
 
     :class:`Spool` (SQLite) and :class:`MemorySpool` implement it; so does
-    :class:`massugc_logging.pipeline.outbox.FallbackOutbox`, which puts the two together.
+    :class:`massugc_logging.pipeline.outbox.FallbackOutbox`, the file with memory in its
+    place while the file is broken.
     """
 
     @property
@@ -317,11 +318,23 @@ class Outbox(Protocol):
     def abandon_running(self, restamp: Restamp, now: float) -> int:
         """Turn this process's running jobs into failure events now (at shutdown)."""
 
+    def dead_letters(self, limit: int = 1_000_000) -> list[DeadLetter]:
+        """Events the API refused for good, oldest first."""
+
     def release(self) -> None:
         """Give up this process's claims so any process may send its events."""
 
     def close(self) -> None:
         """Release resources; safe to call twice."""
+
+    def prepare_fork(self) -> None:
+        """Before ``os.fork()``: hold the locks, so that no write is half done at the fork."""
+
+    def after_fork_parent(self) -> None:
+        """In the parent after ``os.fork()``: let go of what :meth:`prepare_fork` held."""
+
+    def after_fork_child(self) -> None:
+        """In the child after ``os.fork()``: fresh locks and connections of its own."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -1156,6 +1169,13 @@ class MemorySpool:
         with self._lock:
             return {name: value for (url, name), (value, until) in self._memory.items()
                     if url == api_url and until > now}
+
+    def remembered(self) -> list[tuple[str, str, str, float]]:
+        """Everything kept by :meth:`remember`, as ``(api_url, name, value, until)`` (to move
+        it to a file)."""
+        with self._lock:
+            return [(url, name, value, until)
+                    for (url, name), (value, until) in self._memory.items()]
 
     def abandon_running(self, restamp: Restamp, now: float) -> int:
         """Turn the running jobs into failure events now (at shutdown)."""
