@@ -130,8 +130,17 @@ class Pipeline:
     """
 
     def __init__(self, config: PipelineConfig, *, key_store: Optional[KeyStore] = None,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 send: Optional[Callable[[SpooledEvent], Outcome]] = None) -> None:
         self.config = config
+        #: What delivery decides by (backoffs, pauses, the key store's re-reads), and the
+        #: wall clock the spool keeps times on; a test passes its own.
+        self._clock = clock
+        self._wall = wall
+        #: Sends instead of the HTTP transport (a test's scripted API): no socket then.
+        self._send_instead = send
         self.policy = config.policy
         self.diagnostics = Diagnostics()
         self.counters = Counters()
@@ -158,9 +167,9 @@ class Pipeline:
         #: An unusable URL is not written anywhere: it may hold a password.
         self.destination = destination_of(self._usable, config.endpoint) if self._usable \
             else f"{UNUSABLE_DESTINATION}/{config.endpoint.strip().lstrip('/')}"
-        self.keys = _key_follower(config.api_key, key_store)
+        self.keys = _key_follower(config.api_key, key_store, clock)
         self.outbox = open_outbox(config.spool_path, config.spool_limits, self.diagnostics,
-                                  self.counters.drop, self.destination)
+                                  self.counters.drop, self.destination, clock=clock)
         self._build(Mode.SENDING if self._usable else Mode.BAD_URL)
         _register_fork_hooks(self)
         self._start()
@@ -207,7 +216,7 @@ class Pipeline:
                 if usable and is_loopback(_host(usable)) else "")
         self.engine = DeliveryEngine(
             self.outbox, self._send, policy=self.policy,
-            max_in_flight=self.config.max_in_flight, clock=time.monotonic, wall=time.time,
+            max_in_flight=self.config.max_in_flight, clock=self._clock, wall=self._wall,
             rng=self._rng, counters=self.counters, diagnostics=self.diagnostics,
             destination=self.destination, unreachable_hint=hint, memory_key=usable)
         self.engine.set_hold(hold)
@@ -216,7 +225,8 @@ class Pipeline:
         self.intake = Intake(
             self.outbox, self._prepare, capacity=self.config.queue_size,
             counters=self.counters, diagnostics=self.diagnostics,
-            on_written=self.workers.wake, on_start=self._on_start, start_delay=START_DELAY)
+            on_written=self.workers.wake, on_start=self._on_start, start_delay=START_DELAY,
+            clock=self._wall)
 
     def _start(self) -> None:
         """Start the intake thread (never during interpreter shutdown); it starts the
@@ -294,7 +304,7 @@ class Pipeline:
             spool = Spool(path, destination=self.destination, busy_timeout=0.0,
                           **self.config.spool_limits)
             try:
-                spool.write(_write_of(prepared), time.time())
+                spool.write(_write_of(prepared), self._wall())
                 written = True
                 if prepared.event is not None:
                     self.counters.add("spooled")
@@ -521,14 +531,14 @@ class Pipeline:
         A spool another program keeps locked skips what reads it (the next start does
         it); the delivery workers start whatever happens.
         """
-        self.outbox.start(time.time())
+        self.outbox.start(self._wall())
         _ = self.settings
         if self._usable:
             # The store is read here unless the environment gave the key when it was made.
             read = self.keys.refresh() if self.keys.due(False) else None
             self._use_key(read or self.keys.state, changed=False)
             with contextlib.suppress(SpoolError):
-                learnt = self.outbox.recall(self._usable, time.time())
+                learnt = self.outbox.recall(self._usable, self._wall())
                 self._learnt_route = learnt.get("route")
                 if "health" in learnt:
                     self.engine.recall(learnt["health"])
@@ -536,7 +546,7 @@ class Pipeline:
             self._point_out_other_destinations()
         found = 0
         with contextlib.suppress(SpoolError):
-            found = self.outbox.recover_abandoned(time.time())
+            found = self.outbox.recover_abandoned(self._wall())
         if found:
             self.diagnostics.count("jobs_recovered", found)
             self.diagnostics.say_once(
@@ -578,7 +588,7 @@ class Pipeline:
         """On the intake thread, last thing at exit: jobs still running are reported as
         failures of the shutdown."""
         found = self.outbox.abandon_running(
-            lambda body, now: restamp_failure(body, SHUTDOWN_MESSAGE, now), time.time())
+            lambda body, now: restamp_failure(body, SHUTDOWN_MESSAGE, now), self._wall())
         if found:
             self.diagnostics.count("jobs_open_at_shutdown", found)
 
@@ -604,7 +614,7 @@ class Pipeline:
 
     def _build_event(self, record: Any, exc: Optional[ExceptionSummary]) -> BuiltEvent:
         built = build_event(record, self.settings, exception=exc,
-                            fallback_id=str(uuid.uuid4()), now=time.time())
+                            fallback_id=str(uuid.uuid4()), now=self._wall())
         for warning in built.warnings:
             self.diagnostics.count("field_warnings")
             self.diagnostics.say_once(Topic.FIELD, logging.WARNING,
@@ -613,10 +623,13 @@ class Pipeline:
 
     def _send(self, row: SpooledEvent) -> Outcome:
         """POST one event and redact what the server said (it is logged and stored)."""
-        transport = self._transport()
-        if transport is None:  # the engine holds from now on
-            return Outcome(OutcomeKind.TRANSIENT, reason="the transport cannot be made")
-        outcome = transport.send(row.body, row.event_id)
+        if self._send_instead is not None:
+            outcome = self._send_instead(row)
+        else:
+            transport = self._transport()
+            if transport is None:  # the engine holds from now on
+                return Outcome(OutcomeKind.TRANSIENT, reason="the transport cannot be made")
+            outcome = transport.send(row.body, row.event_id)
         if outcome.reason:
             outcome = dataclasses.replace(
                 outcome, reason=self.settings.scrub(outcome.reason, _REASON_CHARS))
@@ -718,18 +731,19 @@ def _finish_lazy_imports() -> None:
             importlib.import_module(name)
 
 
-def _key_follower(api_key: Optional[Union[str, ApiKey]],
-                  key_store: Optional[KeyStore]) -> KeyFollower:
+def _key_follower(api_key: Optional[Union[str, ApiKey]], key_store: Optional[KeyStore],
+                  clock: Callable[[], float]) -> KeyFollower:
     """A key given to the handler is pinned (a malformed one holds sending); without one
     the handler follows the environment and the key store."""
     if isinstance(api_key, ApiKey):
-        return KeyFollower(key_store, KeyState(api_key, "argument"))
+        return KeyFollower(key_store, KeyState(api_key, "argument"), clock=clock)
     if api_key is not None and str(api_key).strip():
         try:
-            return KeyFollower(key_store, KeyState(ApiKey(str(api_key).strip()), "argument"))
+            return KeyFollower(key_store, KeyState(ApiKey(str(api_key).strip()), "argument"),
+                               clock=clock)
         except ValueError as exc:
-            return KeyFollower(key_store, KeyState(None, "argument", str(exc)))
-    return KeyFollower(key_store, read_now=False)  # read on the intake thread
+            return KeyFollower(key_store, KeyState(None, "argument", str(exc)), clock=clock)
+    return KeyFollower(key_store, clock=clock, read_now=False)  # read on the intake thread
 
 
 def _host(url: str) -> str:

@@ -411,8 +411,9 @@ def resolve_spool_path(spool_path: Any) -> Optional[Path]:
 
 
 def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnostics,
-                on_dropped: Callable[[str, int], None],
-                destination: Optional[str] = None) -> Union[FallbackOutbox, MemorySpool]:
+                on_dropped: Callable[[str, int], None], destination: Optional[str] = None,
+                *, clock: Callable[[], float] = time.monotonic,
+                ) -> Union[FallbackOutbox, MemorySpool]:
     """The outbox for a handler's ``spool_path``, for events going to ``destination``: the
     SQLite file (``"default"`` or empty: the platform's user data directory) behind its
     memory stand-in; memory alone for None.
@@ -432,7 +433,7 @@ def open_outbox(spool_path: Any, limits: Mapping[str, Any], diagnostics: Diagnos
     return FallbackOutbox(lambda: Spool(path, destination=destination,
                                         busy_timeout=HANDLER_BUSY_TIMEOUT, **limits),
                           lambda: MemorySpool(destination=destination, **limits), path=path,
-                          open_now=False,
+                          open_now=False, clock=clock,
                           on_problem=lambda exc: spool_problem(diagnostics, exc),
                           on_recovered=lambda moved: _spool_recovered(diagnostics, moved),
                           on_dropped=dropped)
