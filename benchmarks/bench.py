@@ -1,7 +1,7 @@
 """Benchmarks: the app thread never waits; delivery, exit, drain, memory and idle CPU.
 
-    python benchmarks/bench.py                    # full run (a few minutes); updates README.md
-    python benchmarks/bench.py --quick --no-readme  # what CI runs: quick, prints only
+    python benchmarks/bench.py                  # full run (minutes); updates docs/benchmarks.md
+    python benchmarks/bench.py --quick --no-docs   # what CI runs: quick, prints only
 
 Four candidates are compared, each in its own child process so that exit
 time and memory are real:
@@ -20,9 +20,9 @@ request 503), ``error503`` (always), ``ratelimit`` (429 with ``Retry-After: 1`` 
 after a 5-minute outage is measured on the delivery engine itself in virtual
 time (its own code, a fake clock), and for real with ``--long``.
 
-The script prints a Markdown table and, unless ``--no-readme``, writes it
-between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in README.md when
-those markers exist. It never fails on a timing: the exit status is 0 unless
+The script prints a Markdown table and, unless ``--no-docs``, writes it
+between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in docs/benchmarks.md
+when those markers exist. It never fails on a timing: the exit status is 0 unless
 the script itself crashes.
 """
 
@@ -59,7 +59,8 @@ sys.path.insert(0, str(HERE))
 
 import startup_cpu  # noqa: E402 - beside this script
 
-README = HERE.parent / "README.md"
+#: The page whose section between the markers a full run rewrites.
+PAGE = HERE.parent / "docs" / "benchmarks.md"
 SINK = HERE / "sink.py"
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
@@ -575,14 +576,23 @@ def measure_delivery(env: Env, plan: Plan) -> dict[tuple[str, str], dict[str, An
 
 
 def replay(env: Env, mode: str, spool: str) -> int:
-    """Run the next process on ``spool`` with the server up; distinct events received so far."""
-    replay_mode = "ok" if mode == "down" else mode
-    sink = env.sinks[replay_mode]
-    if mode == "down":
-        sink.reset()
-    progress(f"delivery: cloud / {mode}: next run on the same spool ({replay_mode} server)")
-    child(task="replay", candidate="cloud", url=sink.url, spool=spool)
-    return int(sink.count()["run_ids"])
+    """Run the next process on ``spool`` with the server up; distinct events received so far.
+
+    After ``down`` the API comes up at the address it was down at (the events are kept
+    for that API, and a handler sends only its own)."""
+    if mode != "down":
+        sink = env.sinks[mode]
+        progress(f"delivery: cloud / {mode}: next run on the same spool")
+        child(task="replay", candidate="cloud", url=sink.url, spool=spool)
+        return int(sink.count()["run_ids"])
+    port = int(env.down_url.rsplit(":", 1)[1])
+    progress("delivery: cloud / down: next run on the same spool, the server up at its address")
+    sink = Sink("ok", port=port)
+    try:
+        child(task="replay", candidate="cloud", url=sink.url, spool=spool)
+        return int(sink.count()["run_ids"])
+    finally:
+        sink.stop()
 
 
 def measure_drain(env: Env, plan: Plan, sink: str = "ok",
@@ -1069,8 +1079,8 @@ NOTES = [
 ]
 
 
-def update_readme(table: str, path: Path = README) -> bool:
-    """Put the table between the bench markers of README.md; False if they are missing."""
+def update_page(table: str, path: Path = PAGE) -> bool:
+    """Put the table between the bench markers of ``path``; False if they are missing."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
@@ -1121,7 +1131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Parse arguments; run as the parent or as a child."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small counts (CI)")
-    parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument("--no-docs", action="store_true", help="print only")
     parser.add_argument("--long", action="store_true",
                         help="also measure recovery after a real 5-minute outage")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -1131,11 +1141,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.monotonic()
     table = run(Plan.quick() if args.quick else Plan.full(), long_outage=args.long)
     print(table)
-    if not args.no_readme:
-        if update_readme(table):
-            progress(f"results written to {README}")
+    if not args.no_docs:
+        if update_page(table):
+            progress(f"results written to {PAGE}")
         else:
-            progress(f"no {MARK_START} / {MARK_END} markers in {README}: printed only")
+            progress(f"no {MARK_START} / {MARK_END} markers in {PAGE}: printed only")
     progress(f"done in {time.monotonic() - started:.0f} s")
     return 0
 

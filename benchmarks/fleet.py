@@ -1,6 +1,6 @@
 """Fleet behaviour: ten thousand desktops against one finite MassUGC Cloud API.
 
-    python benchmarks/fleet.py                  # full run: 10,000 clients; tables, plots, README
+    python benchmarks/fleet.py                  # full run: 10,000 clients; tables, plots, docs
     python benchmarks/fleet.py --quick --json   # what CI runs: a small fleet, figures as JSON
 
 A deterministic discrete-event simulation in virtual time (``fleet_sim``): every
@@ -16,7 +16,7 @@ recovery); ``degraded`` (capacity down to a third for 10 minutes); ``restart``
 
 The script prints a table per scenario and the engine's targets (met or
 missed), writes one plot per scenario (``docs/fleet-SCENARIO.png``, needs the
-``bench`` extra's matplotlib) and, in the full run, the README's section
+``bench`` extra's matplotlib) and, in the full run, the section of ``docs/fleet.md``
 between ``<!-- fleet:start -->`` and ``<!-- fleet:end -->``. ``--json`` prints
 ``{"scenarios": {SCENARIO: {POLICY: FIGURES}}, "settings": ..., "targets": ...}``
 instead. It never fails on a figure: the exit status is 0 unless the script
@@ -51,8 +51,9 @@ from fleet_sim import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 DOCS = ROOT / "docs"
+#: The page whose section between the markers the full run rewrites.
+PAGE = DOCS / "fleet.md"
 START, END = "<!-- fleet:start -->", "<!-- fleet:end -->"
 
 POLICY_NAMES = {
@@ -336,13 +337,17 @@ def describe(settings: FleetSettings) -> str:
             "what is left.")
 
 
-def write_readme(section: str) -> bool:
-    text = README.read_text(encoding="utf-8")
+def write_page(section: str, page: Path = PAGE) -> bool:
+    """Put ``section`` between the fleet markers of ``page``; False if they are missing."""
+    try:
+        text = page.read_text(encoding="utf-8")
+    except OSError:
+        return False
     if START not in text or END not in text:
         return False
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + START + "\n" + section + "\n" + END + tail, encoding="utf-8")
+    page.write_text(head + START + "\n" + section + "\n" + END + tail, encoding="utf-8")
     return True
 
 
@@ -350,7 +355,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a small fleet (1,000 clients), for CI: no plots, no README")
+                        help="a small fleet (1,000 clients), for CI: no plots, no docs")
     parser.add_argument("--json", action="store_true",
                         help="print the figures as one JSON object instead of tables")
     parser.add_argument("--clients", type=int, help="clients in the fleet (default 10,000)")
@@ -371,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--plots", type=Path,
                         help="write the plots here (default docs/ in the full run)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--no-docs", action="store_true", help=f"leave {PAGE.name} alone")
     args = parser.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
     policies = [p for p in args.policies.split(",") if p]
@@ -429,7 +434,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path in plotted:
             say(f"# wrote {path}")
 
-    if not args.quick and not args.no_readme and not args.json:
+    if not args.quick and not args.no_docs and not args.json:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         section = "\n\n".join(
             [f"Measured by `python benchmarks/fleet.py` on {stamp}, CPython "
@@ -437,8 +442,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             + ([targets_table(targets, settings.clients)] if targets else [])
             + ([sensitivity_table(settings, results, found)] if found else [])
             + [scenario_table(name, by) for name, by in results.items()])
-        if write_readme(section):
-            say("# README.md updated")
+        if write_page(section):
+            say(f"# {PAGE} updated")
     return 0
 
 

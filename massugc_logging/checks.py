@@ -199,7 +199,7 @@ def _check_cloud_handler(name: str, spec: dict[str, Any], written: Any, probe: b
         inspect.signature(CloudHandler).bind(**kwargs)
     except TypeError as exc:
         problems.append(f"handler {name!r}: {exc}; remove or correct it (see the "
-                        "CloudHandler arguments in README)")
+                        "CloudHandler arguments in docs/configuration.md)")
     literal = written.get("api_key") if isinstance(written, dict) else None
     if isinstance(literal, str) and literal.strip() and "${" not in literal:
         problems.append(f"handler {name!r}: the API key is written in the configuration; "
