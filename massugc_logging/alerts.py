@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from massugc_logging._unlocked import UnlockedHandler
 from massugc_logging.contract import DEFAULT_EVENT_TYPE
 from massugc_logging.diagnostics import is_internal_logger
-from massugc_logging.payload import capture_exception
 
 if TYPE_CHECKING:
     from massugc_logging.classify import Classifier
@@ -232,6 +231,8 @@ def _outcome_of(record: logging.LogRecord, now: float) -> _Outcome:
     text = getattr(record, "error_message", None)
     names: tuple[str, ...] = ()
     if record.exc_info:
+        from massugc_logging.payload import capture_exception  # noqa: PLC0415 - only with one
+
         summary = capture_exception(record.exc_info)
         if summary is not None:
             names = summary.qualified_names

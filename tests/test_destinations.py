@@ -16,7 +16,8 @@ import pytest
 from fakeapi import FakeApi
 
 from massugc_logging import CloudHandler
-from massugc_logging.pipeline.spool import Spool, destination_of
+from massugc_logging.pipeline.addresses import destination_of
+from massugc_logging.pipeline.spool import Spool
 
 pytestmark = pytest.mark.slow
 

@@ -166,6 +166,7 @@ def test_full_queue_drops_without_blocking_and_says_so_once(key: str, tmp_path: 
                            spool_path=tmp_path / "s.sqlite3", queue_size=1)
     log = logging.getLogger("massugc.jobs")
     log.addHandler(handler)
+    assert handler.force_flush(5)  # started: the outbox is open
     # Hold the intake so the queue cannot drain while we fill it.
     with handler._pipeline.outbox._lock:  # type: ignore[union-attr]
         start = time.perf_counter()

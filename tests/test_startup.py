@@ -13,9 +13,12 @@ from fakeapi import FakeApi
 
 KEY = "massugc_" + "Ab3_dEf-9" * 3 + "Zq1x9"
 #: Loaded by sending and by the payload's rules, never by the app's thread.
-LOADED_LATER = ["urllib3", "ssl", "massugc_logging.pipeline.transport",
+LOADED_LATER = ["urllib3", "ssl", "http.client", "sqlite3",
+                "massugc_logging.pipeline.transport", "massugc_logging.pipeline.spool",
+                "massugc_logging.pipeline.outbox", "massugc_logging.pipeline.delivery",
+                "massugc_logging.pipeline.decisions", "massugc_logging.payload",
                 "massugc_logging.redaction", "massugc_logging.payload_config",
-                "massugc_logging.classify", "http.client"]
+                "massugc_logging.classify"]
 
 PROBE = """
 import json, logging, sys, threading
@@ -50,8 +53,9 @@ def probe(api: FakeApi, tmp_path: Path) -> dict[str, object]:
 @pytest.mark.slow
 def test_making_a_handler_loads_no_http_stack_and_starts_one_thread(
         api: FakeApi, tmp_path: Path) -> None:
-    """Right after CloudHandler(...): none of the sending modules is imported and only the
-    intake thread runs; after a delivered event, they are and the workers run."""
+    """Right after CloudHandler(...): neither the spool, the engine, the payload's rules
+    nor the HTTP stack is imported, and only the intake thread runs; after a delivered
+    event, they are and the workers run."""
     answer = probe(api, tmp_path)
     assert answer["made"] == {name: False for name in LOADED_LATER}
     assert answer["threads"] == ["massugc-logging-intake"]

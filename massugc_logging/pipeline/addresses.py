@@ -232,3 +232,23 @@ def proxy_credentials(proxy: str) -> tuple[str, str]:
     """The user and password in a proxy URL, percent-decoded (empty when there are none)."""
     parts = urlsplit(proxy)
     return unquote(parts.username or ""), unquote(parts.password or "")
+
+
+def destination_of(api_url: str, endpoint: str) -> str:
+    """The address events are kept for: the API base URL and the endpoint, as one URL
+    (``https://host/api/desktop/usage/log``), the scheme and host in lower case, without
+    a default port or a trailing slash on the base, so that one API has one address."""
+    base = api_url.strip().rstrip("/")
+    try:
+        parts = urlsplit(base)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = None
+    if host and parts.scheme and "@" not in parts.netloc:
+        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+        netloc = host if ":" not in host else f"[{host}]"
+        if port is not None and port != default:
+            netloc += f":{port}"
+        base = f"{parts.scheme.lower()}://{netloc}{parts.path}"
+    path = endpoint.strip()
+    return base + (path if path.startswith("/") else "/" + path)

@@ -29,12 +29,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.pipeline._signals import start_leaving_signals_to_the_main_thread
 from massugc_logging.pipeline.counters import AtomicCounter, Counters
-from massugc_logging.pipeline.spool import Outbox, RunningJob, SpoolError, Write
+
+if TYPE_CHECKING:
+    from massugc_logging.pipeline.spool import Outbox, RunningJob, Write
 
 #: Items taken off the queue at once; a burst is written in few transactions.
 BATCH = 256
@@ -73,7 +75,8 @@ class Intake:
     """A bounded queue and the one thread that drains it into the outbox.
 
     Args:
-        outbox: where built events are written ahead of delivery.
+        outbox: where built events are written ahead of delivery (None: given by
+            ``on_start``, through :meth:`use_outbox`, before the first write).
         build: turns one queued item into a :class:`Prepared` (may raise: counted).
         capacity: the most items waiting at once; ``accept`` refuses beyond it.
         counters, diagnostics: where outcomes are counted and problems said.
@@ -86,7 +89,7 @@ class Intake:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: Optional[Outbox],
         build: Callable[[Any], Prepared],
         *,
         capacity: int,
@@ -225,10 +228,14 @@ class Intake:
                 "shutdown deadline; they are counted as dropped.", leftover)
         return not self._thread.is_alive()
 
+    def use_outbox(self, outbox: Outbox) -> None:
+        """Write to ``outbox`` from now on (made by ``on_start``, on the intake thread)."""
+        self.outbox = outbox
+
     def close_outbox_on_exit(self) -> None:
         """The thread outlived ``stop``: let it close the outbox when its last write ends."""
         self._close_outbox_on_exit = True
-        if not self.alive():
+        if not self.alive() and self.outbox is not None:
             self.outbox.close()
 
     # -- the intake thread --------------------------------------------------------
@@ -252,7 +259,7 @@ class Intake:
                 self._progress.notify_all()
             self._drain(None if isinstance(first, _Begin) else first)
         finally:
-            if self._close_outbox_on_exit:
+            if self._close_outbox_on_exit and self.outbox is not None:
                 self.outbox.close()
 
     def _drain(self, first: Any = None) -> None:
@@ -299,6 +306,8 @@ class Intake:
                 started.append(prepared.started)
             if prepared.finished is not None:
                 finished.append(prepared.finished)
+        from massugc_logging.pipeline.spool import Write  # noqa: PLC0415 - on this thread
+
         write = Write(tuple(events), tuple(started), tuple(finished))
         if write:
             self._write_out(write)
@@ -310,9 +319,13 @@ class Intake:
         """Write one batch to the outbox; while another program keeps the file locked,
         hold it and write it again a moment later (new events wait in the queue, which
         bounds them); never raises."""
+        from massugc_logging.pipeline.spool import SpoolError  # noqa: PLC0415 - on this thread
+
         busy = False
         while True:
             try:
+                if self.outbox is None:
+                    raise RuntimeError("no outbox yet: on_start did not give one")
                 result = self.outbox.write(write, self._clock())
             except SpoolError as exc:
                 if exc.busy and not self._abandon:

@@ -15,7 +15,11 @@ after CPython's ``QueueListener`` and OpenTelemetry's ``BatchProcessor``:
   connection and session; the parent's backlog stays the parent's.
 
 The app thread only ever calls ``submit``; everything else that touches a
-file or a socket runs on the pipeline's threads or at shutdown.
+file or a socket runs on the pipeline's threads or at shutdown. The app's thread
+makes only the queue and the intake thread: the intake thread, when the first
+event comes (or half a second after the handler is made), opens the outbox and
+makes the delivery engine and its workers, so an app's start pays neither for
+the spool, the engine nor the HTTP stack (they load there).
 """
 
 from __future__ import annotations
@@ -43,40 +47,24 @@ from massugc_logging.diagnostics import Diagnostics, Topic
 from massugc_logging.jobs import JOB_MARK, JobMark
 from massugc_logging.keystore import ApiKey, KeyStore
 from massugc_logging.outcome import Outcome, OutcomeKind
-from massugc_logging.payload import (
-    BuiltEvent,
-    ExceptionSummary,
-    PayloadSettings,
-    build_event,
-    capture_exception,
-    restamp_failure,
-)
 from massugc_logging.pipeline.addresses import (
     Timeout,
     app_headers,
     check_api_url,
     check_headers,
     coerce_timeout,
+    destination_of,
     is_loopback,
 )
 from massugc_logging.pipeline.counters import Counters
-from massugc_logging.pipeline.decisions import Mode
-from massugc_logging.pipeline.delivery import DeliveryEngine, DeliveryWorkers
 from massugc_logging.pipeline.intake import Intake, Prepared
 from massugc_logging.pipeline.keyfollow import KEY_CHECK_WHILE_HELD, KeyFollower, KeyState
-from massugc_logging.pipeline.outbox import open_outbox, spool_problem
 from massugc_logging.pipeline.retry import RetryPolicy
-from massugc_logging.pipeline.spool import (
-    MemorySpool,
-    RunningJob,
-    Spool,
-    SpooledEvent,
-    SpoolError,
-    Write,
-    destination_of,
-)
 
 if TYPE_CHECKING:
+    from massugc_logging.payload import BuiltEvent, ExceptionSummary, PayloadSettings
+    from massugc_logging.pipeline.delivery import DeliveryEngine, DeliveryWorkers
+    from massugc_logging.pipeline.spool import Outbox, SpooledEvent, Write
     from massugc_logging.pipeline.transport import Transport
     from massugc_logging.redaction import KnownSecrets
 
@@ -168,9 +156,14 @@ class Pipeline:
         self.destination = destination_of(self._usable, config.endpoint) if self._usable \
             else f"{UNUSABLE_DESTINATION}/{config.endpoint.strip().lstrip('/')}"
         self.keys = _key_follower(config.api_key, key_store, clock)
-        self.outbox = open_outbox(config.spool_path, config.spool_limits, self.diagnostics,
-                                  self.counters.drop, self.destination, clock=clock)
-        self._build(Mode.SENDING if self._usable else Mode.BAD_URL)
+        #: The outbox, the engine and its workers: made by the intake thread at start
+        #: (see ``_open_delivery``); None until then.
+        self.outbox: Optional[Outbox] = None
+        self.engine: Optional[DeliveryEngine] = None
+        self.workers: Optional[DeliveryWorkers] = None
+        #: The outbox whose locks a fork in progress holds (see ``before_fork``).
+        self._forking: Optional[Outbox] = None
+        self.intake = self._make_intake()
         _register_fork_hooks(self)
         self._start()
 
@@ -209,24 +202,61 @@ class Pipeline:
 
     # -- set-up -----------------------------------------------------------------------
 
-    def _build(self, hold: Mode) -> None:
-        """The engine, its workers and the intake (anew in a forked child)."""
+    def _make_intake(self) -> Intake:
+        """The queue and its thread (anew in a forked child); its outbox comes at start."""
+        return Intake(
+            self.outbox, self._prepare, capacity=self.config.queue_size,
+            counters=self.counters, diagnostics=self.diagnostics,
+            on_written=self._wake_workers, on_start=self._on_start, start_delay=START_DELAY,
+            clock=self._wall)
+
+    def _open_delivery(self) -> None:
+        """On the intake thread at start: the outbox, the engine and its workers (not
+        started). In a forked child that had them, the child's own, on the outbox the
+        parent's was reopened as."""
+        from massugc_logging.pipeline.decisions import Mode  # noqa: PLC0415
+        from massugc_logging.pipeline.delivery import (  # noqa: PLC0415
+            DeliveryEngine,
+            DeliveryWorkers,
+        )
+        from massugc_logging.pipeline.outbox import open_outbox  # noqa: PLC0415
+
+        outbox = self.outbox
+        if outbox is None:
+            outbox = open_outbox(self.config.spool_path, self.config.spool_limits,
+                                 self.diagnostics, self.counters.drop, self.destination,
+                                 clock=self._clock)
         usable = self._usable
         hint = ("Is the local collector running? Start it with 'massugc-logging serve'."
                 if usable and is_loopback(_host(usable)) else "")
-        self.engine = DeliveryEngine(
-            self.outbox, self._send, policy=self.policy,
+        engine = DeliveryEngine(
+            outbox, self._send, policy=self.policy,
             max_in_flight=self.config.max_in_flight, clock=self._clock, wall=self._wall,
             rng=self._rng, counters=self.counters, diagnostics=self.diagnostics,
             destination=self.destination, unreachable_hint=hint, memory_key=usable)
-        self.engine.set_hold(hold)
-        self.workers = DeliveryWorkers(
-            self.engine, before_take=self._follow_key, look_again_within=self._key_poll)
-        self.intake = Intake(
-            self.outbox, self._prepare, capacity=self.config.queue_size,
-            counters=self.counters, diagnostics=self.diagnostics,
-            on_written=self.workers.wake, on_start=self._on_start, start_delay=START_DELAY,
-            clock=self._wall)
+        if self.engine is not None:
+            engine.set_hold(self.engine.hold)  # a forked child keeps the parent's hold
+        elif not usable:
+            engine.set_hold(Mode.BAD_URL)
+        workers = DeliveryWorkers(engine, before_take=self._follow_key,
+                                  look_again_within=self._key_poll)
+        if self.transport is not None:
+            workers.use_transport(self.transport)
+        self.outbox, self.engine, self.workers = outbox, engine, workers
+        self.intake.use_outbox(outbox)
+
+    def _spool_file(self) -> Optional[str]:
+        """The spool file the configuration names (before the start, without opening it)."""
+        from massugc_logging.pipeline.outbox import resolve_spool_path  # noqa: PLC0415
+
+        path = resolve_spool_path(self.config.spool_path)
+        return str(path) if path is not None else None
+
+    def _wake_workers(self) -> None:
+        """Something to send, or something changed: one idle worker looks again."""
+        workers = self.workers
+        if workers is not None:
+            workers.wake()
 
     def _start(self) -> None:
         """Start the intake thread (never during interpreter shutdown); it starts the
@@ -261,12 +291,16 @@ class Pipeline:
                     user_agent=config.user_agent, headers=app_headers(config.headers),
                     on_route=self._remember_route)
             except Exception as exc:
+                from massugc_logging.pipeline.decisions import Mode  # noqa: PLC0415
+
                 self._cannot_send(exc, config.endpoint)
-                self.engine.set_hold(Mode.BAD_URL)
+                if self.engine is not None:
+                    self.engine.set_hold(Mode.BAD_URL)
                 return None
             if self._learnt_route is not None:
                 transport.use_route(self._learnt_route)
-            self.workers.use_transport(transport)
+            if self.workers is not None:
+                self.workers.use_transport(transport)
             self.transport = transport
             return transport
 
@@ -282,7 +316,7 @@ class Pipeline:
         if self._closed or not self._started:
             self._write_without_threads(record)
             return
-        exc = capture_exception(record.exc_info) if record.exc_info else None
+        exc = _captured(record) if record.exc_info else None
         if not self.intake.accept((record, exc)):
             self.counters.drop_on_app_thread("queue_full")
             self.diagnostics.say_once(
@@ -294,13 +328,16 @@ class Pipeline:
         """After shutdown (or when made during interpreter shutdown) there is no thread:
         write straight to the spool file for the next run, without waiting for a lock, or
         count a drop at once."""
-        path = self.outbox.path
+        from massugc_logging.pipeline.outbox import resolve_spool_path  # noqa: PLC0415
+        from massugc_logging.pipeline.spool import Spool, SpoolError  # noqa: PLC0415
+
+        path = resolve_spool_path(self.config.spool_path)
         if path is None:
             self.counters.drop("closed")
             return
         written = False
         try:
-            prepared = self._prepare((record, capture_exception(record.exc_info)))
+            prepared = self._prepare((record, _captured(record)))
             spool = Spool(path, destination=self.destination, busy_timeout=0.0,
                           **self.config.spool_limits)
             try:
@@ -340,10 +377,11 @@ class Pipeline:
         # The spool's backlog counts too: the pipeline starts now if it had not yet.
         if not self.intake.begin_now(deadline):
             return False
-        if not self.intake.wait_written(self.intake.accepted, deadline):
+        workers = self.workers
+        if workers is None or not self.intake.wait_written(self.intake.accepted, deadline):
             return False
-        self.workers.wake()
-        delivered = self.workers.wait_quiet(deadline)
+        workers.wake()
+        delivered = workers.wait_quiet(deadline)
         lost = self.counters.lost()
         clean = lost == self._lost_at_last_drain
         self._lost_at_last_drain = lost
@@ -372,17 +410,21 @@ class Pipeline:
             if self._pid == os.getpid() and self._started:
                 intake_stopped = self.intake.stop(
                     deadline, then=self._abandon_open_jobs if process_is_exiting() else None)
-                self.workers.wake()
-                # An API known to be down is not waited for: what is left stays in the
-                # spool for the next run.
-                self.workers.wait_quiet(deadline, give_up_when_paused=True)
-                self.workers.stop(time.monotonic() + _WORKERS_GRACE)
-            with contextlib.suppress(Exception):
-                self.outbox.release()  # what is left may be sent by any process, now
-            if intake_stopped:
-                self.outbox.close()
-            else:
-                self.intake.close_outbox_on_exit()
+                workers = self.workers
+                if workers is not None:
+                    workers.wake()
+                    # An API known to be down is not waited for: what is left stays in
+                    # the spool for the next run.
+                    workers.wait_quiet(deadline, give_up_when_paused=True)
+                    workers.stop(time.monotonic() + _WORKERS_GRACE)
+            outbox = self.outbox
+            if outbox is not None:
+                with contextlib.suppress(Exception):
+                    outbox.release()  # what is left may be sent by any process, now
+                if intake_stopped:
+                    outbox.close()
+                else:
+                    self.intake.close_outbox_on_exit()
             if self.transport is not None:
                 self.transport.close()
         except Exception:  # noqa: S110 - closing at exit never raises
@@ -398,12 +440,15 @@ class Pipeline:
             if self._started and self._pid == os.getpid():
                 self.intake.begin_now(time.monotonic() + _FORK_WAIT)
             _finish_lazy_imports()
-            self.outbox.prepare_fork()
+            self._forking = self.outbox
+            if self._forking is not None:
+                self._forking.prepare_fork()
 
     def after_fork_in_parent(self) -> None:
         """Carry on."""
-        if not self._closed:
-            self.outbox.after_fork_parent()
+        forking, self._forking = self._forking, None
+        if forking is not None:
+            forking.after_fork_parent()
 
     def for_child(self) -> None:
         """In a forked child: fresh locks, connection, session and threads (started at the
@@ -416,16 +461,12 @@ class Pipeline:
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
         self._settings_lock = threading.Lock()  # the parent's intake may have held it
-        try:
-            self.outbox.after_fork_child()
-        except SpoolError as exc:
-            spool_problem(self.diagnostics, exc)
-            self.outbox = MemorySpool(destination=self.destination, **self.config.spool_limits)
+        forking, self._forking = self._forking, None
+        if forking is not None:
+            forking.after_fork_child()  # a file it cannot reopen: memory stands in
         if self.transport is not None:
             self.transport.renew_session()
-        self._build(self.engine.hold)
-        if self.transport is not None:
-            self.workers.use_transport(self.transport)
+        self.intake = self._make_intake()  # the engine and workers come at its start
         self._started = False
         self.thread_idents = frozenset()
         self._pid = -1
@@ -445,12 +486,16 @@ class Pipeline:
         if key is not None:
             self._use_key(state, changed=True)
         else:
-            self.workers.wake()  # a worker reads the store again at once
+            self._wake_workers()  # a worker reads the store again at once
 
     def _use_key(self, state: KeyState, *, changed: bool) -> None:
-        """Send with ``state``'s key from now on; hold sending while there is none."""
-        if not self._usable:
+        """Send with ``state``'s key from now on; hold sending while there is none
+        (before the start there is nothing to tell: the start reads the key it finds)."""
+        engine = self.engine
+        if not self._usable or engine is None:
             return
+        from massugc_logging.pipeline.decisions import Mode  # noqa: PLC0415
+
         if self.transport is not None:
             self.transport.set_key(state.key)
         if state.key is not None:
@@ -459,7 +504,7 @@ class Pipeline:
             self._secrets.add(state.key.reveal())
             self.diagnostics.forget(Topic.CONFIG_NO_KEY)
             self.diagnostics.forget(Topic.CONFIG_BAD_KEY)
-            self.diagnostics.publish(self.engine.key_changed())
+            self.diagnostics.publish(engine.key_changed())
             if changed:
                 self.diagnostics.say_once(
                     Topic.CONFIG_KEY_CHANGED, logging.INFO,
@@ -467,14 +512,14 @@ class Pipeline:
                     state.source, state.key.masked)
                 self.diagnostics.forget(Topic.CONFIG_KEY_CHANGED)
         elif state.problem is not None:
-            self.engine.set_hold(Mode.BAD_KEY)
+            engine.set_hold(Mode.BAD_KEY)
             self.diagnostics.forget(Topic.CONFIG_NO_KEY)
             self.diagnostics.say_once(
                 Topic.CONFIG_BAD_KEY, logging.ERROR,
                 "CloudHandler cannot use its API key: %s. Events are kept in the spool until "
                 "a valid key is set.", state.problem)
         else:
-            self.engine.set_hold(Mode.NO_KEY)
+            engine.set_hold(Mode.NO_KEY)
             self.diagnostics.forget(Topic.CONFIG_BAD_KEY)
             self.diagnostics.say_once(
                 Topic.CONFIG_NO_KEY, logging.WARNING,
@@ -483,7 +528,7 @@ class Pipeline:
                 "and the key store is read again every few seconds meanwhile.",
                 f" (the local collector accepts any well-formed key, e.g. MASSUGC_API_KEY="
                 f"{LOCAL_COLLECTOR_KEY})" if is_loopback(_host(self._usable)) else "")
-        self.workers.wake()
+        self._wake_workers()
 
     def _follow_key(self) -> None:
         """On a delivery thread, before it takes work: read the key store again if due.
@@ -491,10 +536,11 @@ class Pipeline:
         One worker reads and applies at a time; the others wait for it, so none takes an
         event with a key that is on its way out.
         """
-        if not (self.keys.due(self.engine.waiting_for_key()) or self._key_lock.locked()):
+        engine = self._delivering()
+        if not (self.keys.due(engine.waiting_for_key()) or self._key_lock.locked()):
             return
         with self._key_lock:
-            if self.keys.due(self.engine.waiting_for_key()):
+            if self.keys.due(engine.waiting_for_key()):
                 state = self.keys.refresh()
                 if state is not None:
                     self._use_key(state, changed=True)
@@ -502,10 +548,17 @@ class Pipeline:
     def _key_poll(self) -> Optional[float]:
         """How soon an idle worker looks at the key store again: soon while events wait
         for a usable key, else never (no polling when there is nothing to send)."""
+        engine = self._delivering()
         if self._usable and self.keys.follows_the_store \
-                and self.engine.waiting_for_key() and self.engine.has_pending():
+                and engine.waiting_for_key() and engine.has_pending():
             return KEY_CHECK_WHILE_HELD
         return None
+
+    def _delivering(self) -> DeliveryEngine:
+        """The engine, for its workers' callbacks (they run only once it exists)."""
+        engine = self.engine
+        assert engine is not None
+        return engine
 
     # -- what sending learns about the API ------------------------------------------------
 
@@ -520,33 +573,40 @@ class Pipeline:
             "CloudHandler: %s answers on %s, not on %s; events go there from now on (and in "
             "the next runs). Set endpoint: %s to say so in the configuration.",
             transport.api_url, endpoint, transport.endpoints[0], endpoint, about=endpoint)
-        with contextlib.suppress(Exception):
-            self.outbox.remember(transport.api_url, "route", endpoint, float("inf"))
+        outbox = self.outbox
+        if outbox is not None:
+            with contextlib.suppress(Exception):
+                outbox.remember(transport.api_url, "route", endpoint, float("inf"))
 
     def _on_start(self) -> None:
-        """On the intake thread at start: open the spool, use what earlier runs learnt
-        about the API, point out what the spool keeps for others, and turn jobs left
-        running by a process that is gone into their failure events.
+        """On the intake thread at start: open the spool and make the engine, use what
+        earlier runs learnt about the API, point out what the spool keeps for others,
+        and turn jobs left running by a process that is gone into their failure events.
 
         A spool another program keeps locked skips what reads it (the next start does
         it); the delivery workers start whatever happens.
         """
-        self.outbox.start(self._wall())
+        from massugc_logging.pipeline.spool import SpoolError  # noqa: PLC0415
+
+        self._open_delivery()
+        outbox, engine, workers = self.outbox, self.engine, self.workers
+        assert outbox is not None and engine is not None and workers is not None
+        outbox.start(self._wall())
         _ = self.settings
         if self._usable:
             # The store is read here unless the environment gave the key when it was made.
             read = self.keys.refresh() if self.keys.due(False) else None
             self._use_key(read or self.keys.state, changed=False)
             with contextlib.suppress(SpoolError):
-                learnt = self.outbox.recall(self._usable, self._wall())
+                learnt = outbox.recall(self._usable, self._wall())
                 self._learnt_route = learnt.get("route")
                 if "health" in learnt:
-                    self.engine.recall(learnt["health"])
+                    engine.recall(learnt["health"])
         with contextlib.suppress(SpoolError):
-            self._point_out_other_destinations()
+            self._point_out_other_destinations(outbox)
         found = 0
         with contextlib.suppress(SpoolError):
-            found = self.outbox.recover_abandoned(self._wall())
+            found = outbox.recover_abandoned(self._wall())
         if found:
             self.diagnostics.count("jobs_recovered", found)
             self.diagnostics.say_once(
@@ -555,15 +615,15 @@ class Pipeline:
                 "is reported as a failure.", found)
         # Started while closing too: shutdown delivers what it can within its budget.
         if not sys.is_finalizing():
-            self.workers.start()
-            self.thread_idents = self.thread_idents | self.workers.idents
-        self.workers.wake()
+            workers.start()
+            self.thread_idents = self.thread_idents | workers.idents
+        workers.wake()
 
-    def _point_out_other_destinations(self) -> None:
+    def _point_out_other_destinations(self, outbox: Outbox) -> None:
         """Say once what the spool keeps that this handler does not send: events of release
         0.1 (no destination) and events logged for other APIs, which wait for a handler of
         theirs, or for 'spool replay --from', within the spool's age bound."""
-        counts = self.outbox.counts_by_destination()
+        counts = outbox.counts_by_destination()
         unaddressed = counts.pop(None, 0)
         counts.pop(self.destination, None)
         if unaddressed:
@@ -572,7 +632,7 @@ class Pipeline:
                 "CloudHandler: the spool %s holds %d event(s) kept by release 0.1, which do "
                 "not say which API they were logged for, so no handler sends them. Send them "
                 "with 'massugc-logging spool replay --from unaddressed --api-url URL', or "
-                "delete them with 'massugc-logging spool purge'.", self.outbox.path,
+                "delete them with 'massugc-logging spool purge'.", outbox.path,
                 unaddressed)
         if counts:
             self.diagnostics.say_once(
@@ -581,13 +641,18 @@ class Pipeline:
                 "this handler sends only those for %s. They wait for a handler of theirs; "
                 "if one is this API under an earlier address, send them here with "
                 "'massugc-logging spool replay --from DESTINATION --api-url URL'.",
-                self.outbox.path, "; ".join(f"{d}: {n}" for d, n in sorted(counts.items())),
+                outbox.path, "; ".join(f"{d}: {n}" for d, n in sorted(counts.items())),
                 self.destination)
 
     def _abandon_open_jobs(self) -> None:
         """On the intake thread, last thing at exit: jobs still running are reported as
         failures of the shutdown."""
-        found = self.outbox.abandon_running(
+        from massugc_logging.payload import restamp_failure  # noqa: PLC0415
+
+        outbox = self.outbox
+        if outbox is None:
+            return
+        found = outbox.abandon_running(
             lambda body, now: restamp_failure(body, SHUTDOWN_MESSAGE, now), self._wall())
         if found:
             self.diagnostics.count("jobs_open_at_shutdown", found)
@@ -605,6 +670,8 @@ class Pipeline:
             stand_in = types.SimpleNamespace(**{
                 **record.__dict__, "success": False, "error_message": STOPPED_MESSAGE,
                 "levelno": logging.ERROR, "exc_info": None})
+            from massugc_logging.pipeline.spool import RunningJob  # noqa: PLC0415
+
             built = self._build_event(stand_in, None)
             return Prepared(started=RunningJob(mark.token, built.event_id, built.body(),
                                                _created(record)))
@@ -613,6 +680,8 @@ class Pipeline:
                         finished=mark.token if mark is not None else None)
 
     def _build_event(self, record: Any, exc: Optional[ExceptionSummary]) -> BuiltEvent:
+        from massugc_logging.payload import build_event  # noqa: PLC0415
+
         built = build_event(record, self.settings, exception=exc,
                             fallback_id=str(uuid.uuid4()), now=self._wall())
         for warning in built.warnings:
@@ -640,11 +709,11 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         """The counters, the delivery state and where events are kept (see ``CloudHandler``)."""
         counts = self.counters.snapshot()
-        try:
-            kept = self.outbox.pending_count()
-        except SpoolError:
-            kept = 0
-        path = self.outbox.path
+        outbox, engine = self.outbox, self.engine
+        kept = 0
+        with contextlib.suppress(Exception):  # a busy spool cannot say; 0 meanwhile
+            kept = outbox.pending_count() if outbox is not None else 0
+        path = outbox.path if outbox is not None else self._spool_file()
         return {
             "enqueued": self.intake.accepted,
             "sent": counts["sent"],
@@ -655,16 +724,25 @@ class Pipeline:
             "dead_lettered": counts["dead_lettered"],
             "last_error": counts["last_error"],
             "last_status": counts["last_status"],
-            "state": self.engine.status(),
-            "holds": self.engine.holds(),
+            "state": engine.status() if engine is not None else (
+                "idle" if self._usable else "held"),
+            "holds": engine.holds() if engine is not None else (
+                {} if self._usable else {"bad_url": None}),
             "destination": self.destination,
             "key_source": self.keys.state.source,
-            "in_flight": self.engine.in_flight(),
+            "in_flight": engine.in_flight() if engine is not None else 0,
             "spool": str(path) if path else None,
-            "spool_in_memory": self.outbox.using_memory,
+            "spool_in_memory": outbox.using_memory if outbox is not None else False,
             "trust": self.transport.trust.description if self.transport else None,
             "problems": self.diagnostics.snapshot(),
         }
+
+
+def _captured(record: logging.LogRecord) -> Optional[ExceptionSummary]:
+    """The record's exception, summarised on the app's thread while it is at hand."""
+    from massugc_logging.payload import capture_exception  # noqa: PLC0415
+
+    return capture_exception(record.exc_info)
 
 
 def default_api_url(api_url: Optional[str]) -> str:
@@ -709,6 +787,9 @@ def _register_fork_hooks(pipeline: Pipeline) -> None:
 #: What the pipeline's threads import on first use (the app's start does not pay for it),
 #: with what the first request imports (a host name's codec, the trust store).
 _LOADED_ON_FIRST_USE = (
+    "massugc_logging.payload", "massugc_logging.pipeline.spool",
+    "massugc_logging.pipeline.outbox", "massugc_logging.pipeline.decisions",
+    "massugc_logging.pipeline.delivery",
     "massugc_logging.redaction", "massugc_logging.payload_config", "massugc_logging.classify",
     "massugc_logging.pipeline.processes", "massugc_logging.pipeline.transport",
     "massugc_logging.pipeline.trust", "truststore", "certifi", "encodings.idna",
@@ -752,6 +833,8 @@ def _host(url: str) -> str:
 
 def _write_of(prepared: Prepared) -> Write:
     """The spool write for one prepared item."""
+    from massugc_logging.pipeline.spool import Write  # noqa: PLC0415
+
     return Write(events=(prepared.event,) if prepared.event is not None else (),
                  started=(prepared.started,) if prepared.started is not None else (),
                  finished=(prepared.finished,) if prepared.finished is not None else ())

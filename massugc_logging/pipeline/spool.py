@@ -54,7 +54,6 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, TypeVar, Union
-from urllib.parse import urlsplit
 
 from massugc_logging.payload import costs_credits
 
@@ -140,26 +139,6 @@ class SpoolError(Exception):
 def _is_busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
-
-
-def destination_of(api_url: str, endpoint: str) -> str:
-    """The address events are kept for: the API base URL and the endpoint, as one URL
-    (``https://host/api/desktop/usage/log``), the scheme and host in lower case, without
-    a default port or a trailing slash on the base, so that one API has one address."""
-    base = api_url.strip().rstrip("/")
-    try:
-        parts = urlsplit(base)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = None
-    if host and parts.scheme and "@" not in parts.netloc:
-        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-        netloc = host if ":" not in host else f"[{host}]"
-        if port is not None and port != default:
-            netloc += f":{port}"
-        base = f"{parts.scheme.lower()}://{netloc}{parts.path}"
-    path = endpoint.strip()
-    return base + (path if path.startswith("/") else "/" + path)
 
 
 #: How ``spool status`` names the rows of release 0.1.x, which name no destination.
