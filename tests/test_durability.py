@@ -46,13 +46,14 @@ def test_server_down_for_a_whole_run_then_the_next_run_delivers_everything(
     assert max(runs.values()) == 1
     assert len({c.headers["Idempotency-Key"] for c in api.captured}) == 40
     # Replayed events keep their original times and go oldest first. Up to four requests
-    # overlap, so arrivals may swap locally: count out-of-order pairs, which is ~390 for
-    # a random order of 40 and 0 for a perfect one.
+    # overlap, so arrivals may swap locally (a request that meets a slow moment is passed
+    # by the others): count out-of-order pairs, which is 390 ± 43 for a random order of
+    # 40 and 0 for a perfect one; 51 has been seen on a busy machine.
     times = [c.json["timestamp"] for c in api.captured]
     runs = [int(c.json["job_data"]["run_id"].split("-")[1]) for c in api.captured]
     inversions = sum(1 for i in range(len(runs)) for j in range(i + 1, len(runs))
                      if runs[i] > runs[j])
-    assert inversions <= 40, runs
+    assert inversions <= 120, runs
     sent_times = [datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc) for t in times]
     assert max(sent_times) < second_started  # the first run's times, not the replay's

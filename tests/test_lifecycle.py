@@ -149,3 +149,25 @@ def test_a_pipeline_closed_before_its_first_event_starts_and_stops_cleanly(
     assert time.monotonic() - started < 3.0
     assert not pipeline.intake.alive() and worker_threads() == []
     assert api.requests == [] and (tmp_path / "spool.sqlite3").exists()
+
+
+def test_with_no_thread_to_start_the_shutdown_delivers_on_its_own_thread(
+        pipeline: Pipeline, api: ScriptedApi, clocks: tuple[Clock, Clock],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.12.0 and 3.12.1 refuse new threads once the interpreter begins to exit
+    (an app that logs and returns at once starts its workers then): the shutdown sends
+    on the thread that closes, instead of leaving every event for the next run."""
+    from massugc_logging.pipeline import delivery
+
+    def refused(thread: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(delivery, "start_leaving_signals_to_the_main_thread", refused)
+    clocks[1].now = time.time()  # records are stamped now: not yet past the age bound
+    pipeline.submit(record("r1"))
+    pipeline.submit(record("r2"))
+    assert pipeline.write_out(soon())
+    assert worker_threads() == [] and api.requests == []
+    pipeline.shutdown(2.0)
+    assert len(set(api.requests)) == 2
+    assert pipeline.stats()["sent"] == 2 and pipeline.stats()["pending"] == 0

@@ -634,6 +634,8 @@ class DeliveryWorkers:
         self._settled = threading.Condition(threading.Lock())
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        #: True when no worker thread could start (the interpreter was exiting).
+        self._without_threads = False
 
     def use_transport(self, transport: Transport) -> None:
         """The transport ``send`` goes through, whose overdue requests the idle worker has
@@ -641,13 +643,22 @@ class DeliveryWorkers:
         self._transport = transport
 
     def start(self) -> None:
-        """Start the workers (once)."""
-        if self._threads:
+        """Start the workers (once).
+
+        Python 3.12.0 and 3.12.1 refuse new threads once the interpreter begins to exit,
+        before ``sys.is_finalizing()`` says so; a pipeline whose start came that late
+        has no worker, and :meth:`wait_quiet` delivers on the thread that waits.
+        """
+        if self._threads or self._without_threads:
             return
         for n in range(self.engine.max_in_flight + 1):
             thread = threading.Thread(target=self._work, daemon=True,
                                       name=f"massugc-logging-delivery-{n}")
-            start_leaving_signals_to_the_main_thread(thread)
+            try:
+                start_leaving_signals_to_the_main_thread(thread)
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                self._without_threads = not self._threads
+                return
             self._threads.append(thread)
 
     @property
@@ -693,6 +704,8 @@ class DeliveryWorkers:
         ``give_up_when_paused`` (at exit), also as soon as sending pauses for the whole
         API (the circuit, ``Retry-After``, a refused key): what is left waits in the spool
         for the next run instead of holding the exit until the deadline."""
+        if self._without_threads:
+            return self._deliver_here(deadline, give_up_when_paused=give_up_when_paused)
         engine = self.engine
         with self._settled:
             while not engine.quiet():
@@ -710,6 +723,40 @@ class DeliveryWorkers:
                         return False
                 self._settled.wait(min(deadline - now, 0.25))
         # What was delivered leaves the outbox now, not at the next idle turn.
+        engine.diagnostics.publish(engine.record_settled())
+        return True
+
+    def _deliver_here(self, deadline: float, *, give_up_when_paused: bool) -> bool:
+        """With no worker thread (see :meth:`start`): take, send and settle on the calling
+        thread, one request at a time, until the engine is quiet (True) or nothing more
+        can be done before ``deadline`` (False). No request starts after the deadline;
+        the one under way is bounded by the transport's own timeouts."""
+        engine = self.engine
+        while not engine.quiet():
+            if engine.hold is not Mode.SENDING or self._stopping:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            if self._before_take is not None:
+                self._before_take()
+            event = engine.take()  # a probe that is due comes out too
+            if event is None:
+                if give_up_when_paused and engine.state.mode is not Mode.SENDING:
+                    return False
+                wake = engine.next_wake()
+                if wake is None:
+                    return False
+                wait = wake - engine.clock()
+                if wait > deadline - time.monotonic():
+                    return False
+                with self._wake:  # a wait that wake() or stop() may end early
+                    self._wake.wait(max(0.001, wait))
+                continue
+            try:
+                outcome = engine.send(event)
+            except Exception as exc:  # as in a worker: send never raises
+                outcome = Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
+            engine.diagnostics.publish(engine.settle(event, outcome).notices)
         engine.diagnostics.publish(engine.record_settled())
         return True
 
