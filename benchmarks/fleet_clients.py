@@ -57,21 +57,52 @@ class SimClient(Protocol):
     def dropped(self) -> int:
         """Events given up on (dropped or dead-lettered)."""
 
+    def start(self) -> None:
+        """The process starts, with whatever events it was given already kept."""
+
+    def restart(self) -> None:
+        """The process restarts: its events are kept; answers to requests it had in flight
+        never reach it; it knows of the API only what it kept on disk."""
+
 
 def _never_called(event: SpooledEvent) -> Outcome:
     raise AssertionError("the simulation sends; the engine only takes and settles")
 
 
+#: Where an engine client keeps what it learns of the API (its outbox's memory).
+_MEMORY_KEY = "http://api.simulated"
+
+
 class EngineClient:
-    """This library's delivery engine, driven in virtual time."""
+    """This library's delivery engine, driven in virtual time. Its outbox stands for the
+    spool file: a restarted client makes a new engine on it, which picks up what the
+    last one remembered of the API and spreads its start, as the handler's start does."""
 
     def __init__(self, clock: Clock, rng: random.Random, *, policy: RetryPolicy,
                  max_in_flight: int) -> None:
         self.clock = clock
+        self._rng = rng
+        self._policy = policy
+        self._max_in_flight = max_in_flight
         self.outbox = MemorySpool(max_events=sys.maxsize, max_age=float("inf"))
-        self.engine = DeliveryEngine(self.outbox, _never_called, policy=policy,
-                                     max_in_flight=max_in_flight, clock=clock, rng=rng.random,
-                                     diagnostics=Diagnostics(_QUIET))
+        self.engine = self._engine()
+
+    def _engine(self) -> DeliveryEngine:
+        return DeliveryEngine(self.outbox, _never_called, policy=self._policy,
+                              max_in_flight=self._max_in_flight, clock=self.clock,
+                              rng=self._rng.random, diagnostics=Diagnostics(_QUIET),
+                              memory_key=_MEMORY_KEY)
+
+    def start(self) -> None:
+        self.engine.spread_start(self.outbox.pending_count())
+
+    def restart(self) -> None:
+        self.engine.stop()  # writes what it learnt, as at exit
+        self.engine = self._engine()
+        remembered = self.outbox.recall(_MEMORY_KEY, self.clock())
+        if "health" in remembered:
+            self.engine.recall(remembered["health"])
+        self.start()
 
     def log(self, event_id: str, created: float) -> None:
         self.outbox.add([(event_id, b"", created)], self.clock())
@@ -132,6 +163,17 @@ class _OneAtATime:
     def dropped(self) -> int:
         return 0
 
+    def start(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        self.busy = False
+        self.not_before = 0.0
+        self.on_restart()
+
+    def on_restart(self) -> None:
+        """What a fresh process forgets (nothing is kept but the events)."""
+
     def on_success(self) -> None:
         """A request went through."""
 
@@ -171,6 +213,9 @@ class ReleaseZeroOneClient(_OneAtATime):
         self.failures = 0
 
     def on_success(self) -> None:
+        self.failures = 0
+
+    def on_restart(self) -> None:
         self.failures = 0
 
     def pause_after_failure(self, outcome: Outcome) -> float:

@@ -23,12 +23,12 @@ from fleet_clients import EngineClient, NaiveClient, ReleaseZeroOneClient, SimCl
 from massugc_logging.pipeline.retry import RetryPolicy
 
 POLICIES = ("default", "naive", "v0_1")
-SCENARIOS = ("steady", "outage", "degraded", "restart")
+SCENARIOS = ("steady", "outage", "degraded", "restart", "restart_outage")
 
 #: Offered load above this multiple of capacity counts as overload.
 OVERLOAD = 1.5
 
-_LOG, _WAKE, _ARRIVE, _REPLY = range(4)
+_LOG, _WAKE, _ARRIVE, _REPLY, _RESTART = range(5)
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ class Scenario:
     outage: Optional[Window] = None
     degraded: Optional[Window] = None
     backlog_per_client: float = 0.0
+    #: When every client restarts at once (an update, a reboot), if it does.
+    restart_at: Optional[float] = None
 
 
 def scenario(name: str, s: FleetSettings) -> Scenario:
@@ -109,6 +111,10 @@ def scenario(name: str, s: FleetSettings) -> Scenario:
     if name == "restart":
         return Scenario(name, 0.0, s.observe,
                         backlog_per_client=s.restart_backlog_min * s.events_per_min)
+    if name == "restart_outage":
+        down = Window(s.warmup, s.warmup + s.outage)
+        return Scenario(name, down.end, down.end + s.observe, outage=down,
+                        restart_at=(down.start + down.end) / 2)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
@@ -135,10 +141,13 @@ class Figures:
     p50_delay_s: float
     p99_delay_s: float
     max_delay_s: float
+    #: Connection attempts per client per minute while the API was down.
     probes_per_client_per_min_down: Optional[float]
     #: Requests that met the API down, and the amplification of the rest.
     requests_while_down: Optional[int]
     retry_amplification_while_up: Optional[float]
+    #: Requests that reached a live API, per event (all of them when it was never down).
+    live_requests_per_event: float
     max_in_flight_per_client: int
     max_in_flight_per_client_down: Optional[int]
     served: int
@@ -237,7 +246,12 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
             clients[i].log(f"{i}:b{k}", created)
             held[i] += 1
             events += 1
+        clients[i].start()
         push(rng.expovariate(1.0 / mean_gap), _LOG, i)
+    if sc.restart_at is not None:
+        push(sc.restart_at, _RESTART, -1)
+    #: Each client's process: answers to an earlier one's requests never reach it.
+    generation = [0] * n
 
     def pump(i: int, now: float) -> None:
         nonlocal requests, max_flight, max_flight_down
@@ -248,7 +262,7 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
             max_flight = max(max_flight, in_flight[i])
             if knows_down[i] and max_flight_down is not None and api.is_down(now + half_rtt):
                 max_flight_down = max(max_flight_down, in_flight[i])
-            push(now + half_rtt, _ARRIVE, i, event)
+            push(now + half_rtt, _ARRIVE, i, (event, generation[i]))
         wake = client.next_wake()
         if wake is not None:
             wake = max(wake, now + 1e-6)
@@ -301,8 +315,17 @@ def run(scenario_name: str, policy: str, s: FleetSettings) -> tuple[Figures, Tra
             if outcome.delivered:
                 served[int(done)] += 1
             push(replied, _REPLY, i, (what, outcome))
+        elif kind == _RESTART:
+            for j in range(n):
+                generation[j] += 1
+                in_flight[j] = 0
+                wake_at[j] = math.inf
+                clients[j].restart()
+                pump(j, t)
         else:
-            event, outcome = what  # type: ignore[misc]
+            (event, born), outcome = what  # type: ignore[misc]
+            if born != generation[i]:
+                continue  # the process that sent it is gone
             in_flight[i] -= 1
             if outcome is REFUSED:
                 knows_down[i] = True
@@ -365,6 +388,7 @@ def _figures(s: FleetSettings, sc: Scenario, api: ApiModel, offered: list[int],
         down = sum(offered[first:last])
         probes = down / s.clients / ((last - first) / 60.0)
         amplification_up = (requests - down) / events if events else 0.0
+    live = (requests - (down or 0)) / events if events else 0.0
 
     delays.sort()
     return Figures(
@@ -381,6 +405,6 @@ def _figures(s: FleetSettings, sc: Scenario, api: ApiModel, offered: list[int],
         p50_delay_s=_percentile(delays, 0.5), p99_delay_s=_percentile(delays, 0.99),
         max_delay_s=delays[-1] if delays else 0.0,
         probes_per_client_per_min_down=probes, requests_while_down=down,
-        retry_amplification_while_up=amplification_up,
+        retry_amplification_while_up=amplification_up, live_requests_per_event=live,
         max_in_flight_per_client=max_flight, max_in_flight_per_client_down=max_flight_down,
         served=api.served, rejected_503=api.rejected, refused=api.refused)

@@ -44,6 +44,17 @@ class Outcome:
     reason: str = ""
     #: The parsed JSON response body, when the server sent one.
     response: Optional[Any] = None
+    #: No answer came in time (a read timeout, or the request's deadline): like an
+    #: answer of 503, a sign the API is overloaded, unlike a refused connection.
+    timed_out: bool = False
+
+    @property
+    def overloaded(self) -> bool:
+        """A transient answer that says the API is busy (408, 429 or 5xx without
+        ``Retry-After``, or no answer in time): what a retry budget is spent on."""
+        return self.kind is OutcomeKind.TRANSIENT and self.retry_after is None and (
+            self.timed_out or (self.status is not None and (
+                self.status in (408, 429) or self.status >= 500)))
 
     @property
     def delivered(self) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.pipeline.decisions import (
+    STEPS_PER_TOKEN_OWED,
     EventAction,
     Mode,
     SendState,
@@ -18,6 +20,8 @@ from massugc_logging.pipeline.retry import RetryPolicy, probe_steps
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 FAIL = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
+NO_ANSWER = Outcome(OutcomeKind.TRANSIENT, None, reason="connection refused")
+TIMED_OUT = Outcome(OutcomeKind.TRANSIENT, None, reason="no answer in time", timed_out=True)
 REFUSED = Outcome(OutcomeKind.AUTH, 401)
 REJECTED = Outcome(OutcomeKind.PERMANENT, 422)
 POLICY = RetryPolicy()
@@ -79,7 +83,7 @@ def test_every_third_failing_never_opens_the_circuit() -> None:
 
 def test_an_outage_opens_the_circuit_after_the_threshold() -> None:
     """Consecutive failures with most recent outcomes failing open the circuit."""
-    seen = run([FAIL] * POLICY.circuit_threshold)
+    seen = run([NO_ANSWER] * POLICY.circuit_threshold)
     assert [s.mode for _, s, _, _ in seen[:-1]] == [Mode.SENDING] * (POLICY.circuit_threshold - 1)
     now, state, _, _ = seen[-1]
     assert state.mode is Mode.CIRCUIT_OPEN
@@ -89,26 +93,24 @@ def test_an_outage_opens_the_circuit_after_the_threshold() -> None:
 
 def test_a_streak_after_a_long_healthy_spell_needs_the_failure_share_too() -> None:
     """Five failures after many successes in the window do not open it; more do."""
-    seen = run([OK] * 10 + [FAIL] * POLICY.circuit_threshold, step=0.1)
+    seen = run([OK] * 10 + [NO_ANSWER] * POLICY.circuit_threshold, step=0.1)
     assert seen[-1][1].mode is Mode.SENDING
-    seen = run([OK] * 10 + [FAIL] * 12, step=0.1)
+    seen = run([OK] * 10 + [NO_ANSWER] * 12, step=0.1)
     assert seen[-1][1].mode is Mode.CIRCUIT_OPEN
 
 
 def test_probes_are_spaced_further_apart_up_to_the_cap_and_one_success_closes() -> None:
     """While open: one probe at a time, spacing growing to probe_interval_cap; the first
     success closes the circuit and sending restarts from one request."""
-    seen = run([FAIL] * 40 + [OK])
+    seen = run([NO_ANSWER] * 40 + [OK])
     gaps = [round(b[0] - a[0], 6) for a, b in zip(seen[5:-1], seen[6:-1])]
     assert gaps == sorted(gaps) and max(gaps) <= POLICY.probe_interval_cap
-    assert gaps[-1] == POLICY.probe_interval_cap * 0.75  # rng 0.5: the middle of the upper half
+    assert gaps[-1] == POLICY.probe_interval_cap * 0.875  # rng 0.5: mid upper quarter
     assert all(s.slots(s.resume_at) == 1 for _, s, _, _ in seen[5:-1])
     now, state, action, _ = seen[-1]
     assert action is EventAction.DELIVERED and state.mode is Mode.SENDING
     assert state.slots(now) == 1
 
-
-NO_ANSWER = Outcome(OutcomeKind.TRANSIENT, None, reason="connection refused")
 
 
 def test_no_answer_at_all_drops_to_one_request_in_flight() -> None:
@@ -129,7 +131,7 @@ BOUND = memory_bound(POLICY)
 
 def closed_after_outage(failures: int = 30) -> tuple[float, SendState]:
     """The state just after a probe went through, following ``failures`` failures."""
-    now, closed, _, _ = run([FAIL] * failures + [OK])[-1]
+    now, closed, _, _ = run([NO_ANSWER] * failures + [OK])[-1]
     return now, closed
 
 
@@ -144,7 +146,7 @@ def test_a_circuit_that_closes_remembers_its_spacing_and_one_failure_reopens_it(
     _, reopened = on_outcome(POLICY, closed, FAIL, attempts=1, sent_at=now, now=now + 0.1,
                              rng=lambda: 0.5)
     assert reopened.mode is Mode.CIRCUIT_OPEN and reopened.failed_probes == closed.remembered + 1
-    assert reopened.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75
+    assert reopened.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75  # upper half
 
 
 def test_the_memory_is_bounded_whatever_the_outage_lasted() -> None:
@@ -156,7 +158,7 @@ def test_the_memory_is_bounded_whatever_the_outage_lasted() -> None:
 def test_successes_spend_the_memory_and_then_sending_grows_again() -> None:
     """Each success takes one step off; once spent, the usual rules are back: growth to
     max_in_flight, and only a real streak opens the circuit."""
-    seen = run([FAIL] * 12 + [OK] * 30)
+    seen = run([NO_ANSWER] * 12 + [OK] * 30)
     levels = [s.remembered for _, s, _, _ in seen[12:]]
     assert levels == sorted(levels, reverse=True) and levels[-1] == 0
     spent = levels.index(0)
@@ -186,7 +188,7 @@ def test_retry_after_just_after_the_close_keeps_the_remembered_spacing() -> None
     _, after = on_outcome(POLICY, closed, busy, attempts=1, sent_at=now, now=now + 0.1,
                           rng=lambda: 0.5)
     assert after.mode is Mode.RATE_LIMITED
-    assert after.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.75
+    assert after.resume_at - (now + 0.1) == POLICY.probe_interval_cap * 0.875
 
 
 def test_a_flaky_api_after_an_outage_is_back_to_normal_within_a_quarter_hour() -> None:
@@ -255,12 +257,13 @@ def test_invariants_hold_for_any_sequence(sequence: list[Outcome], max_in_flight
 
 @given(st.lists(st.booleans(), max_size=300))
 def test_no_streak_shorter_than_the_threshold_opens_the_circuit(pattern: list[bool]) -> None:
-    """The circuit needs a run of circuit_threshold failures: anything less never opens it."""
+    """The circuit needs a run of circuit_threshold failures to connect: anything less
+    never opens it."""
     runs, longest = 0, 0
     for ok in pattern:
         runs = 0 if ok else runs + 1
         longest = max(longest, runs)
-    seen = run([OK if ok else FAIL for ok in pattern])
+    seen = run([OK if ok else NO_ANSWER for ok in pattern])
     opened = any(s.mode is Mode.CIRCUIT_OPEN for _, s, _, _ in seen)
     if longest < POLICY.circuit_threshold:
         assert not opened
@@ -298,3 +301,80 @@ def test_a_pause_beyond_any_horizon_is_a_clock_set_back_and_is_over() -> None:
                           now=86_400.0, rng=lambda: 0.5)
     assert state.slots(86_401.0) == 0
     assert state.slots(1.0) == 1  # the clock went back a day: the pause is void
+
+
+# -- the retry budget ------------------------------------------------------------------
+
+
+def quick_retries(seen: list[tuple[float, SendState, EventAction, float]]) -> int:
+    """Failures retried at the event's quick backoff, with sending going on."""
+    return sum(1 for now, state, action, retry_at in seen
+               if action is EventAction.RETRY and state.mode is Mode.SENDING
+               and retry_at <= now + POLICY.backoff_cap)
+
+
+def test_a_failure_among_successes_is_retried_at_once() -> None:
+    """One 503 (or timeout) among successes: the event goes again within the quick
+    backoff and nothing pauses, as long as the budget lasts."""
+    for failure in (FAIL, TIMED_OUT):
+        now, state, action, retry_at = run([OK] * 20 + [failure])[-1]
+        assert action is EventAction.RETRY and state.mode is Mode.SENDING
+        assert retry_at <= now + POLICY.backoff_base
+
+
+def test_overload_beyond_the_budget_pauses_sending() -> None:
+    """An API that fails every other request (a fleet at twice its capacity): quick
+    retries stop once the budget is spent, and sending pauses seconds at a time."""
+    seen = run([OK, FAIL] * 40)
+    assert any(s.mode is Mode.CIRCUIT_OPEN for _, s, _, _ in seen)
+    pauses = [s.resume_at - now for now, s, _, _ in seen if s.mode is Mode.CIRCUIT_OPEN]
+    assert min(pauses) >= POLICY.probe_interval * 2 ** STEPS_PER_TOKEN_OWED / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([OK, FAIL, TIMED_OUT]), max_size=300))
+def test_quick_retries_of_overload_never_exceed_what_answers_earned(
+        sequence: list[Outcome]) -> None:
+    """Whatever the answers: quick retries of overload answers are at most the budget
+    the client starts with, plus what successes and time put back."""
+    seen = run(sequence)
+    successes = sum(1 for o in sequence if o is OK)
+    elapsed = seen[-1][0] - 1000.0 if seen else 0.0
+    earned = (1.0 + POLICY.retry_budget_per_success * successes
+              + POLICY.retry_budget_per_second * elapsed)
+    assert quick_retries(seen) <= earned + 1e-9
+
+
+def test_refused_connections_spend_nothing_from_the_budget() -> None:
+    """An API that is down is the circuit's to pace: its refusals leave the budget as it
+    was, so the first 503 after it is back is still retried at once."""
+    seen = run([OK] * 4 + [NO_ANSWER] * 3)
+    tokens = [s.tokens for _, s, _, _ in seen]
+    assert tokens[4:] == [tokens[3]] * 3
+    now, state = seen[-1][0], seen[-1][1]
+    _, after = on_outcome(POLICY, state, OK, attempts=1, sent_at=now, now=now + 0.1,
+                          rng=lambda: 0.5)
+    decision, later = on_outcome(POLICY, after, FAIL, attempts=1, sent_at=now + 0.1,
+                                 now=now + 0.2, rng=lambda: 0.5)
+    assert later.mode is Mode.SENDING and decision.retry_at <= now + 0.2 + POLICY.backoff_base
+
+
+def test_retry_after_is_honoured_and_spends_nothing() -> None:
+    """A 429 with Retry-After is the server's own pace: it pauses for that long whatever
+    the budget holds, and leaves the budget alone."""
+    limited = Outcome(OutcomeKind.TRANSIENT, 429, retry_after=5.0)
+    state = run([OK] * 4)[-1][1]
+    _, after = on_outcome(POLICY, state, limited, attempts=1, sent_at=100.0, now=100.1,
+                          rng=lambda: 0.5)
+    assert after.mode is Mode.RATE_LIMITED and after.tokens == state.tokens
+
+
+@pytest.mark.parametrize(("outcome", "overloaded"), [
+    (FAIL, True), (TIMED_OUT, True), (Outcome(OutcomeKind.TRANSIENT, 429), True),
+    (Outcome(OutcomeKind.TRANSIENT, 408), True), (Outcome(OutcomeKind.TRANSIENT, 502), True),
+    (Outcome(OutcomeKind.TRANSIENT, 503, retry_after=2.0), False), (NO_ANSWER, False),
+    (OK, False), (REJECTED, False)])
+def test_what_counts_as_an_overload_answer(outcome: Outcome, overloaded: bool) -> None:
+    """408, 429 and 5xx without Retry-After, and no answer in time: the API is busy.
+    Refused connections, Retry-After and answers are not the budget's."""
+    assert outcome.overloaded is overloaded

@@ -3,6 +3,7 @@ fake clock; no socket, no thread, no sleep."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -19,6 +20,7 @@ from massugc_logging.pipeline.spool import MemorySpool, Settlement, SpooledEvent
 
 OK = Outcome(OutcomeKind.DELIVERED, 200)
 UNAVAILABLE = Outcome(OutcomeKind.TRANSIENT, 503, reason="unavailable")
+DOWN = Outcome(OutcomeKind.TRANSIENT, None, reason="connection refused")
 REFUSED = Outcome(OutcomeKind.AUTH, 401, reason="invalid_api_key")
 
 
@@ -104,10 +106,11 @@ def test_an_outage_opens_the_circuit_and_probes_one_at_a_time_then_recovers_fast
 
 
 def test_a_short_outage_is_found_within_seconds_of_recovery() -> None:
-    """Down for 10 s: the first event after recovery goes within 10 s of it."""
+    """Down (refusing connections) for 10 s: the first event after recovery goes within
+    10 s of it, whatever the jitter draws."""
     recovery = Clock().now + 10.0
     engine, api, clock, _ = make(
-        20, lambda n, t, e: OK if t >= recovery else UNAVAILABLE)
+        20, lambda n, t, e: OK if t >= recovery else DOWN)
     drive(engine, clock)
     first_success = min(t for t, _, o in api.requests if o.delivered)
     assert first_success - recovery <= 10.0
@@ -254,6 +257,50 @@ def test_a_pause_survives_a_restart_neither_sooner_nor_later() -> None:
     mono2.now, wall.now = 90.0, wall.now + 1.0
     assert second.pump() == 2
     assert [at for at, _, _ in api.requests] == [90.0, 90.0]
+
+
+def test_a_start_with_a_backlog_waits_a_random_moment_then_drains() -> None:
+    """A process that starts with events kept: nothing goes before its spread delay (at
+    most start_spread), then everything, each once."""
+    engine, api, clock, outbox = make(20, lambda n, t, e: OK, policy=RetryPolicy())
+    start = clock.now
+    engine.spread_start(outbox.pending_count())
+    assert engine.take() is None
+    wake = engine.next_wake()
+    assert wake is not None and start < wake <= start + engine.policy.start_spread
+    drive(engine, clock)
+    assert api.delivered() == Counter({f"e{i}": 1 for i in range(20)})
+    assert min(at for at, _, _ in api.requests) == wake
+
+
+def test_no_backlog_no_wait_and_a_flush_ends_the_wait() -> None:
+    """Nothing kept: the first event goes at once. Kept: a flush (end_start_delay) sends
+    at once too."""
+    engine, _, clock, outbox = make(0, lambda n, t, e: OK)
+    engine.spread_start(outbox.pending_count())
+    outbox.add([("late", b"{}", clock.now)], clock.now)
+    assert engine.pump() == 1
+    engine, api, clock, outbox = make(3, lambda n, t, e: OK)
+    engine.spread_start(outbox.pending_count())
+    assert engine.pump() == 0
+    engine.end_start_delay()
+    assert engine.pump() == 3 and len(api.requests) == 3
+
+
+def test_a_remembered_pause_is_not_lengthened_by_the_spread() -> None:
+    """A restarted process that remembers a Retry-After pause sends when it ends, not a
+    spread delay after: the memory already says when."""
+    mono, wall = Clock(0.0), Clock()
+    outbox = MemorySpool()
+    outbox.add([("e0", b"{}", wall.now)], wall.now)
+    outbox.remember("https://api", "health", json.dumps({
+        "mode": "rate_limited", "resume_in": 5.0, "written_at": wall.now}), wall.now + 60)
+    api = ScriptedApi(mono, lambda n, now, eid: OK)
+    engine = DeliveryEngine(outbox, api, clock=mono, wall=wall, rng=lambda: 0.99,
+                            memory_key="https://api")
+    engine.recall(outbox.recall("https://api", wall.now)["health"])
+    engine.spread_start(outbox.pending_count())
+    assert engine.next_wake() == pytest.approx(5.0)
 
 
 class CountingOutbox(MemorySpool):

@@ -42,10 +42,14 @@ def emit(n: int, prefix: str = "r") -> None:
                                                 extra={**JOB, "run_id": f"{prefix}-{i}"})
 
 
+#: A retry budget that time refills at once: for tests of the storm, not of the budget.
+UNBUDGETED = {**FAST, "retry_budget_per_second": 1_000_000.0}
+
+
 def test_503_storm_then_recovery_loses_nothing(api: FakeApi, handler_for: Any) -> None:
     """Twenty 503s in a row, then recovery: every event arrives."""
     api.respond_with(503, {"error": "unavailable", "message": "down"}, times=20)
-    handler = handler_for(api)
+    handler = handler_for(api, retry=UNBUDGETED)
     emit(30)
     assert handler.force_flush(20)
     delivered = {c.json["job_data"]["run_id"] for c in api.captured[20:]}
@@ -58,13 +62,29 @@ def test_only_one_request_is_in_flight_while_the_api_fails(api: FakeApi,
     """While requests fail, one is in flight at a time; each failed event is retried later
     while the others go on, and every event arrives exactly once."""
     api.respond_with(503, times=5)
-    handler = handler_for(api)
+    handler = handler_for(api, retry=UNBUDGETED)
     emit(50)
     assert handler.force_flush(20)
     assert all(c.concurrency == 1 for c in api.captured[:6])
     assert len(api.captured) == 55
     delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
     assert sorted(delivered) == sorted(f"r-{i}" for i in range(50))
+
+
+def test_503s_with_no_success_spend_the_retry_budget_then_sending_pauses(
+        api: FakeApi, handler_for: Any) -> None:
+    """With the default budget: the first 503 is retried at once, the next ones wait
+    (2 to 4 s, then 8 to 16 s), and every event still arrives once."""
+    api.respond_with(503, {"error": "unavailable", "message": "busy"}, times=3)
+    handler = handler_for(api, retry={})
+    emit(5)
+    assert handler.force_flush(40), handler.stats()
+    at = [c.at for c in api.captured]
+    assert at[1] - at[0] < 1.0  # the one token: at once
+    assert 2.0 <= at[2] - at[1] <= 4.5  # one token owed
+    assert 8.0 <= at[3] - at[2] <= 16.5  # two owed
+    delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
+    assert sorted(delivered) == [f"r-{i}" for i in range(5)]
 
 
 def test_429_with_retry_after_is_honoured(api: FakeApi, handler_for: Any) -> None:
@@ -201,21 +221,22 @@ def test_a_flaky_api_delivers_everything_once_without_pausing(api: FakeApi, tmp_
     handler.close()
 
 
-def test_after_a_short_outage_delivery_resumes_within_seconds(api: FakeApi, tmp_path: Path,
+def test_after_a_short_outage_delivery_resumes_within_seconds(down_api: FakeApi,
+                                                              tmp_path: Path,
                                                               key: str) -> None:
-    """503 for every request for 3 s, then healthy: the circuit opens, and the first event
-    after recovery arrives within a few seconds, not after a two-minute cool-down."""
-    api.default.status = 503
+    """Connections refused for 3 s, then the API is up: the circuit opens, and the first
+    event after recovery arrives within a few seconds, not after a two-minute cool-down."""
+    api = down_api
     handler = CloudHandler(api_url=api.url, api_key=key, spool_path=tmp_path / "s.sqlite3")
     logging.getLogger("massugc.jobs").addHandler(handler)
+    started = time.monotonic()
     emit(20)
-    assert api.wait_for(lambda c: len(c) >= 5, 5)
     assert wait_until(lambda: handler.stats()["state"] == "circuit_open", 5)
-    time.sleep(max(0.0, 3.0 - (time.monotonic() - api.captured[0].at)))  # the outage lasts 3 s
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # the outage lasts 3 s
     recovered = time.monotonic()
-    api.default.status = 200
+    api.come_up()
     assert handler.force_flush(20), handler.stats()
     first_ok = min(c.at for c in api.captured if c.status == 200)
     assert first_ok - recovered < 6.0
-    assert all(c.concurrency == 1 for c in api.captured if c.at < recovered)
+    assert len(api.captured) == 20  # nothing reached it while it was down
     handler.close()

@@ -66,6 +66,7 @@ def test_connection_refused_is_transient_and_never_raises(key: str) -> None:
     transport = Transport(f"http://127.0.0.1:{free_port()}", ApiKey(key), timeout=1)
     outcome = transport.send(b"{}", "id-1")
     assert outcome.kind is OutcomeKind.TRANSIENT and outcome.reason == "connection refused"
+    assert not outcome.overloaded  # the circuit paces those, not the retry budget
     transport.close()
 
 
@@ -75,6 +76,7 @@ def test_read_timeout_is_transient(api: FakeApi, key: str) -> None:
     transport = Transport(api.url, ApiKey(key), timeout=(1, 0.3))
     outcome = transport.send(b"{}", "id-1")
     assert outcome.kind is OutcomeKind.TRANSIENT and outcome.reason == "timed out"
+    assert outcome.timed_out and outcome.overloaded  # the retry budget pays for its retry
     transport.close()
 
 

@@ -34,6 +34,18 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   failure-rate breaker of resilience4j with a minimum-calls guard, with the
   threshold of Google SRE's client-side throttling (K = 2: trouble begins where
   failures outnumber successes).
+- Retries of overload answers (503, 429 or 408 without ``Retry-After``, other
+  5xx, timeouts) are spent from a retry budget, a token bucket that answers of
+  the API refill (the retry budgets of Google SRE, gRPC and Finagle; the AWS
+  SDKs' token bucket). A client starts with one token and holds at most
+  ``retry_budget``; each answer puts back ``retry_budget_per_success``, time
+  alone ``retry_budget_per_second``. While a token is left, the failed event is
+  retried at its quick backoff: one unlucky request among successes, and an API
+  failing every third request, cost nothing. Past empty the budget runs into
+  debt, and sending pauses for :data:`STEPS_PER_TOKEN_OWED` probe steps per
+  token owed (:func:`~massugc_logging.pipeline.retry.overload_delay`): a fleet
+  that offers more than 1.5x what the API serves steps back within seconds.
+  Refused connections spend nothing; the circuit paces those.
 - While open: one probe at a time, spaced by :func:`~massugc_logging.pipeline.retry.probe_delay`;
   the first success closes the circuit and sending starts again from one request
   in flight, growing by one per round of successes (additive increase).
@@ -48,7 +60,9 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   (``benchmarks/fleet.py`` measures it). The price is paid by a desktop whose
   API comes back flaky after a long outage: it is taken for a full one until
   the memory is spent, up to about a quarter of an hour of slower delivery with
-  nothing lost.
+  nothing lost. A reopening for the memory, or for the budget's debt, pauses
+  for a spacing drawn from the upper half of its step (wider than the probes'
+  quarter), so a fleet that meets a full API spreads out as it steps back.
 - What sending has learnt outlives the process: :func:`memory_of` says what a
   process starting on the same spool should know (a pause and its end, the
   circuit's probe count and memory, a hold on credits), :func:`memory_lasts`
@@ -70,6 +84,7 @@ from massugc_logging.pipeline.retry import (
     RetryPolicy,
     capped_retry_after,
     event_retry_delay,
+    overload_delay,
     probe_delay,
     probe_steps,
 )
@@ -146,6 +161,9 @@ class SendState:
         window: ``(second, successes, failures)`` buckets over ``circuit_window``.
         credits_until: events that cost credits are held until then (403
             ``insufficient_credits``); the others keep flowing.
+        tokens: the retry budget left at ``tokens_at`` (negative: owed); a client
+            starts with one token and earns the rest (see :func:`_spend_token`).
+        tokens_at: when ``tokens`` was last counted.
     """
 
     max_in_flight: int = 4
@@ -160,6 +178,8 @@ class SendState:
     remembered: int = 0
     closed_at: float = -math.inf
     credits_until: float = -math.inf
+    tokens: float = 1.0
+    tokens_at: float = -math.inf
 
     @classmethod
     def initial(cls, max_in_flight: int) -> SendState:
@@ -193,6 +213,17 @@ class SendState:
                 total += ok + failed
         return failures, total
 
+
+#: The deepest the retry budget goes into debt (see ``_spend_token``): a pause of the
+#: circuit's longest spacing is reached well before.
+_MAX_DEBT = 10.0
+
+#: Probe steps of pause for each token the retry budget owes: with two, a client that
+#: owes one token waits 2 to 4 s, two 8 to 16 s, three or more 30 to 60 s. Chosen in
+#: the fleet simulation (2,000 clients restarted at once): one step per token let
+#: the peak reach 5.6x the API's capacity, three kept it at 3.8x but made a single
+#: desktop that meets a few 503s wait twice as long for little fleet-wide gain.
+STEPS_PER_TOKEN_OWED = 2
 
 #: How many probe steps' worth of successes a closed circuit remembers at most.
 MEMORY_PER_STEP = 4
@@ -267,10 +298,27 @@ def on_outcome(
     return _failed(policy, state, outcome, attempts=attempts, sent_at=sent_at, now=now, rng=rng)
 
 
+def _tokens(policy: RetryPolicy, state: SendState, now: float) -> float:
+    """The retry budget at ``now``: what was left, plus what time has put back, within
+    the budget's size."""
+    elapsed = max(0.0, now - state.tokens_at) if math.isfinite(state.tokens_at) else 0.0
+    return min(policy.retry_budget, state.tokens + elapsed * policy.retry_budget_per_second)
+
+
+def _spend_token(policy: RetryPolicy, state: SendState, now: float) -> tuple[bool, float]:
+    """Whether a retry of an overload answer may go at the event's quick backoff, and the
+    budget after it. Spent past empty it runs into debt (at most :data:`_MAX_DEBT`
+    tokens), which answers pay back before any retry is quick again."""
+    tokens = _tokens(policy, state, now)
+    return tokens >= 1.0, max(-_MAX_DEBT, tokens - 1.0)
+
+
 def _answered(policy: RetryPolicy, state: SendState, outcome: Outcome, *, sent_at: float,
               now: float) -> tuple[EventDecision, SendState]:
     """The API answered (delivered, or rejected the event for good): it is up."""
     action = EventAction.DELIVERED if outcome.delivered else EventAction.DEAD_LETTER
+    state = replace(state, tokens=min(policy.retry_budget, _tokens(policy, state, now)
+                                      + policy.retry_budget_per_success), tokens_at=now)
     window = _counted(state, now, policy.circuit_window, ok=True)
     if state.mode is not Mode.SENDING:
         kept = max(0, min(state.failed_probes, memory_bound(policy)) - 1)
@@ -296,6 +344,14 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
         halved = 1.0 if outcome.status is None else state.limit / 2.0
         limit, reduced_at = max(1.0, halved), now
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
+    # An overload answer spends from the retry budget (a probe's too: an API that
+    # answers 503 is up but overloaded); past empty, the debt sets how far out sending
+    # waits. A refused connection spends nothing: the circuit spaces those.
+    quick, owed = True, 0
+    if outcome.overloaded:
+        quick, tokens = _spend_token(policy, state, now)
+        after = replace(after, tokens=tokens, tokens_at=now)
+        owed = 0 if quick else max(1, math.ceil(-tokens)) * STEPS_PER_TOKEN_OWED
 
     probing = state.mode is not Mode.SENDING and sent_at >= state.opened_at
     memory = _memory(state, sent_at=sent_at)
@@ -316,24 +372,32 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
 
     if state.mode is not Mode.SENDING:
         if sent_at >= state.opened_at:  # this was the probe: space the next one further out
-            probes = state.failed_probes + 1
+            probes = max(state.failed_probes + 1, owed)
             after = replace(after, mode=Mode.CIRCUIT_OPEN, failed_probes=probes,
-                            resume_at=now + probe_delay(policy, probes, rng))
+                            resume_at=now + _spacing(policy, probes, owed, rng))
         return EventDecision(EventAction.RETRY, now), after
 
-    if memory:
-        # Failing again while the memory lasts: reopen at the spacing it remembers.
-        probes = memory + 1
+    if memory or owed:
+        # Failing again while the memory lasts, or with the budget spent: the API answers
+        # but is overloaded; pause for the spacing the memory, or the debt, says.
+        probes = max(memory + 1, owed)
         opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=probes,
-                         remembered=0, resume_at=now + probe_delay(policy, probes, rng))
+                         remembered=0, resume_at=now + overload_delay(policy, probes, rng))
         return EventDecision(EventAction.RETRY, now), opened
     failures, total = after.failure_share(now, policy.circuit_window)
     if streak >= policy.circuit_threshold and failures >= policy.circuit_failure_share * total:
         opened = replace(after, mode=Mode.CIRCUIT_OPEN, opened_at=now, failed_probes=0,
                          resume_at=now + probe_delay(policy, 0, rng))
         return EventDecision(EventAction.RETRY, now), opened
-
     return EventDecision(EventAction.RETRY, now + event_retry_delay(policy, attempts, rng)), after
+
+
+def _spacing(policy: RetryPolicy, probes: int, owed: int, rng: Random) -> float:
+    """The wait before the next probe: the probe spacing, or the overload pause when the
+    retry budget's debt is what set it."""
+    if owed and owed >= probes:
+        return overload_delay(policy, owed, rng)
+    return probe_delay(policy, probes, rng)
 
 
 def _untrusted(policy: RetryPolicy, state: SendState, *, sent_at: float, now: float,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -45,7 +46,7 @@ from massugc_logging.pipeline.decisions import (
     on_outcome,
     recalled,
 )
-from massugc_logging.pipeline.retry import RetryPolicy
+from massugc_logging.pipeline.retry import RetryPolicy, start_delay
 from massugc_logging.pipeline.spool import Outbox, Settlement, SpooledEvent, SpoolError
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ class DeliveryEngine:
         self._backing_off = False
         #: Notices made under the lock, handed out by the next command that returns some.
         self._notices: list[Notice] = []
+        #: Nothing is handed out before this (engine clock): a start spread over a window.
+        self._not_before = -math.inf
 
     # -- handing out ------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class DeliveryEngine:
             if self._stopped or self.hold is not Mode.SENDING:
                 return None
             now = self.clock()
-            if len(self._in_flight) >= self.state.slots(now):
+            if now < self._not_before or len(self._in_flight) >= self.state.slots(now):
                 return None
             if not self._ready:
                 self._refill(now)
@@ -431,6 +434,21 @@ class DeliveryEngine:
             self._forget(*_KEY_TOPICS)
             return self._hand_out()
 
+    def spread_start(self, backlog: int) -> None:
+        """A process starts with ``backlog`` events waiting: unless a remembered pause
+        already says when to send (see :meth:`recall`), hand nothing out for a random
+        moment (:func:`~massugc_logging.pipeline.retry.start_delay`), so that a fleet
+        restarted at once comes back spread out."""
+        with self._lock:
+            if self.state.mode is Mode.SENDING:
+                self._not_before = self.clock() + start_delay(self.policy, backlog, self.rng)
+
+    def end_start_delay(self) -> None:
+        """Hand out at once again (the app flushes, or is shutting down: it wants its
+        events delivered now, not after the spread)."""
+        with self._lock:
+            self._not_before = -math.inf
+
     def set_hold(self, hold: Mode) -> None:
         """Hold all sending for a configuration problem (one of ``HOLD_MODES``;
         ``Mode.SENDING`` lifts it)."""
@@ -517,13 +535,14 @@ class DeliveryEngine:
             now = self.clock()
             if len(self._in_flight) >= self.state.slots(max(now, self.state.resume_at)):
                 return None  # every slot is busy: an outcome will wake the caller
+            not_before = max(self.state.resume_at, self._not_before)
             if self._ready:
-                return max(now, self.state.resume_at)
+                return max(now, not_before)
             try:
                 due = self._next_due(now)
             except SpoolError:
                 due = now + 1.0  # the spool is busy or broken: look again soon
-            return None if due is None else max(due, self.state.resume_at)
+            return None if due is None else max(due, not_before)
 
     def _next_due(self, now: float) -> Optional[float]:
         """When the next event may go, on the engine's clock (lock held): while successes

@@ -377,9 +377,11 @@ class Pipeline:
         # The spool's backlog counts too: the pipeline starts now if it had not yet.
         if not self.intake.begin_now(deadline):
             return False
-        workers = self.workers
-        if workers is None or not self.intake.wait_written(self.intake.accepted, deadline):
+        workers, engine = self.workers, self.engine
+        if workers is None or engine is None \
+                or not self.intake.wait_written(self.intake.accepted, deadline):
             return False
+        engine.end_start_delay()  # the app wants its events now
         workers.wake()
         delivered = workers.wait_quiet(deadline)
         lost = self.counters.lost()
@@ -412,6 +414,8 @@ class Pipeline:
                     deadline, then=self._abandon_open_jobs if process_is_exiting() else None)
                 workers = self.workers
                 if workers is not None:
+                    if self.engine is not None:
+                        self.engine.end_start_delay()
                     workers.wake()
                     # An API known to be down is not waited for: what is left stays in
                     # the spool for the next run.
@@ -613,11 +617,23 @@ class Pipeline:
                 Topic.JOBS_RECOVERED, logging.WARNING,
                 "CloudHandler: %d job(s) were still running when the app last stopped; each "
                 "is reported as a failure.", found)
+        self._spread_start(outbox, engine)
         # Started while closing too: shutdown delivers what it can within its budget.
         if not sys.is_finalizing():
             workers.start()
             self.thread_idents = self.thread_idents | workers.idents
         workers.wake()
+
+    def _spread_start(self, outbox: Outbox, engine: DeliveryEngine) -> None:
+        """With a backlog in the spool and no pause remembered, wait a random moment before
+        the first send (a fleet restarted at once comes back spread out); a flush or the
+        shutdown ends the wait."""
+        from massugc_logging.pipeline.spool import SpoolError  # noqa: PLC0415
+
+        backlog = 0
+        with contextlib.suppress(SpoolError):
+            backlog = outbox.pending_count()
+        engine.spread_start(backlog)
 
     def _point_out_other_destinations(self, outbox: Outbox) -> None:
         """Say once what the spool keeps that this handler does not send: events of release

@@ -13,6 +13,11 @@ Two kinds of waiting, kept apart on purpose:
 - **The API as a whole is failing** (the circuit is open): one probe at a time,
   spaced by :func:`probe_delay`, which starts at about a second and grows with
   jitter to ``probe_interval_cap``.
+- **The API is overloaded** (the retry budget is spent): sending pauses for
+  :func:`overload_delay`, on the same steps with wider jitter.
+
+A process that starts with a backlog waits :func:`start_delay` before its first
+send, so that a fleet restarted at once does not all send in the same second.
 
 A server's ``Retry-After`` is honoured up to ``max_retry_after``, so a
 malformed or hostile value cannot stall delivery for days.
@@ -50,6 +55,20 @@ class RetryPolicy:
         max_retry_after: a server's ``Retry-After`` is capped at this.
         auth_pause: after the API refused the key (401/403), wait this long
             before trying one event again.
+        retry_budget: the most retries of overload answers (503, 429 or 408 without
+            ``Retry-After``, other 5xx, timeouts) a client may hold in hand to send at
+            the event's quick backoff; each takes one token. A client starts with
+            one and earns the rest. Without a token sending pauses instead (see
+            :mod:`massugc_logging.pipeline.decisions`).
+        retry_budget_per_success: tokens each answer of the API puts back. At 0.5 an
+            API failing one request in three is retried at once for ever, and a
+            fleet settles at about 1.5x what the API serves.
+        retry_budget_per_second: tokens that come back with time alone (one per
+            ten minutes), so a quiet client is never left owing for long.
+        start_spread: a process that starts with events waiting in its spool sends the
+            first of them after a random delay of up to this long (a fleet restarted
+            at once does not all send in the same second); a remembered pause decides
+            instead when there is one.
     """
 
     backoff_base: float = 0.01
@@ -61,6 +80,10 @@ class RetryPolicy:
     probe_interval_cap: float = 60.0
     max_retry_after: float = 3600.0
     auth_pause: float = 300.0
+    retry_budget: float = 10.0
+    retry_budget_per_success: float = 0.5
+    retry_budget_per_second: float = 1.0 / 600
+    start_spread: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -125,19 +148,54 @@ def event_retry_delay(policy: RetryPolicy, attempts: int, rng: Random) -> float:
     return rng() * ceiling
 
 
+def start_delay(policy: RetryPolicy, backlog: int, rng: Random) -> float:
+    """Seconds a process that starts with ``backlog`` events waits before its first send:
+    uniform up to ``start_spread``, so that a fleet restarted at once (an update, a
+    reboot) comes back spread over that window instead of in one second; 0 with no
+    backlog."""
+    if backlog <= 0:
+        return 0.0
+    return rng() * policy.start_spread
+
+
+#: The share of a probe step that is random: spacings lie in its upper quarter.
+PROBE_JITTER = 0.25
+
+
 def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
-    """Seconds until the next probe while the circuit is open (equal jitter).
+    """Seconds until the next probe while the circuit is open (jittered in the upper
+    quarter of each step).
 
     The spacing doubles each failed probe, from ``probe_interval`` to
-    ``probe_interval_cap``, and is drawn from its upper half so that probes never
-    come in a burst yet a recovered API is found within one spacing. Doubling
-    reaches the cap after :func:`probe_steps` failed probes, so a long outage costs
-    a client about one probe per three quarters of the cap; a short one is still
-    found within seconds.
+    ``probe_interval_cap``, and is drawn from its upper quarter so that a fleet's
+    probes never come in a burst yet a recovered API is found within one spacing.
+    Doubling reaches the cap after :func:`probe_steps` failed probes, so a long
+    outage costs a client about one probe per seven eighths of the cap.
+
+    The quarter (not the half) bounds the wait after a short outage: the probe
+    before the API came back was sent at least three quarters of the sum of the
+    steps before it after the circuit opened, so the next one is due within the
+    outage's own length for outages up to ten seconds (with the half, a 10 s
+    outage could be found 16 s late), and within the cap for any outage.
     """
     ceiling = min(policy.probe_interval_cap,
                   policy.probe_interval * (2.0 ** min(max(failed_probes, 0), 200)))
-    return ceiling * (0.5 + 0.5 * rng())
+    return ceiling * (1.0 - PROBE_JITTER * rng())
+
+
+def overload_delay(policy: RetryPolicy, steps: int, rng: Random) -> float:
+    """Seconds a client whose retry budget is spent waits before sending again: up to the
+    probe spacing of ``steps`` steps, drawn from its upper half (wider than the probes'
+    quarter), so that a fleet that overloads the API comes back spread out, not in
+    waves."""
+    ceiling = min(policy.probe_interval_cap,
+                  policy.probe_interval * (2.0 ** min(max(steps, 0), 200)))
+    return ceiling * (OVERLOAD_JITTER_FLOOR + (1.0 - OVERLOAD_JITTER_FLOOR) * rng())
+
+
+#: The shortest overload pause, as a share of its step: half (in the fleet
+#: simulation, full jitter left the fleet above 1.5x capacity a third longer).
+OVERLOAD_JITTER_FLOOR = 0.5
 
 
 def probe_steps(policy: RetryPolicy) -> int:

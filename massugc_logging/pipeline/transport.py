@@ -363,7 +363,8 @@ class Transport:
             outcome = Outcome(OutcomeKind.TRANSIENT, reason=f"unexpected {type(exc).__name__}")
         if self._requests.end() and not outcome.delivered:
             return Outcome(OutcomeKind.TRANSIENT,
-                           reason="no complete answer within the request deadline")
+                           reason="no complete answer within the request deadline",
+                           timed_out=True)
         return outcome
 
     def next_deadline(self) -> Optional[float]:
@@ -457,7 +458,7 @@ class Transport:
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             return Outcome(OutcomeKind.TRANSIENT, reason=_connection_reason(exc))
         if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout)):
-            return Outcome(OutcomeKind.TRANSIENT, reason="timed out")
+            return Outcome(OutcomeKind.TRANSIENT, reason="timed out", timed_out=True)
         if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
                             BrokenPipeError, ConnectionAbortedError)):
             return Outcome(OutcomeKind.TRANSIENT, reason="connection closed by the server")
