@@ -735,10 +735,19 @@ def failure_figures(n: int, mode: str, t0: float, counts: dict[str, Any]) -> dic
     return row
 
 
-def virtual_outage(seconds: float, n: int = 1_000) -> dict[str, Any]:
+def virtual_outage(seconds: float, n: int = 1_000, draws: int = 200) -> dict[str, Any]:
     """The delivery engine itself, in virtual time, against an API down for ``seconds``:
-    how long after the API came back the first event was delivered, and what it sent."""
+    how long after the API came back the first event was delivered, and what it sent
+    (with the jitter of seed 1), and the longest wait over ``draws`` seeds of the
+    jitter."""
+    runs = [_virtual_outage_once(seconds, n, seed) for seed in range(1, draws + 1)]
+    return {**runs[0], "worst_recovery_s": max(r["recovery_s"] for r in runs),
+            "draws": draws}
+
+
+def _virtual_outage_once(seconds: float, n: int, seed: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent))
+    from massugc_logging.diagnostics import Diagnostics  # noqa: PLC0415
     from massugc_logging.outcome import Outcome, OutcomeKind  # noqa: PLC0415
     from massugc_logging.pipeline.delivery import DeliveryEngine  # noqa: PLC0415 - parent side only
     from massugc_logging.pipeline.spool import MemorySpool  # noqa: PLC0415
@@ -755,7 +764,11 @@ def virtual_outage(seconds: float, n: int = 1_000) -> dict[str, Any]:
 
     outbox = MemorySpool(max_events=n)
     outbox.add([(f"e{i}", b"{}", clock[0]) for i in range(n)], clock[0])
-    engine = DeliveryEngine(outbox, send, clock=lambda: clock[0], rng=random.Random(1).random)
+    quiet = logging.getLogger("massugc_logging.bench-virtual-outage")
+    quiet.propagate = False  # what the engine says 200 times over is not the table's
+    quiet.addHandler(logging.NullHandler())
+    engine = DeliveryEngine(outbox, send, clock=lambda: clock[0],
+                            rng=random.Random(seed).random, diagnostics=Diagnostics(quiet))
     while True:
         engine.pump()
         wake = engine.next_wake()
@@ -917,6 +930,11 @@ def failure_target_rows(fail: dict[Any, Any],
                          f"{v['recovery_s']:.1f} s ({v['requests_while_down']} requests while "
                          f"down, {v['probes_per_min']:.1f} a minute)",
                          v["recovery_s"] <= LONG_RECOVERY_TARGET_S))
+        if "worst_recovery_s" in v:
+            target = LONG_RECOVERY_TARGET_S if v["outage_s"] >= 300 else RECOVERY_TARGET_S
+            rows.append((f"first delivery after a {v['outage_s']:g} s outage, worst of "
+                         f"{v['draws']} draws of the jitter ({v['how']})", f"<= {target:g} s",
+                         f"{v['worst_recovery_s']:.1f} s", v["worst_recovery_s"] <= target))
     down = fail[("cloud", "error503")]
     busiest = down.get("busiest_second_after_open") or 0
     rows.append(("API always 503", "never more than 1 in flight; at most 1 request a "
