@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.pipeline.decisions import (
-    STEPS_PER_TOKEN_OWED,
     EventAction,
     Mode,
     SendState,
@@ -328,7 +327,8 @@ def test_overload_beyond_the_budget_pauses_sending() -> None:
     seen = run([OK, FAIL] * 40)
     assert any(s.mode is Mode.CIRCUIT_OPEN for _, s, _, _ in seen)
     pauses = [s.resume_at - now for now, s, _, _ in seen if s.mode is Mode.CIRCUIT_OPEN]
-    assert min(pauses) >= POLICY.probe_interval * 2 ** STEPS_PER_TOKEN_OWED / 2
+    assert min(pauses) >= 2.0  # one token owed: 2 to 4 s
+    assert max(pauses) >= 30.0  # three or more: 30 to 60 s
 
 
 @settings(max_examples=200, deadline=None)
@@ -378,3 +378,18 @@ def test_what_counts_as_an_overload_answer(outcome: Outcome, overloaded: bool) -
     """408, 429 and 5xx without Retry-After, and no answer in time: the API is busy.
     Refused connections, Retry-After and answers are not the budget's."""
     assert outcome.overloaded is overloaded
+
+
+def test_late_answers_of_requests_sent_before_the_pause_spend_nothing() -> None:
+    """Four requests in flight meet a full API: the first two answers spend the budget
+    and pause sending; the two late ones are old news and add no debt."""
+    state = SendState.initial(4)  # one token, as a fresh process starts
+    _, state = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=50.0, now=50.1,
+                          rng=lambda: 0.5)
+    _, paused = on_outcome(POLICY, state, FAIL, attempts=1, sent_at=50.0, now=50.2,
+                           rng=lambda: 0.5)
+    assert paused.mode is Mode.CIRCUIT_OPEN and paused.tokens < 0
+    for late in (50.3, 50.4):
+        _, after = on_outcome(POLICY, paused, FAIL, attempts=1, sent_at=50.0, now=late,
+                              rng=lambda: 0.5)
+        assert after.tokens == paused.tokens and after.resume_at == paused.resume_at

@@ -327,7 +327,9 @@ def test_while_another_program_locks_the_spool_events_wait_bounded_and_counted(
         assert wait_until(lambda: handler.stats()["problems"].get("spool_busy") == 1, 5)
         stats = handler.stats()
         dropped = stats["dropped"].get("queue_full", 0)
-        assert dropped >= 20 - 5 - 1  # the queue holds 5; the intake took one batch
+        # The queue holds 5, and the intake holds the one batch it could not write: what
+        # was queued when it took it, at most 5 more (10 was seen on a busy machine).
+        assert dropped >= 20 - 5 - 5
         assert stats["pending"] == 20 - dropped and not stats["spool_in_memory"]
         assert api.captured == []
     finally:

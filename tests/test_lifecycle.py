@@ -173,12 +173,13 @@ def test_with_no_thread_to_start_the_shutdown_delivers_on_its_own_thread(
     assert pipeline.stats()["sent"] == 2 and pipeline.stats()["pending"] == 0
 
 
-def test_a_backlog_at_start_waits_its_spread_unless_the_app_flushes(
+@pytest.mark.parametrize("then", ["force_flush", "exit"])
+def test_a_backlog_at_start_waits_its_spread_unless_the_app_flushes_or_exits(
         pipeline: Pipeline, api: ScriptedApi, clocks: tuple[Clock, Clock],
-        tmp_path: Path) -> None:
+        tmp_path: Path, then: str) -> None:
     """Events kept by an earlier run: the start waits a random moment (up to 30 s of the
-    fake clock, which does not move), so nothing is sent; a flush wants them now and
-    sends all of them, the backlog and the new event."""
+    fake clock, which does not move), so nothing is sent; a flush (drain) or the exit
+    wants them now and sends all of them, the backlog and the new event."""
     wall = clocks[1]
     wall.now = time.time()  # records are stamped now: not yet past the age bound
     kept = Spool(tmp_path / "spool.sqlite3", destination=pipeline.destination)
@@ -192,5 +193,9 @@ def test_a_backlog_at_start_waits_its_spread_unless_the_app_flushes(
     wake = engine.next_wake()
     assert wake is not None and wake > clocks[0].now  # waiting out its spread
     assert api.requests == []
-    assert pipeline.drain(soon())
-    assert len(set(api.requests)) == 4 and pipeline.stats()["pending"] == 0
+    if then == "force_flush":
+        assert pipeline.drain(soon())
+        assert pipeline.stats()["pending"] == 0
+    else:
+        pipeline.shutdown(2.0)
+    assert len(set(api.requests)) == 4

@@ -54,9 +54,9 @@ def test_probe_spacing_starts_near_a_second_and_grows_to_its_cap() -> None:
 def test_a_recovered_api_is_found_within_a_third_more_than_the_outage(
         draws: list[float], outage: float) -> None:
     """Whatever the jitter draws, the first probe after an outage (counted from when the
-    circuit opened) comes less than a third of the outage plus a second late, and never
-    later than the cap: a probe is sent at least three quarters of the way through the
-    steps before it."""
+    circuit opened) is late by at most the outage and a third of it plus a second,
+    and never by more than the cap: a probe is sent at least three quarters of the way
+    through the steps before it."""
     policy = RetryPolicy()
     late = first_probe_after(policy, draws, outage) - outage
     assert 0 <= late <= min(outage * 4 / 3 + policy.probe_interval, policy.probe_interval_cap)

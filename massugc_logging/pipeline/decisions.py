@@ -149,7 +149,8 @@ class SendState:
         resume_at: no request starts before this time (a pause or the next probe).
         limit: requests allowed in flight while sending (a float, for additive increase).
         streak: consecutive transient failures, across events.
-        failed_probes: probes that failed since the circuit opened.
+        failed_probes: the steps of probe spacing reached since the circuit opened:
+            one per failed probe, or more when the retry budget's debt set them.
         remembered: after the circuit closed, the failed probes it had counted (at
             most :func:`memory_bound`), one fewer per success; while above zero one
             request goes at a time and a failure reopens the circuit.
@@ -346,9 +347,10 @@ def _failed(policy: RetryPolicy, state: SendState, outcome: Outcome, *, attempts
     after = replace(state, window=window, streak=streak, limit=limit, reduced_at=reduced_at)
     # An overload answer spends from the retry budget (a probe's too: an API that
     # answers 503 is up but overloaded); past empty, the debt sets how far out sending
-    # waits. A refused connection spends nothing: the circuit spaces those.
+    # waits. A refused connection spends nothing: the circuit spaces those; nor does
+    # the late answer of a request sent before the pause began: old news.
     quick, owed = True, 0
-    if outcome.overloaded:
+    if outcome.overloaded and (state.mode is Mode.SENDING or sent_at >= state.opened_at):
         quick, tokens = _spend_token(policy, state, now)
         after = replace(after, tokens=tokens, tokens_at=now)
         owed = 0 if quick else max(1, math.ceil(-tokens)) * STEPS_PER_TOKEN_OWED

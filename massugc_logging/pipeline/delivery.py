@@ -675,7 +675,9 @@ class DeliveryWorkers:
                                       name=f"massugc-logging-delivery-{n}")
             try:
                 start_leaving_signals_to_the_main_thread(thread)
-            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            except RuntimeError as exc:
+                if "shutdown" not in str(exc):  # out of threads: not ours to hide
+                    raise
                 self._without_threads = not self._threads
                 return
             self._threads.append(thread)

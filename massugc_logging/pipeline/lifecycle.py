@@ -150,6 +150,7 @@ class Pipeline:
         self.transport: Optional[Transport] = None
         #: The route an earlier run found answering, for the transport to use.
         self._learnt_route: Optional[str] = None
+        self._forked = False
         self._usable = self._check(config)
         #: Where this handler's events go; the spool keeps them for this destination only.
         #: An unusable URL is not written anywhere: it may hold a password.
@@ -472,6 +473,7 @@ class Pipeline:
             self.transport.renew_session()
         self.intake = self._make_intake()  # the engine and workers come at its start
         self._started = False
+        self._forked = True  # a child is not a restart: its start is not spread
         self.thread_idents = frozenset()
         self._pid = -1
 
@@ -626,14 +628,11 @@ class Pipeline:
 
     def _spread_start(self, outbox: Outbox, engine: DeliveryEngine) -> None:
         """With a backlog in the spool and no pause remembered, wait a random moment before
-        the first send (a fleet restarted at once comes back spread out); a flush or the
-        shutdown ends the wait."""
-        from massugc_logging.pipeline.spool import SpoolError  # noqa: PLC0415
-
-        backlog = 0
-        with contextlib.suppress(SpoolError):
-            backlog = outbox.pending_count()
-        engine.spread_start(backlog)
+        the first send (a fleet restarted at once comes back spread out); ``drain``
+        (``force_flush``) or the shutdown ends the wait. A forked child does not wait:
+        the backlog it would count is its parent's."""
+        if not self._forked:
+            engine.spread_start(outbox.pending_count())
 
     def _point_out_other_destinations(self, outbox: Outbox) -> None:
         """Say once what the spool keeps that this handler does not send: events of release

@@ -64,7 +64,8 @@ class RetryPolicy:
             API failing one request in three is retried at once for ever, and a
             fleet settles at about 1.5x what the API serves.
         retry_budget_per_second: tokens that come back with time alone (one per
-            ten minutes), so a quiet client is never left owing for long.
+            ten minutes), so a client the API has not answered for a long while
+            gets its budget back in the end.
         start_spread: a process that starts with events waiting in its spool sends the
             first of them after a random delay of up to this long (a fleet restarted
             at once does not all send in the same second); a remembered pause decides
@@ -174,9 +175,10 @@ def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
 
     The quarter (not the half) bounds the wait after a short outage: the probe
     before the API came back was sent at least three quarters of the sum of the
-    steps before it after the circuit opened, so the next one is due within the
-    outage's own length for outages up to ten seconds (with the half, a 10 s
-    outage could be found 16 s late), and within the cap for any outage.
+    steps before it after the circuit opened, so the next one is due within a
+    third more than the outage plus ``probe_interval``: within 10 s of a 10 s
+    outage, whatever the draws (with the half, 16 s), and within the cap for any
+    outage.
     """
     ceiling = min(policy.probe_interval_cap,
                   policy.probe_interval * (2.0 ** min(max(failed_probes, 0), 200)))
