@@ -93,3 +93,14 @@ def jobs() -> logging.Logger:
 @pytest.fixture
 def key() -> str:
     return TEST_KEY
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect after each test, so that a SQLite connection or a socket a test leaves
+    open is reported in that test (Python 3.13 warns of an unclosed database when it is
+    collected, and the warning is an error here), not in whichever test runs next."""
+    yield
+    import gc
+
+    gc.collect()

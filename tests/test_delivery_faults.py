@@ -369,8 +369,8 @@ def test_a_0_1_0_spool_file_opens_and_its_events_stay_unaddressed(
     assert sorted(e.event_id for e in spool.lease(10, time.time())) == ["id-0", "id-1", "id-2"]
     assert spool.counts_by_destination() == {None: 3}
     spool.close()
-    with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == 3
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 3
     check.close()
 
 

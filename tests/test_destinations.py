@@ -152,8 +152,9 @@ def test_events_of_release_0_1_are_sent_only_where_replay_is_told(
     store.add([("old", body.encode(), time.time())], time.time())
     store.release()
     store.close()
-    with sqlite3.connect(spool) as conn:
-        conn.execute("UPDATE outbox SET destination = NULL")
+    conn = sqlite3.connect(spool, isolation_level=None)
+    conn.execute("UPDATE outbox SET destination = NULL")
+    conn.close()
     handler = CloudHandler(api_url=api.url, api_key=key, spool_path=spool)
     assert handler.force_flush(3) and api.captured == []
     handler.close()

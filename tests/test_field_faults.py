@@ -106,7 +106,9 @@ def test_a_200_whose_json_code_is_not_0_is_the_api_refusing_the_event(
     stats = handler.stats()
     assert stats["dead_lettered"] == 2 and stats["sent"] == 1
     assert said(caplog, "invalid payload") == 1
-    dead = Spool(tmp_path / "spool.sqlite3").dead_letters()
+    kept = Spool(tmp_path / "spool.sqlite3")
+    dead = kept.dead_letters()
+    kept.close()
     assert ["invalid payload" in d.reason for d in dead] == [True, True]
     handler.close()
 
@@ -468,7 +470,9 @@ def test_a_server_echoing_the_encoded_key_never_gets_it_into_a_log_line(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "validation_error" in logged
     assert key_leaks(logged) == []
-    dead = Spool(tmp_path / "spool.sqlite3").dead_letters()
+    kept = Spool(tmp_path / "spool.sqlite3")
+    dead = kept.dead_letters()
+    kept.close()
     assert key_leaks(dead[0].reason) == []
 
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
@@ -47,10 +48,11 @@ Store = Union[Spool, MemorySpool]
 
 
 @pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "file":
-        return Spool(tmp_path / "s.sqlite3", destination=DEST)
-    return MemorySpool(destination=DEST)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = (Spool(tmp_path / "s.sqlite3", destination=DEST) if request.param == "file"
+                   else MemorySpool(destination=DEST))
+    yield made
+    made.close()
 
 
 def test_a_job_that_starts_and_ends_in_one_write_leaves_nothing_running(store: Store) -> None:
@@ -122,7 +124,9 @@ def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     # This pid is alive, but the tag names a different start: a reused pid.
     impostor = f"{socket.gethostname()}|{os.getppid()}|0@not-this-boot|abc"
-    Spool(path, destination=DEST, owner=impostor).write(Write(started=(job("x"),)), 2000.0)
+    dead = Spool(path, destination=DEST, owner=impostor)
+    dead.write(Write(started=(job("x"),)), 2000.0)
+    dead.close()
     survivor = Spool(path, destination=DEST)
     assert survivor.recover_abandoned(3000.0) == 1
     survivor.close()
@@ -184,6 +188,7 @@ def test_a_job_started_while_the_file_was_busy_and_ended_after_is_one_event(
     assert outbox.abandon_running(lambda b, now: b, 2002.0) == 0
     assert [e.event_id for e in outbox.lease(10, 3000.0)] == ["real"]
     outbox.close()
+    outbox.close()
 
 
 def test_an_earlier_process_that_had_our_pid_is_taken_for_gone(tmp_path: Path) -> None:
@@ -193,7 +198,9 @@ def test_an_earlier_process_that_had_our_pid_is_taken_for_gone(tmp_path: Path) -
 
     path = tmp_path / "s.sqlite3"
     earlier = f"{socket.gethostname()}|{os.getpid()}|1@earlier-boot|abc"
-    Spool(path, destination=DEST, owner=earlier).write(Write(started=(job("x"),)), 2000.0)
+    dead = Spool(path, destination=DEST, owner=earlier)
+    dead.write(Write(started=(job("x"),)), 2000.0)
+    dead.close()
     survivor = Spool(path, destination=DEST)
     assert survivor.recover_abandoned(3000.0) == 1
     assert survivor.lease(10, 3000.0)[0].event_id == "event-x"

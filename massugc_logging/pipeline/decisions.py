@@ -40,11 +40,13 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   SDKs' token bucket). A client starts with one token and holds at most
   ``retry_budget``; each answer puts back ``retry_budget_per_success``, time
   alone ``retry_budget_per_second``. While a token is left, the failed event is
-  retried at its quick backoff: one unlucky request among successes, and an API
-  failing every third request, cost nothing. Past empty the budget runs into
-  debt, and sending pauses for :data:`STEPS_PER_TOKEN_OWED` probe steps per
-  token owed (:func:`~massugc_logging.pipeline.retry.overload_delay`): a fleet
-  that offers more than 1.5x what the API serves steps back within seconds.
+  retried at its quick backoff: one unlucky request among successes costs
+  nothing, and an API failing every third request neither fills nor drains
+  the budget (answers arriving out of order may overdraw it now and then).
+  Past empty the budget runs into debt, and sending pauses for
+  :data:`STEPS_PER_TOKEN_OWED` probe steps per token owed
+  (:func:`~massugc_logging.pipeline.retry.overload_delay`): a fleet that offers
+  more than 1.5x what the API serves steps back within seconds.
   Refused connections spend nothing; the circuit paces those.
 - While open: one probe at a time, spaced by :func:`~massugc_logging.pipeline.retry.probe_delay`;
   the first success closes the circuit and sending starts again from one request
