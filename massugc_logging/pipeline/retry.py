@@ -180,9 +180,7 @@ def probe_delay(policy: RetryPolicy, failed_probes: int, rng: Random) -> float:
     outage, whatever the draws (with the half, 16 s), and within the cap for any
     outage.
     """
-    ceiling = min(policy.probe_interval_cap,
-                  policy.probe_interval * (2.0 ** min(max(failed_probes, 0), 200)))
-    return ceiling * (1.0 - PROBE_JITTER * rng())
+    return _step(policy, failed_probes) * (1.0 - PROBE_JITTER * rng())
 
 
 def overload_delay(policy: RetryPolicy, steps: int, rng: Random) -> float:
@@ -190,9 +188,15 @@ def overload_delay(policy: RetryPolicy, steps: int, rng: Random) -> float:
     probe spacing of ``steps`` steps, drawn from its upper half (wider than the probes'
     quarter), so that a fleet that overloads the API comes back spread out, not in
     waves."""
-    ceiling = min(policy.probe_interval_cap,
-                  policy.probe_interval * (2.0 ** min(max(steps, 0), 200)))
-    return ceiling * (OVERLOAD_JITTER_FLOOR + (1.0 - OVERLOAD_JITTER_FLOOR) * rng())
+    return _step(policy, steps) * (OVERLOAD_JITTER_FLOOR
+                                   + (1.0 - OVERLOAD_JITTER_FLOOR) * rng())
+
+
+def _step(policy: RetryPolicy, steps: int) -> float:
+    """The probe spacing's ceiling after ``steps`` doublings: ``probe_interval`` doubled,
+    at most ``probe_interval_cap``."""
+    return min(policy.probe_interval_cap,
+               policy.probe_interval * (2.0 ** min(max(steps, 0), 200)))
 
 
 #: The shortest overload pause, as a share of its step: half (in the fleet
