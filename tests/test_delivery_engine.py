@@ -342,6 +342,7 @@ def test_queries_only_read_and_outcomes_are_written_by_commands() -> None:
     assert (dict(outbox.writes), outbox.pending_count(), engine.state, engine.status()) == before
     assert outbox.pending_count() == 3  # two delivered, not yet written
     assert wake is not None and wake > clock.now  # e2's backoff, counted though unwritten
+    assert before[3] == "backing_off"  # so is the status: no "idle" until the worker writes
     engine.record_settled()
     assert outbox.writes["settle"] == 1 and outbox.pending_count() == 1
     assert engine.status() == "backing_off"

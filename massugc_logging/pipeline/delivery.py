@@ -584,7 +584,9 @@ class DeliveryEngine:
             return str(self.state.mode.value)
         if self._in_flight or self._ready:
             return "sending"
-        return "backing_off" if self._backing_off else "idle"
+        # A retry settled but not yet written is waiting its backoff already: the worker
+        # records it (and sets the flag) only at its next idle turn.
+        return "backing_off" if self._backing_off or self._rescheduled else "idle"
 
     # -- synchronous driving -------------------------------------------------------------
 
