@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, Optional
 
 import pytest
@@ -346,6 +347,27 @@ def test_queries_only_read_and_outcomes_are_written_by_commands() -> None:
     engine.record_settled()
     assert outbox.writes["settle"] == 1 and outbox.pending_count() == 1
     assert engine.status() == "backing_off"
+
+
+def test_an_idle_worker_leaves_the_write_to_the_request_still_in_flight() -> None:
+    """While another request is in flight, a worker that goes idle writes nothing: the
+    outcomes are written in one transaction when the last request settles (or once
+    ``SETTLE_BATCH`` are waiting), not in one small transaction per idle turn, which
+    is what slowed a flaky API's drain."""
+    clock = Clock()
+    outbox = CountingOutbox()
+    outbox.add([(f"e{i}", b"{}", clock.now) for i in range(3)], clock.now)
+    api = ScriptedApi(clock, lambda n, t, e: OK)
+    engine = DeliveryEngine(outbox, api, clock=clock, rng=lambda: 0.5, max_in_flight=4)
+    engine.state = replace(engine.state, limit=4.0)  # past the first round of successes
+    first, second = engine.take(), engine.take()
+    assert first is not None and second is not None
+    engine.settle(first, api(first))
+    engine.record_settled()  # the idle turn of the worker that sent ``first``
+    assert outbox.writes["settle"] == 0 and engine.status() == "sending"
+    engine.settle(second, api(second))
+    engine.record_settled()  # nothing in flight now: written, both in one
+    assert outbox.writes["settle"] == 1 and outbox.pending_count() == 1
 
 
 def test_settle_returns_what_to_say_and_logs_nothing_itself(
