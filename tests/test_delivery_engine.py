@@ -370,6 +370,23 @@ def test_an_idle_worker_leaves_the_write_to_the_request_still_in_flight() -> Non
     assert outbox.writes["settle"] == 1 and outbox.pending_count() == 1
 
 
+def test_at_rest_only_when_nothing_is_in_flight_and_nothing_leased_may_go() -> None:
+    """The hint that wakes a drain's waiter: not while a request is in flight, nor while
+    leased events may go now; yes once all is settled, or when a pause holds what is
+    leased."""
+    engine, api, clock, _ = make(3, lambda n, t, e: UNAVAILABLE if n == 1 else OK)
+    assert engine.at_rest()  # nothing leased yet
+    first = engine.take()
+    assert first is not None and not engine.at_rest()  # in flight
+    engine.settle(first, api(first))
+    assert not engine.at_rest()  # settled, but the rest of the lease may go now
+    engine.state = replace(engine.state, mode=Mode.CIRCUIT_OPEN, resume_at=clock.now + 60)
+    assert engine.at_rest()  # paused: what is leased waits
+    engine.state = replace(engine.state, mode=Mode.SENDING, resume_at=0.0)
+    engine.pump()
+    assert engine.at_rest() and not engine.quiet()  # one retry waits its backoff
+
+
 def test_settle_returns_what_to_say_and_logs_nothing_itself(
         caplog: pytest.LogCaptureFixture) -> None:
     """A refused key pauses sending: settle logs nothing under its lock; the notice it
