@@ -345,6 +345,27 @@ def test_quick_retries_of_overload_never_exceed_what_answers_earned(
     assert quick_retries(seen) <= earned + 1e-9
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3), min_size=150, max_size=150))
+def test_an_api_failing_every_third_request_never_pauses_whatever_the_answer_order(
+        picks: list[int]) -> None:
+    """``bench.py``'s flaky API, with the answers of the requests in flight arriving in any
+    order: the budget neither fills nor drains, and with the in-flight limit kept low
+    (halved at each 503) no order overdraws it. Sending never pauses."""
+    state = SendState.initial(4)
+    now, sent, in_flight = 1000.0, 0, []
+    for pick in picks:
+        while len(in_flight) < state.slots(now):
+            sent += 1
+            in_flight.append((sent, now))
+        number, sent_at = in_flight.pop(pick % len(in_flight))
+        now += 0.001
+        outcome = FAIL if number % 3 == 0 else OK
+        _, state = on_outcome(POLICY, state, outcome, attempts=1, sent_at=sent_at, now=now,
+                              rng=lambda: 0.5)
+        assert state.mode is Mode.SENDING and state.tokens >= 0.0
+
+
 def test_refused_connections_spend_nothing_from_the_budget() -> None:
     """An API that is down is the circuit's to pace: its refusals leave the budget as it
     was, so the first 503 after it is back is still retried at once."""

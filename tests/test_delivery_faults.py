@@ -255,7 +255,7 @@ def test_a_signal_handler_that_logs_while_the_app_thread_is_in_emit_does_not_dea
     """, timeout=30)
     assert result.returncode == 0, result.stderr
     caught, emitted, accounted = map(int, result.stdout.split())
-    assert caught > 200
+    assert caught > 50  # hundreds on an idle machine; 123 seen with both cores busy
     assert accounted == caught + emitted
 
 

@@ -42,7 +42,8 @@ What the rules tell apart is an unhealthy *event* from an unhealthy *API*:
   alone ``retry_budget_per_second``. While a token is left, the failed event is
   retried at its quick backoff: one unlucky request among successes costs
   nothing, and an API failing every third request neither fills nor drains
-  the budget (answers arriving out of order may overdraw it now and then).
+  the budget, whatever order its answers arrive in (the in-flight limit,
+  halved at each 503, stays too low for one to overtake enough others).
   Past empty the budget runs into debt, and sending pauses for
   :data:`STEPS_PER_TOKEN_OWED` probe steps per token owed
   (:func:`~massugc_logging.pipeline.retry.overload_delay`): a fleet that offers
