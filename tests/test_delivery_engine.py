@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Callable, Optional
@@ -15,7 +17,7 @@ import pytest
 from massugc_logging.diagnostics import Topic
 from massugc_logging.outcome import Outcome, OutcomeKind
 from massugc_logging.pipeline.decisions import Mode
-from massugc_logging.pipeline.delivery import DeliveryEngine
+from massugc_logging.pipeline.delivery import DeliveryEngine, DeliveryWorkers
 from massugc_logging.pipeline.retry import RetryPolicy
 from massugc_logging.pipeline.spool import MemorySpool, Settlement, SpooledEvent
 
@@ -385,6 +387,45 @@ def test_at_rest_only_when_nothing_is_in_flight_and_nothing_leased_may_go() -> N
     engine.state = replace(engine.state, mode=Mode.SENDING, resume_at=0.0)
     engine.pump()
     assert engine.at_rest() and not engine.quiet()  # one retry waits its backoff
+
+
+def test_a_status_read_between_settle_and_write_says_backing_off() -> None:
+    """A retry waiting its backoff shows in ``status()`` from its settle on, even after
+    another event was taken and delivered and before anything was written."""
+    engine, api, _, outbox = make(3, lambda n, t, e: UNAVAILABLE if e == "e0" else OK)
+    engine.state = replace(engine.state, limit=4.0)
+    first, second = engine.take(), engine.take()
+    assert first is not None and second is not None
+    engine.settle(first, api(first))
+    third = engine.take()
+    assert third is not None and engine.status() == "sending"
+    engine.settle(second, api(second))
+    engine.settle(third, api(third))
+    assert outbox.pending_count() == 3  # nothing written yet
+    assert engine.status() == "backing_off"
+
+
+def test_a_drain_waiter_is_woken_when_the_engine_may_be_done_not_at_every_settle() -> None:
+    """Worker threads deliver 40 events; the thread waiting for them to be delivered is
+    woken a handful of times, not once per event, and still returns as soon as they
+    are."""
+    engine, api, _, _ = make(40, lambda n, t, e: OK)
+    workers = DeliveryWorkers(engine)
+    wakes = []
+
+    class CountingCondition(type(workers._settled)):  # type: ignore[misc]
+        def notify_all(self) -> None:
+            wakes.append(1)
+            super().notify_all()
+
+    workers._settled = CountingCondition(threading.Lock())
+    workers.start()
+    try:
+        assert workers.wait_quiet(time.monotonic() + 10.0)
+    finally:
+        assert workers.stop(time.monotonic() + 5.0)
+    assert len(api.delivered()) == 40
+    assert 1 <= len(wakes) <= 5
 
 
 def test_settle_returns_what_to_say_and_logs_nothing_itself(

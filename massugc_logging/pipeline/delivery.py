@@ -188,7 +188,8 @@ class DeliveryEngine:
                 self._refill(now)
                 if not self._ready:
                     return None
-            self._backing_off = False
+            # Backing off after this request only if a retry not yet written waits.
+            self._backing_off = any(due > now for due in self._retry_at.values())
             event = self._ready.popleft()
             self._in_flight[event.row_id] = _InFlight(event, now, self._key_generation)
             return event
@@ -289,8 +290,13 @@ class DeliveryEngine:
         else:
             self.counters.add("retried")
             # The outbox keeps due times across restarts: on the wall clock.
-            self._rescheduled.append((event.row_id, self.wall() + (retry_at - self.clock())))
+            now = self.clock()
+            self._rescheduled.append((event.row_id, self.wall() + (retry_at - now)))
             self._retry_at[event.row_id] = retry_at
+            if retry_at > now:
+                # Waiting its backoff from now on, not only once the write is done (a
+                # status read meanwhile, unlocked, must not say "idle").
+                self._backing_off = True
             if outcome.kind is OutcomeKind.TRANSIENT and outcome.status is not None \
                     and 200 <= outcome.status < 300:
                 self._note(
@@ -462,13 +468,13 @@ class DeliveryEngine:
         backoff, and clear the last error once nothing is left. What an idle worker does
         before it sleeps.
 
-        While another request is in flight, outcomes fewer than ``SETTLE_BATCH`` wait
-        for the worker that sent it: one transaction when it settles, not one per idle
-        turn (against an API failing every third request the workers idle often, and
-        those small writes held ``bench.py``'s flaky drain under half the healthy
-        rate in about a third of the runs). Queries already count them as
-        written, and a crash before the write only sends them again, under the same
-        ``Idempotency-Key``."""
+        While another request is in flight, fewer than ``SETTLE_BATCH`` outcomes are
+        left for a later write: the next refill, a full batch, or the idle turn of
+        the last worker with nothing in flight. Against an API failing every third
+        request the workers idle often, and one small transaction per idle turn
+        slowed its drain. ``quiet`` and ``next_wake`` already count them as written
+        (``stats()["pending"]`` does not, until the write), and a crash before the
+        write only sends them again, under the same ``Idempotency-Key``."""
         with self._lock:
             now = self.clock()
             if not self._in_flight or self._unrecorded() >= SETTLE_BATCH:
@@ -528,11 +534,12 @@ class DeliveryEngine:
         return len(self._in_flight)
 
     def at_rest(self) -> bool:
-        """Whether nothing is in flight and nothing leased may go now: only then can a
-        drain's waiter find the engine quiet, paused or waiting past its deadline (read
-        without the lock: a hint for waking it)."""
-        return not self._in_flight and (not self._ready or self.state.mode is not Mode.SENDING
-                                        or self.hold is not Mode.SENDING)
+        """Whether sending is held, or nothing is in flight and nothing leased may go
+        now: only then can a drain's waiter find the engine quiet, held, paused or
+        waiting past its deadline (read without the lock: a hint for waking it)."""
+        if self.hold is not Mode.SENDING:
+            return True
+        return not self._in_flight and (not self._ready or self.state.mode is not Mode.SENDING)
 
     def room_for_another(self) -> bool:
         """Whether another request could start now with an event already leased (read
@@ -600,9 +607,7 @@ class DeliveryEngine:
             return str(self.state.mode.value)
         if self._in_flight or self._ready:
             return "sending"
-        # A retry settled but not yet written is waiting its backoff already: the worker
-        # records it (and sets the flag) only at its next idle turn.
-        return "backing_off" if self._backing_off or self._rescheduled else "idle"
+        return "backing_off" if self._backing_off else "idle"
 
     # -- synchronous driving -------------------------------------------------------------
 
@@ -835,9 +840,9 @@ class DeliveryWorkers:
             else:
                 engine.diagnostics.publish(settled.notices)  # no lock held here
             # This worker takes the freed slot itself; it wakes another if there is room.
-            # A drain's waiter is woken only when the engine may be done: waking it at
-            # every settle cost a few percent of the CPU of a healthy drain (it still
-            # looks again every quarter second).
+            # A drain's waiter is woken only when the engine may be done, not at every
+            # settle: one thread switch less per event (it still looks again every
+            # quarter second).
             if engine.at_rest():
                 with self._settled:
                     self._settled.notify_all()
