@@ -174,6 +174,7 @@ def test_a_restart_in_the_middle_of_an_outage_keeps_probing_at_the_remembered_pa
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.timeout(300)
 def test_the_quick_run_prints_every_scenario_and_policy_as_json() -> None:
     """What CI runs: ``--quick --json`` completes and reports every figure the issue names."""
