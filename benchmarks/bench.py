@@ -117,6 +117,7 @@ class Plan:
     startup_runs: int = 9
     cpu_n: int = 3_000
     cpu_runs: int = 3
+    outage_draws: int = 200
 
     @classmethod
     def full(cls) -> Plan:
@@ -130,7 +131,7 @@ class Plan:
         """The CI run: small counts, keeps the script working in well under two minutes."""
         return cls("quick", 2_000, {"ok": 200, "slow": 10, "down": 20},
                    {"ok": 200, "slow": 20, "down": 200}, 1_000, 1, 10_000, 1.0,
-                   300, 6.0, 4.0, 2, 500, 1)
+                   300, 6.0, 4.0, 2, 500, 1, 20)
 
 
 # ---------------------------------------------------------------------------
@@ -1125,7 +1126,7 @@ def run(plan: Plan, long_outage: bool = False) -> str:
         mem = measure_memory(env, plan)
         idle = measure_idle(env, plan)
         fail = measure_failure_modes(env, plan)
-        virtual = [virtual_outage(s) for s in (10.0, 300.0)]
+        virtual = [virtual_outage(s, draws=plan.outage_draws) for s in (10.0, 300.0)]
         ok = sinks["ok"]
         extra = {"startup": startup_cpu.measure_startup(plan.startup_runs, progress),
                  "cpu": startup_cpu.measure_cpu(ok.url, plan.cpu_n, plan.cpu_runs, progress,

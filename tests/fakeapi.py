@@ -134,7 +134,8 @@ class FakeApi:
         if ssl_context is not None:  # a TLS server: the handshake happens at accept
             self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def port(self) -> int:

@@ -74,8 +74,11 @@ def test_exit_while_four_threads_log_into_a_down_api_accounts_for_every_event(
         threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
-        logging.shutdown()
+        # A count, not a time, before the exit: the next run delivers every one of them.
+        deadline = time.monotonic() + 10
+        while sum(emitted) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        logging.shutdown()  # while the threads still log
         stop.set()
         for t in threads:
             t.join()
@@ -134,7 +137,8 @@ class TricklingApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
 
     @property
     def url(self) -> str:

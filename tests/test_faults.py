@@ -74,15 +74,19 @@ def test_only_one_request_is_in_flight_while_the_api_fails(api: FakeApi,
 def test_503s_with_no_success_spend_the_retry_budget_then_sending_pauses(
         api: FakeApi, handler_for: Any) -> None:
     """With the default budget: the first 503 is retried at once, the next ones wait
-    (2 to 4 s, then 8 to 16 s), and every event still arrives once."""
+    (2 to 4 probe intervals, then 8 to 16), and every event still arrives once.
+
+    The probe interval is a tenth of its default (the default's 2 to 4 s and 8 to 16 s
+    are the decision tests'), so that the pauses are real but short."""
     api.respond_with(503, {"error": "unavailable", "message": "busy"}, times=3)
-    handler = handler_for(api, retry={})
+    step = 0.1
+    handler = handler_for(api, retry={"probe_interval": step})
     emit(5)
-    assert handler.force_flush(40), handler.stats()
+    assert handler.force_flush(10), handler.stats()
     at = [c.at for c in api.captured]
-    assert at[1] - at[0] < 1.0  # the one token: at once
-    assert 2.0 <= at[2] - at[1] <= 4.5  # one token owed
-    assert 8.0 <= at[3] - at[2] <= 16.5  # two owed
+    assert at[1] - at[0] < 1.5 * step  # the one token: at once
+    assert 2 * step <= at[2] - at[1] <= 4.5 * step  # one token owed
+    assert 8 * step <= at[3] - at[2] <= 16.5 * step  # two owed
     delivered = [c.json["job_data"]["run_id"] for c in api.captured if c.status == 200]
     assert sorted(delivered) == [f"r-{i}" for i in range(5)]
 

@@ -49,6 +49,7 @@ import secrets
 import socket
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -420,6 +421,25 @@ class Spool:
         return f"<Spool path={str(self._file)!r}>"
 
     def _open(self) -> sqlite3.Connection:
+        """Open the file, trying again while it is busy, up to the busy timeout.
+
+        SQLite does not call its busy handler while another connection turns a new file
+        to WAL, recovers after a killed process or cleans up as the last one closes:
+        the open fails at once with "database is locked". Two processes starting on one
+        spool meet exactly that, so the wait is done here.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                return self._open_once()
+            except SpoolError as exc:
+                if not exc.busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _open_once(self) -> sqlite3.Connection:
         path = self._file
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
