@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -73,7 +74,7 @@ def test_a_locked_file_stays_the_outbox_and_delivery_is_refused_at_once(
     assert caught.value.busy and not outbox.using_memory
     started = time.monotonic()
     for call in (lambda: outbox.lease(10, 1000.0), lambda: outbox.next_due(1000.0),
-                 lambda: outbox.settle(Settlement(delivered=(1,)), 1000.0)):
+                 lambda: outbox.settle(Settlement(delivered=((1, "e0"),)), 1000.0)):
         with pytest.raises(SpoolError):
             call()
     assert time.monotonic() - started < 0.05  # no call waited for the lock
@@ -123,6 +124,62 @@ def test_an_outcome_for_an_event_of_the_store_left_behind_is_ignored(tmp_path: P
     clock.now += 1.0
     outbox.write(events("e2"), 1001.0)
     assert not outbox.using_memory
-    outbox.settle(Settlement(delivered=tuple(e.row_id for e in leased)), 1002.0)
+    outbox.settle(Settlement(delivered=tuple((e.row_id, e.event_id) for e in leased)), 1002.0)
     assert sorted(e.event_id for e in outbox.lease(10, 1003.0)) == ["e1", "e2"]
+    outbox.close()
+
+
+def test_outcomes_written_after_the_file_was_recreated_settle_only_their_own_events(
+        tmp_path: Path, clock: Clock) -> None:
+    """The spool file is deleted while requests for its events are in flight; memory
+    stands in, then a new file at the same path takes memory's events, numbered from 1
+    again. The outcomes of the old file's events, written now, touch only the events
+    they were for. Matched by row id alone, they removed two events never sent ("late"
+    and "later" took the delivered ids 11 and 12)."""
+    path = tmp_path / "s.sqlite3"
+    outbox = outbox_at(path, clock)
+    outbox.write(events(*(f"e{i}" for i in range(20))), 1000.0)
+    early = outbox.lease(10, 1000.0)
+    outbox.settle(Settlement(delivered=tuple((e.row_id, e.event_id) for e in early)), 1000.0)
+    in_flight = outbox.lease(10, 1000.0)  # e10 to e19, rows 11 to 20
+    assert [e.row_id for e in in_flight] == list(range(11, 21))
+    path.unlink()  # a cleaner tidies the data directory
+    outbox.write(events("late"), 1001.0)
+    assert outbox.using_memory
+    clock.now += 5.0  # the pause is over: a new file opens and takes memory's events
+    outbox.write(events("later"), 1002.0)
+    assert not outbox.using_memory
+    delivered, retried = in_flight[:5], in_flight[5:]
+    outbox.settle(Settlement(
+        delivered=tuple((e.row_id, e.event_id) for e in delivered),
+        rescheduled=tuple((e.row_id, e.event_id, 1500.0) for e in retried)), 1003.0)
+    outbox.release()
+    # What was delivered comes again (the API drops the copy by its key); nothing that was
+    # not delivered is gone.
+    waiting = {e.event_id for e in outbox.lease(100, 1004.0)}
+    assert waiting == {f"e{i}" for i in range(10, 20)} | {"late", "later"}
+    outbox.close()
+
+
+@pytest.mark.parametrize("store", ["file", "memory"])
+def test_an_outcome_applies_only_to_the_row_that_holds_its_event(tmp_path: Path,
+                                                                store: str) -> None:
+    """A delivery, a retry or a rejection names its event by row id and event id; a row
+    with that id holding another event is left as it is."""
+    outbox = (Spool(tmp_path / "s.sqlite3", destination=DEST) if store == "file"
+              else MemorySpool(destination=DEST))
+    outbox.write(events("a", "b", "c"), 1000.0)
+    rows = {e.event_id: e for e in outbox.lease(10, 1000.0)}
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    outbox.settle(Settlement(delivered=((a.row_id, "other-a"),),
+                             rescheduled=((b.row_id, "other-b", 2000.0),),
+                             dead=((replace(c, event_id="other-c"), 422, "bad"),)), 1001.0)
+    outbox.release()
+    assert sorted(e.event_id for e in outbox.lease(10, 1002.0)) == ["a", "b", "c"]
+    outbox.release()
+    outbox.settle(Settlement(delivered=((a.row_id, "a"),), rescheduled=((b.row_id, "b", 2000.0),),
+                             dead=((c, 422, "bad"),)), 1003.0)
+    outbox.release()
+    assert [e.event_id for e in outbox.lease(10, 1004.0)] == []  # a gone, b later, c dead
+    assert outbox.pending_count() == 1
     outbox.close()

@@ -159,8 +159,8 @@ class DeliveryEngine:
         self.hold = Mode.SENDING
         self._ready: deque[SpooledEvent] = deque()
         self._in_flight: dict[int, _InFlight] = {}
-        self._delivered: list[int] = []
-        self._rescheduled: list[tuple[int, float]] = []
+        self._delivered: list[tuple[int, str]] = []
+        self._rescheduled: list[tuple[int, str, float]] = []
         #: The due times of ``_rescheduled`` on the engine's clock, until written.
         self._retry_at: dict[int, float] = {}
         self._dead: list[tuple[SpooledEvent, Optional[int], str]] = []
@@ -253,8 +253,8 @@ class DeliveryEngine:
 
     def _not_to_lease(self) -> set[int]:
         """Rows in flight, and rows whose outcome is not written yet (lock held)."""
-        return set(self._in_flight) | set(self._delivered) | set(self._retry_at) | {
-            event.row_id for event, _, _ in self._dead}
+        return set(self._in_flight) | {row for row, _ in self._delivered} | set(
+            self._retry_at) | {event.row_id for event, _, _ in self._dead}
 
     def _hand_out(self) -> Notices:
         """The notices made so far, for the caller to publish (lock held)."""
@@ -277,7 +277,7 @@ class DeliveryEngine:
                            (outcome.reason or outcome.kind.value))
         if action is EventAction.DELIVERED:
             self.counters.add("sent")
-            self._delivered.append(event.row_id)
+            self._delivered.append((event.row_id, event.event_id))
         elif action is EventAction.DEAD_LETTER:
             self.counters.add("dead_lettered")
             self._dead.append((event, outcome.status, outcome.reason))
@@ -291,7 +291,8 @@ class DeliveryEngine:
             self.counters.add("retried")
             # The outbox keeps due times across restarts: on the wall clock.
             now = self.clock()
-            self._rescheduled.append((event.row_id, self.wall() + (retry_at - now)))
+            self._rescheduled.append((event.row_id, event.event_id,
+                                      self.wall() + (retry_at - now)))
             self._retry_at[event.row_id] = retry_at
             if retry_at > now:
                 # Waiting its backoff from now on, not only once the write is done (a
@@ -593,7 +594,8 @@ class DeliveryEngine:
         with self._lock:
             if self._in_flight or self._ready or self._rescheduled:
                 return False
-            done = set(self._delivered) | {event.row_id for event, _, _ in self._dead}
+            done = {row for row, _ in self._delivered} | {
+                event.row_id for event, _, _ in self._dead}
             try:
                 return self.outbox.next_due(self.wall(), done) is None
             except SpoolError:

@@ -200,11 +200,19 @@ class Write:
 
 @dataclass(frozen=True)
 class Settlement:
-    """Outcomes to record in one transaction: delivered ids, rescheduled ids with
-    their new due time, and events the API rejected for good."""
+    """Outcomes to record in one transaction: delivered events ``(row id, event id)``,
+    rescheduled ones ``(row id, event id, new due time)``, and events the API rejected
+    for good.
 
-    delivered: tuple[int, ...] = ()
-    rescheduled: tuple[tuple[int, float], ...] = ()
+    An outcome names its event by both ids, and a store applies it only to the row that
+    has both: the row id alone may name another event by the time the outcome is
+    written (the file was deleted and its events kept in memory under new ids, or a new
+    file restarted the ids). An outcome that finds no such row changes nothing; the
+    event is sent again, and the API drops the copy by its ``Idempotency-Key``.
+    """
+
+    delivered: tuple[tuple[int, str], ...] = ()
+    rescheduled: tuple[tuple[int, str, float], ...] = ()
     dead: tuple[tuple[SpooledEvent, Optional[int], str], ...] = ()
 
     def __bool__(self) -> bool:
@@ -701,19 +709,21 @@ class Spool:
             return
         with self._transaction("update") as conn:
             if settlement.delivered:
-                conn.executemany("DELETE FROM outbox WHERE id = ?",
-                                 [(r,) for r in settlement.delivered])
+                conn.executemany("DELETE FROM outbox WHERE id = ? AND event_id = ?",
+                                 settlement.delivered)
             if settlement.rescheduled:
                 conn.executemany(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?"
-                    " WHERE id = ?", [(due, r) for r, due in settlement.rescheduled])
+                    " WHERE id = ? AND event_id = ?",
+                    [(due, r, e) for r, e, due in settlement.rescheduled])
             for event, status, reason in settlement.dead:
                 conn.execute(
                     "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at,"
                     " destination) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (event.event_id, event.body, event.created, status, reason, now,
                      event.destination))
-                conn.execute("DELETE FROM outbox WHERE id = ?", (event.row_id,))
+                conn.execute("DELETE FROM outbox WHERE id = ? AND event_id = ?",
+                             (event.row_id, event.event_id))
             if settlement.dead:  # the dead letters are bounded like the outbox
                 conn.execute("DELETE FROM dead_letter WHERE id <= (SELECT max(id) FROM"
                              " dead_letter) - ?", (self.max_events,))
@@ -1129,21 +1139,27 @@ class MemorySpool:
     def settle(self, settlement: Settlement, now: float) -> None:
         """Forget delivered events, reschedule, dead-letter (bounded)."""
         with self._lock:
-            for rid in settlement.delivered:
-                self._rows.pop(rid, None)
-            for rid, due in settlement.rescheduled:
+            for rid, event_id in settlement.delivered:
+                self._forget_row(rid, event_id)
+            for rid, event_id, due in settlement.rescheduled:
                 row = self._rows.get(rid)
-                if row is not None:
+                if row is not None and row.event.event_id == event_id:
                     e = row.event
                     self._rows[rid] = _MemoryRow(
                         SpooledEvent(e.row_id, e.event_id, e.body, e.created, e.attempts + 1,
                                      e.destination), due, row.job_token)
             for event, status, reason in settlement.dead:
-                self._rows.pop(event.row_id, None)
+                self._forget_row(event.row_id, event.event_id)
                 self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
                                              event.created, status, reason, now,
                                              event.destination))
             del self._dead[:-self.max_events]
+
+    def _forget_row(self, row_id: int, event_id: str) -> None:
+        """Remove the row ``row_id`` if it holds ``event_id`` (lock held)."""
+        row = self._rows.get(row_id)
+        if row is not None and row.event.event_id == event_id:
+            del self._rows[row_id]
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
