@@ -206,9 +206,10 @@ class Settlement:
 
     An outcome names its event by both ids, and a store applies it only to the row that
     has both: the row id alone may name another event by the time the outcome is
-    written (the file was deleted and its events kept in memory under new ids, or a new
-    file restarted the ids). An outcome that finds no such row changes nothing; the
-    event is sent again, and the API drops the copy by its ``Idempotency-Key``.
+    written (the file was deleted while the request was in flight, and a new file at
+    the same path numbers its rows from 1 again). An outcome that finds no such row
+    changes nothing; the event is sent again, and the API drops the copy by its
+    ``Idempotency-Key``.
     """
 
     delivered: tuple[tuple[int, str], ...] = ()
