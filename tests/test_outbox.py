@@ -175,11 +175,15 @@ def test_an_outcome_applies_only_to_the_row_that_holds_its_event(tmp_path: Path,
                              rescheduled=((b.row_id, "other-b", 2000.0),),
                              dead=((replace(c, event_id="other-c"), 422, "bad"),)), 1001.0)
     outbox.release()
-    assert sorted(e.event_id for e in outbox.lease(10, 1002.0)) == ["a", "b", "c"]
+    due = outbox.lease(10, 1002.0)
+    assert sorted(e.event_id for e in due) == ["a", "b", "c"]
+    assert [e.attempts for e in due] == [0, 0, 0]  # b's retry was not counted either
+    assert outbox.dead_letters() == []  # nor c rejected
     outbox.release()
     outbox.settle(Settlement(delivered=((a.row_id, "a"),), rescheduled=((b.row_id, "b", 2000.0),),
                              dead=((c, 422, "bad"),)), 1003.0)
     outbox.release()
     assert [e.event_id for e in outbox.lease(10, 1004.0)] == []  # a gone, b later, c dead
     assert outbox.pending_count() == 1
+    assert [d.event_id for d in outbox.dead_letters()] == ["c"]
     outbox.close()

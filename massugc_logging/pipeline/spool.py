@@ -441,14 +441,17 @@ class Spool:
         pause = 0.005
         while True:
             try:
-                return self._open_once()
+                # Each try waits only what is left, so the whole open keeps the bound.
+                return self._open_once(max(0.0, deadline - time.monotonic()))
             except SpoolError as exc:
                 if not exc.busy or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _open_once(self) -> sqlite3.Connection:
+    def _open_once(self, wait: float) -> sqlite3.Connection:
+        """One try at opening the file; SQLite's busy handler waits at most ``wait``
+        seconds meanwhile, and the busy timeout once it is open."""
         path = self._file
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -456,14 +459,14 @@ class Spool:
             os.close(fd)
             if os.name == "posix":
                 os.chmod(path, 0o600)
-            conn = sqlite3.connect(str(path), timeout=self._busy_timeout, isolation_level=None,
+            conn = sqlite3.connect(str(path), timeout=wait, isolation_level=None,
                                    check_same_thread=False)
             self._identity = _identity(path)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool file {path}: {exc}",
                              busy=_is_busy(exc)) from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a killed process; only an OS crash can lose
             # the last transactions, and it saves an fsync per event.
@@ -471,6 +474,7 @@ class Spool:
             _migrate(conn)
             conn.executescript(_SCHEMA)
             conn.execute("PRAGMA quick_check").fetchone()
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             conn.close()
             if _is_busy(exc):
@@ -718,13 +722,14 @@ class Spool:
                     " WHERE id = ? AND event_id = ?",
                     [(due, r, e) for r, e, due in settlement.rescheduled])
             for event, status, reason in settlement.dead:
-                conn.execute(
-                    "INSERT INTO dead_letter (event_id, body, created, status, reason, dead_at,"
-                    " destination) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (event.event_id, event.body, event.created, status, reason, now,
-                     event.destination))
-                conn.execute("DELETE FROM outbox WHERE id = ? AND event_id = ?",
-                             (event.row_id, event.event_id))
+                removed = conn.execute("DELETE FROM outbox WHERE id = ? AND event_id = ?",
+                                       (event.row_id, event.event_id)).rowcount
+                if removed:
+                    conn.execute(
+                        "INSERT INTO dead_letter (event_id, body, created, status, reason,"
+                        " dead_at, destination) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (event.event_id, event.body, event.created, status, reason, now,
+                         event.destination))
             if settlement.dead:  # the dead letters are bounded like the outbox
                 conn.execute("DELETE FROM dead_letter WHERE id <= (SELECT max(id) FROM"
                              " dead_letter) - ?", (self.max_events,))
@@ -1150,17 +1155,20 @@ class MemorySpool:
                         SpooledEvent(e.row_id, e.event_id, e.body, e.created, e.attempts + 1,
                                      e.destination), due, row.job_token)
             for event, status, reason in settlement.dead:
-                self._forget_row(event.row_id, event.event_id)
+                if not self._forget_row(event.row_id, event.event_id):
+                    continue
                 self._dead.append(DeadLetter(event.row_id, event.event_id, event.body,
                                              event.created, status, reason, now,
                                              event.destination))
             del self._dead[:-self.max_events]
 
-    def _forget_row(self, row_id: int, event_id: str) -> None:
-        """Remove the row ``row_id`` if it holds ``event_id`` (lock held)."""
+    def _forget_row(self, row_id: int, event_id: str) -> bool:
+        """Remove the row ``row_id`` if it holds ``event_id`` (lock held); whether it did."""
         row = self._rows.get(row_id)
-        if row is not None and row.event.event_id == event_id:
-            del self._rows[row_id]
+        if row is None or row.event.event_id != event_id:
+            return False
+        del self._rows[row_id]
+        return True
 
     def dead_letter(self, event: SpooledEvent, status: Optional[int], reason: str,
                     now: float) -> None:
