@@ -594,10 +594,8 @@ class DeliveryEngine:
         with self._lock:
             if self._in_flight or self._ready or self._rescheduled:
                 return False
-            done = {row for row, _ in self._delivered} | {
-                event.row_id for event, _, _ in self._dead}
             try:
-                return self.outbox.next_due(self.wall(), done) is None
+                return self.outbox.next_due(self.wall(), self._not_to_lease()) is None
             except SpoolError:
                 return False
 
